@@ -1,0 +1,28 @@
+"""Sequence mixers, channel mixers and their registries. Importing this package registers them all."""
+
+from subq.layers import attention, channel  # noqa: F401  (registration side effects)
+from subq.layers.base import Mixer, State
+from subq.layers.channel import ChannelMixer
+from subq.layers.config import ChannelMixerConfig, MixerConfig
+from subq.layers.registry import (
+    get_channel_mixer,
+    get_mixer,
+    list_channel_mixers,
+    list_mixers,
+    register_channel_mixer,
+    register_mixer,
+)
+
+__all__ = [
+    "ChannelMixer",
+    "ChannelMixerConfig",
+    "Mixer",
+    "MixerConfig",
+    "State",
+    "get_channel_mixer",
+    "get_mixer",
+    "list_channel_mixers",
+    "list_mixers",
+    "register_channel_mixer",
+    "register_mixer",
+]
