@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
+import re
+from contextlib import nullcontext
 
 import pytest
 import torch
+from rich.console import Console
 
 import subq.train.trainer as trainer_mod
 from subq.train import (
@@ -230,3 +234,29 @@ def test_nan_parameter_stops_before_any_update(tiny, tmp_path):
     assert result.stop_reason == "nan" and result.steps == 0
     assert result.final_accuracy is None
     assert latest_checkpoint(tmp_path / "checkpoints") is None
+
+
+def test_progress_bar_shows_step_loss_and_accuracy(tiny):
+    stream = io.StringIO()
+    console = Console(file=stream, force_terminal=True, width=120)
+    train(tiny(max_steps=10, eval_every=10, progress=True), console=console)
+    text = stream.getvalue()
+    assert "10/10" in text
+    assert re.search(r"loss \d\.\d{4}", text) and re.search(r"acc 0\.\d{4}", text), text
+
+
+def test_progress_bar_is_off_without_a_terminal(tiny):
+    stream = io.StringIO()
+    train(tiny(max_steps=10, progress=True), console=Console(file=stream, force_terminal=False))
+    assert stream.getvalue() == ""
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_run_learns_and_resumes(tiny, tmp_path):
+    cfg = tiny(device="cuda", max_steps=150, eval_every=50, checkpoint_every=100, out_dir=str(tmp_path))
+    trainer = Trainer(cfg)
+    assert trainer.device.type == "cuda" and trainer.autocast is not nullcontext
+    result = trainer.fit()
+    assert result.stop_reason == "max_steps" and result.final_accuracy > 0.2
+    longer = train(cfg.model_copy(update={"max_steps": 160}), resume=True)
+    assert longer.steps == 160 and [r["step"] for r in longer.history] == [50, 100, 150, 160]
