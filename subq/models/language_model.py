@@ -82,9 +82,20 @@ class LanguageModel(nn.Module):
     def from_preset(cls, preset: str, **overrides) -> LanguageModel:
         return cls(LMConfig.from_preset(preset, **overrides))
 
-    def forward(self, ids: Tensor) -> Tensor:
-        """``ids: (B, T)`` -> logits ``(B, T, vocab)``."""
-        return F.linear(self.backbone(ids), self.backbone.embed.weight)
+    def forward(self, ids: Tensor, *, positions: Tensor | None = None) -> Tensor:
+        """``ids: (B, T)`` -> logits ``(B, T, vocab)``.
+
+        With a boolean ``positions: (B, T)``, only the selected positions go through the head and
+        the result is ``(N, vocab)`` for the ``N`` selected positions in row-major order. Training on
+        sparse labels (MQAR supervises K of T positions) then skips most of the head's cost.
+        """
+        h = self.backbone(ids)  # (B, T, d)
+        if positions is not None:
+            if positions.shape != ids.shape or positions.dtype != torch.bool:
+                raise ValueError(f"positions must be a bool mask of shape {tuple(ids.shape)}, "
+                                 f"got {positions.dtype} {tuple(positions.shape)}")
+            h = h[positions]  # (N, d)
+        return F.linear(h, self.backbone.embed.weight)
 
     def state_size(self, seq_len: int) -> int:
         """Floats of decoding state per sequence, summed over layers."""

@@ -24,6 +24,15 @@ def test_forward_shape_and_tied_head():
     assert not any("head" in n for n, _ in model.named_parameters()), "head must be tied, not a new parameter"
 
 
+def test_logits_at_selected_positions():
+    model = tiny_lm().eval()
+    ids = torch.randint(97, (3, 12))
+    sel = torch.rand(3, 12) < 0.3
+    torch.testing.assert_close(model(ids, positions=sel), model(ids)[sel])
+    with pytest.raises(ValueError, match="bool mask of shape"):
+        model(ids, positions=sel[:, :5])
+
+
 def test_hybrid_list_is_cycled():
     model = tiny_lm(mixer=["attention", {"name": "sliding_window", "window": 4}])
     names = [b.mixer.name for b in model.backbone.blocks]
