@@ -341,6 +341,11 @@ class Trainer:
 
         stop: StopReason = "max_steps"
         message = f"reached {self.total_steps} steps"
+        target = cfg.target_accuracy
+        last = self.history[-1] if self.history else {"step": -1, "test_accuracy": 0.0}
+        if target is not None and last["step"] == self.step and last["test_accuracy"] >= target:
+            stop = "target_accuracy"  # resumed from a run that had already reached its target
+            message = f"test accuracy {last['test_accuracy']:.4f} >= target {target} at step {self.step}"
         zero = partial(torch.zeros, (), dtype=torch.float32, device=self.device)
         loss_sum, gnorm_sum, window = zero(), zero(), 0
         params, clip = list(self.model.parameters()), cfg.optim.grad_clip
@@ -348,7 +353,7 @@ class Trainer:
         bar = progress.add_task("train", total=self.total_steps, completed=self.step, loss="-", acc="-")
         try:
             with progress:
-                while self.step < self.total_steps:
+                while stop == "max_steps" and self.step < self.total_steps:
                     x, y = self._next_batch()  # (b, T)
                     with self.autocast():
                         logits = self.ddp_model(x)  # (b, T, V)
@@ -389,9 +394,8 @@ class Trainer:
                                "elapsed": self.elapsed}
                         self.history.append(row)
                         self._write(metrics, row)
-                        progress.update(bar, completed=nxt, acc=f"{row['test_accuracy']:.4f}")
-                        target = cfg.target_accuracy
                         acc = row["test_accuracy"]
+                        progress.update(bar, completed=nxt, acc=f"{acc:.4f}")
                         if target is not None and acc >= target:
                             stop = "target_accuracy"
                             message = f"test accuracy {acc:.4f} >= target {target} at step {nxt}"

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+import subq.train.trainer as trainer_mod
 from subq.cli.main import main
 from subq.cli.train import command
 
@@ -97,3 +98,10 @@ def test_bad_config_is_reported_without_traceback(config_file, args, message):
 def test_missing_config_file(tmp_path):
     result = CliRunner().invoke(command, ["--config", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_nan_run_prints_the_summary_and_fails(config_file, monkeypatch):
+    monkeypatch.setattr(trainer_mod, "lm_loss", lambda logits, labels: logits.sum() * float("nan"))
+    result = CliRunner().invoke(command, ["--config", str(config_file)])
+    assert result.exit_code == 1
+    assert "best accuracy" in result.output and "non-finite loss" in result.output

@@ -22,6 +22,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _spawn(nprocs: int, *args) -> None:
+    """Start ``nprocs`` workers on a fresh port; try another port if a concurrent process took it."""
+    for attempt in range(3):
+        try:
+            mp.spawn(_worker, args=(nprocs, _free_port(), *args), nprocs=nprocs, join=True)
+            return
+        except mp.ProcessRaisedException as e:
+            if "address already in use" not in str(e).lower() or attempt == 2:
+                raise
+
+
 def _worker(rank: int, world: int, port: int, out: str, cfg_json: str) -> None:
     os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -38,7 +49,7 @@ def _worker(rank: int, world: int, port: int, out: str, cfg_json: str) -> None:
 def test_two_gloo_ranks_hold_identical_weights_and_match_one_process(tmp_path):
     run = tmp_path / "run"
     cfg = tiny_config(max_steps=12, eval_every=6, checkpoint_every=6, log_every=3, out_dir=str(run))
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), cfg.model_dump_json()), nprocs=2, join=True)
+    _spawn(2, str(tmp_path), cfg.model_dump_json())
 
     w0, w1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
     for name in w0:

@@ -89,12 +89,15 @@ def test_epochs_set_the_length_and_eval_defaults_to_each_epoch(tiny):
 
 
 def test_early_stop_at_target_accuracy(tiny, tmp_path):
-    result = train(tiny(max_steps=2000, eval_every=10, target_accuracy=0.2, out_dir=str(tmp_path)))
+    cfg = tiny(max_steps=2000, eval_every=10, target_accuracy=0.2, out_dir=str(tmp_path))
+    result = train(cfg)
     assert result.stop_reason == "target_accuracy"
     assert result.steps < 2000 and result.steps % 10 == 0
     assert result.final_accuracy >= 0.2
     assert all(r["test_accuracy"] < 0.2 for r in result.history[:-1])
     assert latest_checkpoint(tmp_path / "checkpoints").name == f"step_{result.steps:08d}"
+    again = train(cfg, resume=True)
+    assert again.stop_reason == "target_accuracy" and again.steps == result.steps  # already done
 
 
 def test_batch_larger_than_train_set_is_an_error(tiny):
