@@ -104,16 +104,25 @@ def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, min_lr_r
 
 
 def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy over supervised positions: ``logits (B, T, V)``, ``labels (B, T)``, -100 ignored."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+    """Mean cross-entropy over supervised positions: ``logits (..., V)``, ``labels (...)``, -100 ignored."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX)
 
 
-def example_accuracy(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+def example_accuracy(logits: Tensor, labels: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-example accuracy ``(B,)``: mean of ``argmax == label`` over the example's supervised
-    positions (Zoology's metric), and a ``(B,)`` mask of the examples that have any."""
+    positions (Zoology's metric), and a ``(B,)`` mask of the examples that have any.
+
+    ``logits`` is ``(B, T, V)``, or ``(N, V)`` at the ``N`` positions of the bool mask ``positions``
+    (``labels != -100``), as :meth:`LanguageModel.forward` returns them with ``positions=``.
+    """
     mask = labels != IGNORE_INDEX  # (B, T)
     n = mask.sum(1)
-    correct = ((logits.argmax(-1) == labels) & mask).sum(1)
+    if positions is None:
+        correct = ((logits.argmax(-1) == labels) & mask).sum(1)
+    else:
+        hit = (logits.argmax(-1) == labels[positions]).to(n.dtype)  # (N,)
+        correct = torch.zeros_like(n).index_add_(0, positions.nonzero()[:, 0], hit)
     return correct / n.clamp_min(1), n > 0
 
 
@@ -241,14 +250,14 @@ class Trainer:
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # acc, examples, loss, tokens
         for i in range(lo, hi, bs):
             x, y = data.inputs[i : min(i + bs, hi)], data.labels[i : min(i + bs, hi)]
+            sel = y != IGNORE_INDEX  # (b, T): only supervised positions go through the head
             with self.autocast():
-                logits = self.model(x)  # (b, T, V)
-            acc, has = example_accuracy(logits, y)
+                logits = self.model(x, positions=sel)  # (N, V)
+            acc, has = example_accuracy(logits, y, sel)
             sums[0] += acc[has].sum()
             sums[1] += has.sum()
-            sums[2] += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX,
-                                       reduction="sum")
-            sums[3] += (y != IGNORE_INDEX).sum()
+            sums[2] += F.cross_entropy(logits.float(), y[sel], reduction="sum")
+            sums[3] += sel.sum()
         all_reduce_sum(sums, self.dist)
         self.model.train(was_training)
         acc, examples, loss, tokens = sums.tolist()
@@ -355,9 +364,10 @@ class Trainer:
             with progress:
                 while stop == "max_steps" and self.step < self.total_steps:
                     x, y = self._next_batch()  # (b, T)
+                    sel = y != IGNORE_INDEX  # (b, T): the head runs only where there is a label
                     with self.autocast():
-                        logits = self.ddp_model(x)  # (b, T, V)
-                    loss = lm_loss(logits, y)
+                        logits = self.ddp_model(x, positions=sel)  # (N, V)
+                    loss = lm_loss(logits, y[sel])
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     loss_sum += loss.detach()

@@ -47,6 +47,9 @@ def test_example_accuracy_averages_per_example():
     acc, has = example_accuracy(logits, labels)
     assert has.tolist() == [True, True, False]
     assert acc[:2].tolist() == [0.5, 1.0]  # example 0: one of two supervised positions right
+    sel = labels != -100
+    acc_sparse, has_sparse = example_accuracy(logits[sel], labels, sel)  # head run at labelled positions only
+    assert torch.equal(acc_sparse, acc) and torch.equal(has_sparse, has)
 
 
 def test_training_decreases_loss_and_writes_metrics(tiny, tmp_path):

@@ -1,0 +1,302 @@
+"""The MQAR recall sweep behind ``subq zoo``: mixers x d_model x (L, K) x learning rates, as Zoology.
+
+    from subq.train.zoo import ZooConfig, run_zoo
+    summary = run_zoo(ZooConfig.preset("quick"), out_dir="zoo-out")
+
+Every (mixer, d_model, L, K) cell trains a 2-layer model with no channel mixer for each learning
+rate and reports the best test accuracy over learning rates, next to the mixer's state size (the
+floats a model keeps per sequence to produce the next token, summed over layers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+from subq.layers import MixerConfig
+from subq.models import LanguageModel, LMConfig, count_params
+from subq.tasks import MQARConfig
+from subq.train.config import OptimConfig, TrainConfig
+from subq.train.trainer import train
+
+MIXER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "attention": {"num_heads": 1},
+    "sliding_window": {"num_heads": 1, "window": 8},
+}
+"""Zoo arguments of mixers named on the command line without arguments. Sliding-window attention
+gets a window far below the typical query-key distance of MQAR, so that it shows the recall gap."""
+
+
+class ZooConfig(BaseModel):
+    """A sweep grid. ``settings`` are ``(seq_len, num_kv_pairs)`` pairs; ``batch_sizes`` maps a
+    sequence length to its batch size (``batch_size`` otherwise)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mixers: list[MixerConfig]
+    d_models: list[PositiveInt]
+    settings: list[tuple[PositiveInt, PositiveInt]]
+    lrs: list[PositiveFloat]
+    vocab_size: PositiveInt = 8192
+    n_layers: PositiveInt = 2
+    num_train_examples: PositiveInt = 100_000
+    num_test_examples: PositiveInt = 3_000
+    batch_size: PositiveInt = 64
+    batch_sizes: dict[int, PositiveInt] = Field(default_factory=dict)
+    epochs: PositiveFloat = 64
+    max_steps: PositiveInt | None = None
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_fraction: float = Field(0.1, ge=0, le=1)
+    embed_dropout: float = Field(0.1, ge=0, lt=1)
+    target_accuracy: float = Field(0.99, gt=0, le=1)
+    stop_lr_sweep_at_target: bool = True
+    eval_every: PositiveInt | None = None
+    seed: int = 0
+    data_seed: int = 123
+    cpu_threads: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        for L, K in self.settings:
+            MQARConfig(vocab_size=self.vocab_size, seq_len=L, num_kv_pairs=K)  # raises on a bad pair
+        if not (self.mixers and self.d_models and self.settings and self.lrs):
+            raise ValueError("mixers, d_models, settings and lrs must each be non-empty")
+        return self
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> ZooConfig:
+        if name not in PRESETS:
+            raise KeyError(f"unknown zoo preset {name!r}; valid presets: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def runs(self) -> list[ZooRun]:
+        """Every training run of the grid, cell by cell, learning rates innermost."""
+        return [
+            ZooRun(mixer, d, L, K, lr)
+            for L, K in self.settings
+            for mixer in self.mixers
+            for d in self.d_models
+            for lr in self.lrs
+        ]
+
+    def train_config(self, run: ZooRun, *, device: str, out_dir: str | None = None) -> TrainConfig:
+        L, K = run.seq_len, run.num_kv_pairs
+        return TrainConfig(
+            model=self.lm_config(run),
+            task=MQARConfig(
+                vocab_size=self.vocab_size, seq_len=L, num_kv_pairs=K,
+                num_train_examples=self.num_train_examples, num_test_examples=self.num_test_examples,
+            ),
+            optim=OptimConfig(lr=run.lr, weight_decay=self.weight_decay, warmup_fraction=self.warmup_fraction),
+            batch_size=self.batch_sizes.get(L, self.batch_size),
+            epochs=self.epochs,
+            max_steps=self.max_steps,
+            eval_every=self.eval_every,
+            target_accuracy=self.target_accuracy,
+            seed=self.seed,
+            data_seed=self.data_seed,
+            device=device,
+            cpu_threads=self.cpu_threads,
+            out_dir=out_dir,
+            progress=False,
+        )
+
+    def lm_config(self, run: ZooRun) -> LMConfig:
+        """Zoology's MQAR model: learned positions, ``n_layers`` blocks, no channel mixer."""
+        return LMConfig(
+            vocab_size=self.vocab_size, d_model=run.d_model, n_layers=self.n_layers, mixer=run.mixer,
+            channel_mixer="none", pos_emb="learned", max_seq_len=run.seq_len, embed_dropout=self.embed_dropout,
+        )
+
+
+@dataclass(frozen=True)
+class ZooRun:
+    mixer: MixerConfig
+    d_model: int
+    seq_len: int
+    num_kv_pairs: int
+    lr: float
+
+    @property
+    def cell(self) -> tuple:
+        return (self.mixer.name, json.dumps(self.mixer.kwargs, sort_keys=True), self.d_model, self.seq_len,
+                self.num_kv_pairs)
+
+    def label(self) -> str:
+        return f"{mixer_label(self.mixer)} d={self.d_model} L={self.seq_len} K={self.num_kv_pairs} lr={self.lr:.2e}"
+
+
+def mixer_label(mixer: MixerConfig) -> str:
+    """``sliding_window(window=8)``; arguments equal to the zoo defaults of ``attention`` are omitted."""
+    shown = {k: v for k, v in mixer.kwargs.items() if not (k == "num_heads" and v == 1)}
+    return mixer.name + (f"({', '.join(f'{k}={v}' for k, v in sorted(shown.items()))})" if shown else "")
+
+
+def mixers_from_names(names: list[str]) -> list[MixerConfig]:
+    """Mixer configs for names given on the command line, with the zoo's default arguments."""
+    return [MixerConfig(name=n, **MIXER_DEFAULTS.get(n, {})) for n in names]
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # a 2-core CPU in a few minutes: attention recalls, a small-window mixer does not
+    "quick": dict(
+        mixers=[MixerConfig(name=n, **MIXER_DEFAULTS[n]) for n in ("attention", "sliding_window")],
+        d_models=[128],
+        settings=[(64, 4), (128, 8)],
+        lrs=[1e-3, 3e-3],
+        vocab_size=1024,
+        num_train_examples=20_000,
+        num_test_examples=1_000,
+        batch_size=64,
+        epochs=4,
+        eval_every=150,
+        cpu_threads=1,
+    ),
+    # Zoology Figure 2 (ICLR 2024): V=8192, 100k/3k examples, 64 epochs, lr logspace(-4, -2, 4)
+    "zoology": dict(
+        mixers=[MixerConfig(name=n, **MIXER_DEFAULTS[n]) for n in ("attention", "sliding_window")],
+        d_models=[64, 128, 256, 512],
+        settings=[(64, 4), (128, 8), (256, 16), (512, 64)],
+        lrs=[float(x) for x in np.logspace(-4, -2, 4)],
+        vocab_size=8192,
+        num_train_examples=100_000,
+        num_test_examples=3_000,
+        batch_sizes={64: 512, 128: 512, 256: 256, 512: 128},
+        epochs=64,
+    ),
+}
+
+
+@dataclass
+class ZooRow:
+    """One training run's outcome (a line of ``results.jsonl``)."""
+
+    mixer: str
+    mixer_kwargs: dict[str, Any]
+    d_model: int
+    seq_len: int
+    num_kv_pairs: int
+    lr: float
+    state_size: int
+    params: int
+    accuracy: float
+    final_accuracy: float
+    steps: int
+    seconds: float
+    stop_reason: str
+    skipped: bool = False
+
+    @property
+    def label(self) -> str:
+        return mixer_label(MixerConfig(name=self.mixer, **self.mixer_kwargs))
+
+
+def model_sizes(cfg: ZooConfig, run: ZooRun) -> tuple[int, int]:
+    """``(state_size(L), parameter count)`` of a run's model, built on the meta device."""
+    model = LanguageModel(cfg.lm_config(run), device="meta")
+    return model.state_size(run.seq_len), count_params(model)
+
+
+def run_zoo(
+    cfg: ZooConfig,
+    *,
+    device: str = "auto",
+    out_dir: str | Path | None = None,
+    on_run_start: Callable[[int, ZooRun], None] | None = None,
+    on_run_end: Callable[[int, ZooRow], None] | None = None,
+) -> list[ZooRow]:
+    """Train every run of the grid; returns one row per run (``skipped`` rows for learning rates not
+    tried because another already reached the target). Rows are appended to
+    ``out_dir/results.jsonl`` as they finish."""
+    results_path = None
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        results_path = out_dir / "results.jsonl"
+        results_path.write_text("")
+    solved: set[tuple] = set()
+    rows: list[ZooRow] = []
+    for i, run in enumerate(cfg.runs()):
+        state_size, params = model_sizes(cfg, run)
+        if cfg.stop_lr_sweep_at_target and run.cell in solved:
+            row = ZooRow(run.mixer.name, run.mixer.kwargs, run.d_model, run.seq_len, run.num_kv_pairs, run.lr,
+                         state_size, params, math.nan, math.nan, 0, 0.0, "skipped", skipped=True)
+        else:
+            if on_run_start is not None:
+                on_run_start(i, run)
+            t0 = time.perf_counter()
+            result = train(cfg.train_config(run, device=device))
+            row = ZooRow(
+                run.mixer.name, run.mixer.kwargs, run.d_model, run.seq_len, run.num_kv_pairs, run.lr,
+                state_size, params, float(result.best_accuracy or 0.0), float(result.final_accuracy or 0.0),
+                result.steps, time.perf_counter() - t0, result.stop_reason,
+            )
+            if row.accuracy >= cfg.target_accuracy:
+                solved.add(run.cell)
+        rows.append(row)
+        if results_path is not None:
+            with results_path.open("a") as f:
+                f.write(json.dumps(asdict(row)) + "\n")
+        if on_run_end is not None:
+            on_run_end(i, row)
+    return rows
+
+
+def best_over_lrs(rows: list[ZooRow]) -> list[dict[str, Any]]:
+    """One record per (mixer, d_model, L, K) cell: the best accuracy over learning rates, with that
+    learning rate and the total training time of the cell."""
+    cells: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        key = (r.label, r.d_model, r.seq_len, r.num_kv_pairs)
+        cell = cells.setdefault(key, {
+            "mixer": r.label, "d_model": r.d_model, "seq_len": r.seq_len, "num_kv_pairs": r.num_kv_pairs,
+            "state_size": r.state_size, "params": r.params, "accuracy": -1.0, "lr": None, "seconds": 0.0,
+            "runs": 0,
+        })
+        if r.skipped:
+            continue
+        cell["seconds"] += r.seconds
+        cell["runs"] += 1
+        if r.accuracy > cell["accuracy"]:
+            cell["accuracy"], cell["lr"] = r.accuracy, r.lr
+    return list(cells.values())
+
+
+def plot_accuracy_vs_state(cells: list[dict[str, Any]], path: str | Path) -> Path:
+    """Accuracy against state size (log x), one panel per (L, K), one series per mixer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = sorted({(c["seq_len"], c["num_kv_pairs"]) for c in cells})
+    mixers = list(dict.fromkeys(c["mixer"] for c in cells))
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.6), squeeze=False, sharey=True)
+    markers = "osD^vP*X"
+    for ax, (L, K) in zip(axes[0], settings, strict=True):
+        for j, m in enumerate(mixers):
+            pts = sorted((c["state_size"], c["accuracy"]) for c in cells
+                         if c["mixer"] == m and (c["seq_len"], c["num_kv_pairs"]) == (L, K))
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, marker=markers[j % len(markers)], label=m)
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"MQAR  L={L}, K={K}")
+        ax.set_xlabel("state size (floats per sequence)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (best lr)")
+    axes[0][-1].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
