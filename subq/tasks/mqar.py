@@ -8,6 +8,7 @@ values, then gaps, one ``choice`` call per example) is Zoology's, so a seed give
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -105,11 +106,19 @@ class MQARConfig(TaskConfig):
         return self
 
     def build(self, split: Split = "train", seed: int = 123) -> SequenceDataset:
-        n = self.num_train_examples if split == "train" else self.num_test_examples
-        return multiquery_ar(
-            self.vocab_size, n, self.seq_len, self.num_kv_pairs, split_seed(seed, split),
-            power_a=self.power_a, num_passes=self.num_passes, random_non_queries=self.random_non_queries,
-        )
+        """The ``split`` of this task for base seed ``seed`` (cached: sweeps rebuild the same data)."""
+        return _build_cached(self, split, seed)
+
 
     def describe(self) -> str:
         return f"mqar(L={self.seq_len}, K={self.num_kv_pairs}, V={self.vocab_size})"
+
+
+@functools.lru_cache(maxsize=4)
+def _build_cached(cfg: MQARConfig, split: Split, seed: int) -> SequenceDataset:
+    n = cfg.num_train_examples if split == "train" else cfg.num_test_examples
+    return multiquery_ar(
+        cfg.vocab_size, n, cfg.seq_len, cfg.num_kv_pairs, split_seed(seed, split),
+        power_a=cfg.power_a, num_passes=cfg.num_passes, random_non_queries=cfg.random_non_queries,
+    )
+
