@@ -18,6 +18,9 @@ from subq.ops.common.checks import check_qkv, check_window
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
+    # one static kernel per shape; past dynamo's default of 8 recompiles it would silently fall
+    # back to eager flex_attention, which materialises the T x T scores (OOM at long T)
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     return torch.compile(flex_attention, dynamic=False)
 
 
