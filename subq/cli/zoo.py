@@ -65,10 +65,12 @@ def _device(name: str) -> str:
 @click.option("--epochs", type=float, help="Epochs per run (early stop at the target accuracy).")
 @click.option("--max-steps", type=int, help="Cap on optimizer steps per run.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
+              help="auto: bf16 autocast on CUDA, fp32 on CPU.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="zoo-out", show_default=True,
               help="Folder for results.jsonl, summary.json and accuracy_vs_state.png.")
 @click.option("--dry-run", is_flag=True, help="Print the grid and exit without training.")
-def command(preset, mixers, d_models, settings, lrs, epochs, max_steps, device, out_dir, dry_run):
+def command(preset, mixers, d_models, settings, lrs, epochs, max_steps, device, precision, out_dir, dry_run):
     """Train small models on multi-query associative recall (MQAR) and compare recall against state size.
 
     Each (mixer, d_model, L, K) cell trains a 2-layer model per learning rate and reports the best
@@ -83,7 +85,7 @@ def command(preset, mixers, d_models, settings, lrs, epochs, max_steps, device, 
                                      param_hint="--mixers")
         overrides["mixers"] = mixers_from_names(mixers)
     for key, value in (("d_models", d_models), ("settings", settings), ("lrs", lrs), ("epochs", epochs),
-                       ("max_steps", max_steps)):
+                       ("max_steps", max_steps), ("precision", precision)):
         if value is not None:
             overrides[key] = value
     try:

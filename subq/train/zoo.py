@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
@@ -62,6 +62,7 @@ class ZooConfig(BaseModel):
     seed: int = 0
     data_seed: int = 123
     cpu_threads: PositiveInt | None = None
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     @model_validator(mode="after")
     def _check(self):
@@ -105,6 +106,7 @@ class ZooConfig(BaseModel):
             data_seed=self.data_seed,
             device=device,
             cpu_threads=self.cpu_threads,
+            precision=self.precision,
             out_dir=out_dir,
             progress=False,
         )
