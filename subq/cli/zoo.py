@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -69,14 +71,16 @@ def _device(name: str) -> str:
               help="auto: bf16 autocast on CUDA, fp32 on CPU.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="zoo-out", show_default=True,
               help="Folder for results.jsonl, summary.json and accuracy_vs_state.png.")
+@click.option("--jobs", type=int, help="Cells trained at once in separate processes "
+              "(default: one per CPU core on CPU, 1 on CUDA).")
 @click.option("--dry-run", is_flag=True, help="Print the grid and exit without training.")
-def command(preset, mixers, d_models, settings, lrs, epochs, max_steps, device, precision, out_dir, dry_run):
+def command(preset, mixers, d_models, settings, lrs, epochs, max_steps, device, precision, out_dir, jobs, dry_run):
     """Train small models on multi-query associative recall (MQAR) and compare recall against state size.
 
     Each (mixer, d_model, L, K) cell trains a 2-layer model per learning rate and reports the best
     test accuracy; a learning rate that reaches the target accuracy ends that cell's sweep.
     """
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 140)
     overrides = {}
     if mixers:
         unknown = [m for m in mixers if m not in list_mixers()]
@@ -94,10 +98,15 @@ def command(preset, mixers, d_models, settings, lrs, epochs, max_steps, device, 
         raise click.UsageError(str(e)) from None
     dev = _device(device)
     runs = cfg.runs()
+    n_cells = len({r.cell for r in runs})
+    if jobs is None:
+        jobs = min(os.cpu_count() or 1, n_cells) if dev == "cpu" else 1
+    if jobs < 1:
+        raise click.BadParameter(f"must be >= 1, got {jobs}", param_hint="--jobs")
 
     console.print(f"[bold]subq zoo[/] preset={preset} device={dev}: {len(runs)} runs "
                   f"({len(cfg.mixers)} mixers x {len(cfg.d_models)} widths x {len(cfg.settings)} (L, K) x "
-                  f"{len(cfg.lrs)} lrs), V={cfg.vocab_size}, {cfg.num_train_examples} train examples, "
+                  f"{len(cfg.lrs)} lrs) on {jobs} process(es), V={cfg.vocab_size}, {cfg.num_train_examples} train examples, "
                   f"up to {cfg.epochs:g} epochs, target {cfg.target_accuracy}")
     if dry_run:
         table = Table("mixer", "d_model", "L", "K", "lr", "batch")
@@ -114,17 +123,20 @@ def command(preset, mixers, d_models, settings, lrs, epochs, max_steps, device, 
                   console=console, transient=True) as progress:
         task = progress.add_task("starting", total=len(runs))
 
-        def start(i, run):
+        if jobs > 1:
+            progress.update(task, description=f"training {n_cells} cells, {jobs} at a time")
+
+        def start(run):
             progress.update(task, description=f"training {run.label()}")
 
-        def end(i, row):
+        def end(row):
             progress.advance(task)
             if not row.skipped:
                 progress.console.print(f"  {row.label:<28} d={row.d_model:<4} L={row.seq_len:<4} K={row.num_kv_pairs:<3}"
                                        f" lr={row.lr:.2e}  acc={row.accuracy:.3f}  steps={row.steps:<6}"
                                        f" {row.seconds:6.1f}s  ({row.stop_reason})")
 
-        rows = run_zoo(cfg, device=dev, out_dir=out, on_run_start=start, on_run_end=end)
+        rows = run_zoo(cfg, device=dev, out_dir=out, jobs=jobs, on_run_start=start, on_row=end)
 
     cells = best_over_lrs(rows)
     table = Table("mixer", "d_model", "L", "K", "state size", "params", "accuracy", "best lr", "time (s)",

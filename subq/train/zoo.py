@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -153,7 +156,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         mixers=[MixerConfig(name=n, **MIXER_DEFAULTS[n]) for n in ("attention", "sliding_window")],
         d_models=[128],
         settings=[(64, 4), (128, 8)],
-        lrs=[1e-3, 3e-3],
+        lrs=[3e-3, 1e-3],
         vocab_size=1024,
         num_train_examples=20_000,
         num_test_examples=1_000,
@@ -207,49 +210,81 @@ def model_sizes(cfg: ZooConfig, run: ZooRun) -> tuple[int, int]:
     return model.state_size(run.seq_len), count_params(model)
 
 
+def _run_cell(cfg: ZooConfig, runs: list[ZooRun], device: str,
+              on_run_start: Callable[[ZooRun], None] | None = None) -> list[ZooRow]:
+    """The learning-rate sweep of one (mixer, d_model, L, K) cell; once a learning rate reaches the
+    target (and ``stop_lr_sweep_at_target``), the remaining ones are recorded as skipped."""
+    rows, solved = [], False
+    for run in runs:
+        state_size, params = model_sizes(cfg, run)
+        if solved:
+            rows.append(ZooRow(run.mixer.name, run.mixer.kwargs, run.d_model, run.seq_len, run.num_kv_pairs,
+                               run.lr, state_size, params, math.nan, math.nan, 0, 0.0, "skipped", skipped=True))
+            continue
+        if on_run_start is not None:
+            on_run_start(run)
+        t0 = time.perf_counter()
+        result = train(cfg.train_config(run, device=device))
+        row = ZooRow(
+            run.mixer.name, run.mixer.kwargs, run.d_model, run.seq_len, run.num_kv_pairs, run.lr,
+            state_size, params, float(result.best_accuracy or 0.0), float(result.final_accuracy or 0.0),
+            result.steps, time.perf_counter() - t0, result.stop_reason,
+        )
+        rows.append(row)
+        solved = cfg.stop_lr_sweep_at_target and row.accuracy >= cfg.target_accuracy
+    return rows
+
+
 def run_zoo(
     cfg: ZooConfig,
     *,
-    device: str = "auto",
+    device: str = "cpu",
     out_dir: str | Path | None = None,
-    on_run_start: Callable[[int, ZooRun], None] | None = None,
-    on_run_end: Callable[[int, ZooRow], None] | None = None,
+    jobs: int = 1,
+    on_run_start: Callable[[ZooRun], None] | None = None,
+    on_row: Callable[[ZooRow], None] | None = None,
 ) -> list[ZooRow]:
-    """Train every run of the grid; returns one row per run (``skipped`` rows for learning rates not
-    tried because another already reached the target). Rows are appended to
-    ``out_dir/results.jsonl`` as they finish."""
+    """Train every run of the grid; returns one row per run, in grid order (``skipped`` rows for
+    learning rates not tried because another already reached the target). Rows are appended to
+    ``out_dir/results.jsonl`` as they finish.
+
+    ``jobs > 1`` trains that many cells at once in separate processes (CPU: each with
+    ``cpu_threads`` threads, default ``cpu_count // jobs``); ``on_run_start`` is then not called.
+    """
     results_path = None
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         results_path = out_dir / "results.jsonl"
         results_path.write_text("")
-    solved: set[tuple] = set()
-    rows: list[ZooRow] = []
-    for i, run in enumerate(cfg.runs()):
-        state_size, params = model_sizes(cfg, run)
-        if cfg.stop_lr_sweep_at_target and run.cell in solved:
-            row = ZooRow(run.mixer.name, run.mixer.kwargs, run.d_model, run.seq_len, run.num_kv_pairs, run.lr,
-                         state_size, params, math.nan, math.nan, 0, 0.0, "skipped", skipped=True)
-        else:
-            if on_run_start is not None:
-                on_run_start(i, run)
-            t0 = time.perf_counter()
-            result = train(cfg.train_config(run, device=device))
-            row = ZooRow(
-                run.mixer.name, run.mixer.kwargs, run.d_model, run.seq_len, run.num_kv_pairs, run.lr,
-                state_size, params, float(result.best_accuracy or 0.0), float(result.final_accuracy or 0.0),
-                result.steps, time.perf_counter() - t0, result.stop_reason,
-            )
-            if row.accuracy >= cfg.target_accuracy:
-                solved.add(run.cell)
-        rows.append(row)
-        if results_path is not None:
-            with results_path.open("a") as f:
-                f.write(json.dumps(asdict(row)) + "\n")
-        if on_run_end is not None:
-            on_run_end(i, row)
-    return rows
+
+    def record(rows: list[ZooRow]) -> None:
+        for row in rows:
+            if results_path is not None:
+                with results_path.open("a") as f:
+                    f.write(json.dumps(asdict(row)) + "\n")
+            if on_row is not None:
+                on_row(row)
+
+    cells: dict[tuple, list[ZooRun]] = {}
+    for run in cfg.runs():
+        cells.setdefault(run.cell, []).append(run)
+    done: dict[tuple, list[ZooRow]] = {}
+    if jobs <= 1:
+        for key, runs in cells.items():
+            done[key] = _run_cell(cfg, runs, device, on_run_start)
+            record(done[key])
+    else:
+        if device == "cpu" and cfg.cpu_threads is None:
+            cfg = cfg.model_copy(update={"cpu_threads": max(1, (os.cpu_count() or 1) // jobs)})
+        # longest cells first, so that the last ones to finish are short
+        order = sorted(cells, key=lambda k: (-k[3] * k[2], list(cells).index(k)))
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_run_cell, cfg, cells[k], device): k for k in order}
+            for future in as_completed(futures):
+                done[futures[future]] = future.result()
+                record(done[futures[future]])
+    return [row for key in cells for row in done[key]]
 
 
 def best_over_lrs(rows: list[ZooRow]) -> list[dict[str, Any]]:
