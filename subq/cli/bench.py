@@ -215,7 +215,7 @@ def command(
         timing=QUICK_TIMING if quick else DEFAULT_TIMING,
         log=lambda line: err.print(f"[dim]{line}[/]"),
     )
-    env = environment(sys.argv, device)
+    env = environment(["subq", *sys.argv[1:]], device)
     out = Console(width=None if sys.stdout.isatty() else 200)
     report(rows, env, config, out)
     if json_path is not None:

@@ -15,7 +15,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from subq.layers import list_mixers
-from subq.train.zoo import PRESETS, ZooConfig, best_over_lrs, mixers_from_names, plot_accuracy_vs_state, run_zoo
+from subq.train.zoo import (
+    PRESETS,
+    ZooConfig,
+    best_over_lrs,
+    mixer_label,
+    mixers_from_names,
+    plot_accuracy_vs_state,
+    run_zoo,
+)
 
 EPILOG = """
 \b
@@ -111,7 +119,7 @@ def command(preset, mixers, d_models, settings, lrs, epochs, max_steps, device, 
     if dry_run:
         table = Table("mixer", "d_model", "L", "K", "lr", "batch")
         for r in runs:
-            table.add_row(r.mixer.name + (f" {r.mixer.kwargs}" if r.mixer.kwargs else ""), str(r.d_model),
+            table.add_row(mixer_label(r.mixer), str(r.d_model),
                           str(r.seq_len), str(r.num_kv_pairs), f"{r.lr:.2e}",
                           str(cfg.batch_sizes.get(r.seq_len, cfg.batch_size)))
         console.print(table)
