@@ -313,6 +313,7 @@ def plot_accuracy_vs_state(cells: list[dict[str, Any]], path: str | Path) -> Pat
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     settings = sorted({(c["seq_len"], c["num_kv_pairs"]) for c in cells})
     mixers = list(dict.fromkeys(c["mixer"] for c in cells))
@@ -326,6 +327,8 @@ def plot_accuracy_vs_state(cells: list[dict[str, Any]], path: str | Path) -> Pat
                 xs, ys = zip(*pts, strict=True)
                 ax.plot(xs, ys, marker=markers[j % len(markers)], label=m)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on short decades
+        ax.axhline(0.99, color="grey", lw=0.8, ls="--")
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"MQAR  L={L}, K={K}")
         ax.set_xlabel("state size (floats per sequence)")
