@@ -5,6 +5,7 @@
     subq train --config FILE k=v    one training run
     subq bench                      speed and memory against SDPA
     subq doctor                     versions and available fast paths
+    subq repro NAME [--quick]       paper reproductions (quadratic, hpoly, quadattack, subgm)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ _COMMANDS = {
     "train": "subq.cli.train",
     "bench": "subq.cli.bench",
     "doctor": "subq.cli.doctor",
+    "repro": "subq.cli.repro",
 }
 
 
