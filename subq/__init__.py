@@ -1,8 +1,8 @@
 """subq: sub-quadratic sequence mixers behind one contract, with references, fast kernels and benchmarks.
 
-    import subq
-    subq.list_mixers()                       # registered sequence mixers
-    mixer = subq.get_mixer("sliding_window")(d_model=256, window=64)
+import subq
+subq.list_mixers()                       # registered sequence mixers
+mixer = subq.get_mixer("sliding_window")(d_model=256, window=64)
 """
 
 from subq.layers import (

@@ -37,8 +37,13 @@ def command(section):
         table = Table("mixer", "modes", "decode", "bidirectional", "description", title="sequence mixers")
         for name in list_mixers():
             cls = get_mixer(name)
-            table.add_row(name, ", ".join(("auto", *cls.modes)), "yes" if cls.supports_decode else "no",
-                          "yes" if cls.supports_bidirectional else "no", _summary(cls))
+            table.add_row(
+                name,
+                ", ".join(("auto", *cls.modes)),
+                "yes" if cls.supports_decode else "no",
+                "yes" if cls.supports_bidirectional else "no",
+                _summary(cls),
+            )
         console.print(table)
     if "channel-mixers" in show:
         table = Table("channel mixer", "description", title="channel mixers")
@@ -55,7 +60,13 @@ def command(section):
 
         table = Table("preset", "kind", "sizes", title="presets")
         for name, p in PRESETS.items():
-            table.add_row(name, "model (LMConfig/EncoderConfig.from_preset)", ", ".join(f"{k}={v}" for k, v in p.items()))
+            table.add_row(
+                name,
+                "model (LMConfig/EncoderConfig.from_preset)",
+                ", ".join(f"{k}={v}" for k, v in p.items()),
+            )
         for name, p in ZOO_PRESETS.items():
-            table.add_row(name, "zoo (subq zoo --preset)", f"d_models={p['d_models']}, settings={p['settings']}")
+            table.add_row(
+                name, "zoo (subq zoo --preset)", f"d_models={p['d_models']}, settings={p['settings']}"
+            )
         console.print(table)

@@ -1,11 +1,11 @@
 """The ``subq`` console script: one entry point, one subcommand per job.
 
-    subq list                       mixers, channel mixers, tasks, presets
-    subq zoo                        MQAR recall sweep (the main job)
-    subq train --config FILE k=v    one training run
-    subq bench                      speed and memory against SDPA
-    subq doctor                     versions and available fast paths
-    subq repro NAME [--quick]       paper reproductions (quadratic, hpoly, quadattack, subgm)
+subq list                       mixers, channel mixers, tasks, presets
+subq zoo                        MQAR recall sweep (the main job)
+subq train --config FILE k=v    one training run
+subq bench                      speed and memory against SDPA
+subq doctor                     versions and available fast paths
+subq repro NAME [--quick]       paper reproductions (quadratic, hpoly, quadattack, subgm)
 """
 
 from __future__ import annotations

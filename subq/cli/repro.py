@@ -24,8 +24,14 @@ Examples:
 @click.command(epilog=EPILOG)
 @click.argument("name", type=click.Choice(list(REPRODUCTIONS)))
 @click.option("--quick", is_flag=True, help="The small version: a 2-core CPU in a few minutes.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="repro-out", show_default=True,
-              help="Folder for NAME.json and NAME.png.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="repro-out",
+    show_default=True,
+    help="Folder for NAME.json and NAME.png.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 def command(name, quick, out_dir, seed):
     """Reproduce a paper's claim at small scale: quadratic, hpoly, quadattack or subgm."""
@@ -36,4 +42,6 @@ def command(name, quick, out_dir, seed):
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     module.run(quick=quick, out_dir=out, seed=seed, console=console)
-    console.print(f"done in {time.perf_counter() - t0:.0f}s; wrote {out / (name + '.json')} and {out / (name + '.png')}")
+    console.print(
+        f"done in {time.perf_counter() - t0:.0f}s; wrote {out / (name + '.json')} and {out / (name + '.png')}"
+    )

@@ -66,23 +66,44 @@ def _device(name: str) -> str:
 
 
 @click.command(epilog=EPILOG)
-@click.option("--preset", type=click.Choice(list(PRESETS)), default="quick", show_default=True,
-              help="quick: 2-core CPU in minutes. zoology: the paper's Figure 2 grid (GPU).")
+@click.option(
+    "--preset",
+    type=click.Choice(list(PRESETS)),
+    default="quick",
+    show_default=True,
+    help="quick: 2-core CPU in minutes. zoology: the paper's Figure 2 grid (GPU).",
+)
 @click.option("--mixers", callback=_csv(str), help="Comma-separated mixer names (default: the preset's).")
 @click.option("--d-models", callback=_csv(int), help="Comma-separated model widths.")
-@click.option("--settings", callback=_settings, help="Comma-separated L:K pairs (sequence length : key-value pairs).")
+@click.option(
+    "--settings", callback=_settings, help="Comma-separated L:K pairs (sequence length : key-value pairs)."
+)
 @click.option("--lrs", callback=_csv(float), help="Comma-separated learning rates.")
 @click.option("--epochs", type=float, help="Epochs per run (early stop at the target accuracy).")
 @click.option("--max-steps", type=int, help="Cap on optimizer steps per run.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
-              help="auto: bf16 autocast on CUDA, fp32 on CPU.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="zoo-out", show_default=True,
-              help="Folder for results.jsonl, summary.json and accuracy_vs_state.png.")
-@click.option("--jobs", type=int, help="Cells trained at once in separate processes "
-              "(default: one per CPU core on CPU, 1 on CUDA).")
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    help="auto: bf16 autocast on CUDA, fp32 on CPU.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="zoo-out",
+    show_default=True,
+    help="Folder for results.jsonl, summary.json and accuracy_vs_state.png.",
+)
+@click.option(
+    "--jobs",
+    type=int,
+    help="Cells trained at once in separate processes (default: one per CPU core on CPU, 1 on CUDA).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the grid and exit without training.")
-def command(preset, mixers, d_models, settings, lrs, epochs, max_steps, device, precision, out_dir, jobs, dry_run):
+def command(
+    preset, mixers, d_models, settings, lrs, epochs, max_steps, device, precision, out_dir, jobs, dry_run
+):
     """Train small models on multi-query associative recall (MQAR) and compare recall against state size.
 
     Each (mixer, d_model, L, K) cell trains a 2-layer model per learning rate and reports the best
@@ -93,11 +114,19 @@ def command(preset, mixers, d_models, settings, lrs, epochs, max_steps, device, 
     if mixers:
         unknown = [m for m in mixers if m not in list_mixers()]
         if unknown:
-            raise click.BadParameter(f"unknown mixer(s) {', '.join(unknown)}; valid names: {', '.join(list_mixers())}",
-                                     param_hint="--mixers")
+            raise click.BadParameter(
+                f"unknown mixer(s) {', '.join(unknown)}; valid names: {', '.join(list_mixers())}",
+                param_hint="--mixers",
+            )
         overrides["mixers"] = mixers_from_names(mixers)
-    for key, value in (("d_models", d_models), ("settings", settings), ("lrs", lrs), ("epochs", epochs),
-                       ("max_steps", max_steps), ("precision", precision)):
+    for key, value in (
+        ("d_models", d_models),
+        ("settings", settings),
+        ("lrs", lrs),
+        ("epochs", epochs),
+        ("max_steps", max_steps),
+        ("precision", precision),
+    ):
         if value is not None:
             overrides[key] = value
     try:
@@ -112,23 +141,37 @@ def command(preset, mixers, d_models, settings, lrs, epochs, max_steps, device, 
     if jobs < 1:
         raise click.BadParameter(f"must be >= 1, got {jobs}", param_hint="--jobs")
 
-    console.print(f"[bold]subq zoo[/] preset={preset} device={dev}: {len(runs)} runs "
-                  f"({len(cfg.mixers)} mixers x {len(cfg.d_models)} widths x {len(cfg.settings)} (L, K) x "
-                  f"{len(cfg.lrs)} lrs) on {jobs} process(es), V={cfg.vocab_size}, {cfg.num_train_examples} train examples, "
-                  f"up to {cfg.epochs:g} epochs, target {cfg.target_accuracy}")
+    console.print(
+        f"[bold]subq zoo[/] preset={preset} device={dev}: {len(runs)} runs "
+        f"({len(cfg.mixers)} mixers x {len(cfg.d_models)} widths x {len(cfg.settings)} (L, K) x "
+        f"{len(cfg.lrs)} lrs) on {jobs} process(es), V={cfg.vocab_size}, "
+        f"{cfg.num_train_examples} train examples, "
+        f"up to {cfg.epochs:g} epochs, target {cfg.target_accuracy}"
+    )
     if dry_run:
         table = Table("mixer", "d_model", "L", "K", "lr", "batch")
         for r in runs:
-            table.add_row(mixer_label(r.mixer), str(r.d_model),
-                          str(r.seq_len), str(r.num_kv_pairs), f"{r.lr:.2e}",
-                          str(cfg.batch_sizes.get(r.seq_len, cfg.batch_size)))
+            table.add_row(
+                mixer_label(r.mixer),
+                str(r.d_model),
+                str(r.seq_len),
+                str(r.num_kv_pairs),
+                f"{r.lr:.2e}",
+                str(cfg.batch_sizes.get(r.seq_len, cfg.batch_size)),
+            )
         console.print(table)
         return
 
     out = Path(out_dir)
     t0 = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("starting", total=len(runs))
 
         if jobs > 1:
@@ -140,24 +183,49 @@ def command(preset, mixers, d_models, settings, lrs, epochs, max_steps, device, 
         def end(row):
             progress.advance(task)
             if not row.skipped:
-                progress.console.print(f"  {row.label:<28} d={row.d_model:<4} L={row.seq_len:<4} K={row.num_kv_pairs:<3}"
-                                       f" lr={row.lr:.2e}  acc={row.accuracy:.3f}  steps={row.steps:<6}"
-                                       f" {row.seconds:6.1f}s  ({row.stop_reason})")
+                progress.console.print(
+                    f"  {row.label:<28} d={row.d_model:<4} L={row.seq_len:<4} K={row.num_kv_pairs:<3}"
+                    f" lr={row.lr:.2e}  acc={row.accuracy:.3f}  steps={row.steps:<6}"
+                    f" {row.seconds:6.1f}s  ({row.stop_reason})"
+                )
 
         rows = run_zoo(cfg, device=dev, out_dir=out, jobs=jobs, on_run_start=start, on_row=end)
 
     cells = best_over_lrs(rows)
-    table = Table("mixer", "d_model", "L", "K", "state size", "params", "accuracy", "best lr", "time (s)",
-                  title="MQAR test accuracy (best over learning rates)")
+    table = Table(
+        "mixer",
+        "d_model",
+        "L",
+        "K",
+        "state size",
+        "params",
+        "accuracy",
+        "best lr",
+        "time (s)",
+        title="MQAR test accuracy (best over learning rates)",
+    )
     for c in cells:
         acc = c["accuracy"]
         style = "green" if acc >= cfg.target_accuracy else ("yellow" if acc >= 0.5 else "red")
-        table.add_row(c["mixer"], str(c["d_model"]), str(c["seq_len"]), str(c["num_kv_pairs"]),
-                      f"{c['state_size']:,}", f"{c['params']:,}", f"[{style}]{acc:.3f}[/]",
-                      f"{c['lr']:.2e}" if c["lr"] else "-", f"{c['seconds']:.1f}")
+        table.add_row(
+            c["mixer"],
+            str(c["d_model"]),
+            str(c["seq_len"]),
+            str(c["num_kv_pairs"]),
+            f"{c['state_size']:,}",
+            f"{c['params']:,}",
+            f"[{style}]{acc:.3f}[/]",
+            f"{c['lr']:.2e}" if c["lr"] else "-",
+            f"{c['seconds']:.1f}",
+        )
     console.print(table)
-    (out / "summary.json").write_text(json.dumps({"preset": preset, "device": dev, "config": cfg.model_dump(mode="json"),
-                                                  "cells": cells}, indent=1))
+    (out / "summary.json").write_text(
+        json.dumps(
+            {"preset": preset, "device": dev, "config": cfg.model_dump(mode="json"), "cells": cells}, indent=1
+        )
+    )
     plot = plot_accuracy_vs_state(cells, out / "accuracy_vs_state.png")
-    console.print(f"{len(rows)} runs in {time.perf_counter() - t0:.0f}s; wrote {out / 'results.jsonl'}, "
-                  f"{out / 'summary.json'}, {plot}")
+    console.print(
+        f"{len(rows)} runs in {time.perf_counter() - t0:.0f}s; wrote {out / 'results.jsonl'}, "
+        f"{out / 'summary.json'}, {plot}"
+    )

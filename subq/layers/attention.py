@@ -75,7 +75,9 @@ class Attention(Mixer):
         if num_heads < 1 or d_model % num_heads:
             raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads} (>= 1)")
         if num_kv_heads < 1 or num_heads % num_kv_heads:
-            raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads} (>= 1)")
+            raise ValueError(
+                f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads} (>= 1)"
+            )
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = d_model // num_heads
         qkv_dim = (num_heads + 2 * num_kv_heads) * self.head_dim
@@ -89,7 +91,11 @@ class Attention(Mixer):
         B, T, _ = x.shape
         qkv = self.qkv_proj(x)
         q, k, v = qkv.split(
-            [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.num_kv_heads * self.head_dim],
+            [
+                self.num_heads * self.head_dim,
+                self.num_kv_heads * self.head_dim,
+                self.num_kv_heads * self.head_dim,
+            ],
             dim=-1,
         )
         q = q.view(B, T, self.num_heads, self.head_dim)
@@ -121,7 +127,9 @@ class Attention(Mixer):
         device = device if device is not None else self.out_proj.weight.device
         dtype = dtype if dtype is not None else self.out_proj.weight.dtype
         shape = (batch_size, self._cache_capacity(batch_size), self.num_kv_heads, self.head_dim)
-        return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+        return KVCache(
+            torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+        )
 
     def _write(self, cache: KVCache, k: Tensor, v: Tensor) -> None:
         """Append ``k, v: [B, n, H_kv, D]`` to a growing cache (capacity doubles as needed)."""

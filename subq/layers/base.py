@@ -69,7 +69,9 @@ class Mixer(nn.Module):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode != "auto" and mode not in self.modes:
-            raise ValueError(f"{type(self).name} has no {mode!r} form; available modes: auto, {', '.join(self.modes)}")
+            raise ValueError(
+                f"{type(self).name} has no {mode!r} form; available modes: auto, {', '.join(self.modes)}"
+            )
         if not causal and not self.supports_bidirectional:
             raise ValueError(f"{type(self).name} is causal only; causal=False is not supported")
         self.d_model = d_model
@@ -150,7 +152,8 @@ class Mixer(nn.Module):
             raise ValueError(f"{arg} must be {ndim}-D {shape}, got shape {tuple(x.shape)}")
         if x.shape[-1] != self.d_model:
             raise ValueError(
-                f"{arg} last dim must equal d_model={self.d_model}, got {x.shape[-1]} (shape {tuple(x.shape)})"
+                f"{arg} last dim must equal d_model={self.d_model}, got {x.shape[-1]} "
+                f"(shape {tuple(x.shape)})"
             )
         if not x.is_floating_point():
             raise TypeError(f"{arg} must be a floating-point tensor, got dtype {x.dtype}")

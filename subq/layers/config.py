@@ -19,7 +19,7 @@ _SET_BY_MODEL = {"d_model", "causal", "layer_idx", "device", "dtype"}
 
 
 def _accepted_kwargs(cls: type) -> set[str] | None:
-    """Keyword arguments of ``cls.__init__`` and its bases (None if it takes ``**kwargs`` only at the root)."""
+    """Keyword arguments of ``cls.__init__``, following ``**kwargs`` up to the base classes."""
     names: set[str] = set()
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
@@ -47,7 +47,9 @@ class _NamedConfig(BaseModel):
     def _check(self):
         registry = type(self).registry
         if self.name not in registry:
-            raise ValueError(f"unknown {registry.kind} {self.name!r}; valid names: {', '.join(registry.names())}")
+            raise ValueError(
+                f"unknown {registry.kind} {self.name!r}; valid names: {', '.join(registry.names())}"
+            )
         cls = registry.get(self.name)
         accepted = _accepted_kwargs(cls) - _SET_BY_MODEL
         for key in self.kwargs:
@@ -55,7 +57,8 @@ class _NamedConfig(BaseModel):
                 raise ValueError(f"{key!r} is set by the model, not in the {registry.kind} config")
             if key not in accepted:
                 raise ValueError(
-                    f"{registry.kind} {self.name!r} has no argument {key!r}; it accepts: {', '.join(sorted(accepted))}"
+                    f"{registry.kind} {self.name!r} has no argument {key!r}; "
+                    f"it accepts: {', '.join(sorted(accepted))}"
                 )
         return self
 
@@ -74,8 +77,12 @@ class MixerConfig(_NamedConfig):
 
     registry: ClassVar[Registry] = MIXERS
 
-    def build(self, d_model: int, *, causal: bool = True, layer_idx: int | None = None, device=None, dtype=None):
-        return self.cls(d_model, causal=causal, layer_idx=layer_idx, device=device, dtype=dtype, **self.kwargs)
+    def build(
+        self, d_model: int, *, causal: bool = True, layer_idx: int | None = None, device=None, dtype=None
+    ):
+        return self.cls(
+            d_model, causal=causal, layer_idx=layer_idx, device=device, dtype=dtype, **self.kwargs
+        )
 
 
 class ChannelMixerConfig(_NamedConfig):

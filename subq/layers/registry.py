@@ -31,7 +31,9 @@ class Registry:
 
         def wrap(cls: T) -> T:
             if name in self._table and self._table[name] is not cls:
-                raise ValueError(f"{self.kind} {name!r} is already registered to {self._table[name].__qualname__}")
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered to {self._table[name].__qualname__}"
+                )
             self._table[name] = cls
             cls.name = name
             return cls

@@ -20,7 +20,9 @@ def make_norm(kind: str, d_model: int, device=None, dtype=None) -> nn.Module:
 class Block(nn.Module):
     """Pre-norm residual block around a sequence mixer and a channel mixer (``none`` skips it)."""
 
-    def __init__(self, mixer: Mixer, channel: ChannelMixer, *, norm: str = "layernorm", device=None, dtype=None):
+    def __init__(
+        self, mixer: Mixer, channel: ChannelMixer, *, norm: str = "layernorm", device=None, dtype=None
+    ):
         super().__init__()
         d = mixer.d_model
         self.norm1 = make_norm(norm, d, device, dtype)

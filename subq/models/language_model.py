@@ -1,9 +1,9 @@
 """A causal language model built from mixer blocks, readable top to bottom.
 
-    cfg = LMConfig(vocab_size=8192, d_model=128, n_layers=2, mixer="attention", channel_mixer="none")
-    model = LanguageModel(cfg)
-    logits = model(input_ids)                            # (B, T, vocab)
-    out = model.generate(prompt, max_new_tokens=32)      # uses prefill/step when every mixer decodes
+cfg = LMConfig(vocab_size=8192, d_model=128, n_layers=2, mixer="attention", channel_mixer="none")
+model = LanguageModel(cfg)
+logits = model(input_ids)                            # (B, T, vocab)
+out = model.generate(prompt, max_new_tokens=32)      # uses prefill/step when every mixer decodes
 """
 
 from __future__ import annotations
@@ -29,24 +29,35 @@ class Backbone(nn.Module):
         self.cfg = cfg
         fk = dict(device=device, dtype=dtype)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, **fk)
-        self.pos_embed = nn.Embedding(cfg.max_seq_len, cfg.d_model, **fk) if cfg.pos_emb == "learned" else None
+        self.pos_embed = (
+            nn.Embedding(cfg.max_seq_len, cfg.d_model, **fk) if cfg.pos_emb == "learned" else None
+        )
         self.drop = nn.Dropout(cfg.embed_dropout)
         self.blocks = nn.ModuleList(
-            Block(m.build(cfg.d_model, causal=causal, layer_idx=i, **fk), cfg.channel_mixer.build(cfg.d_model, **fk),
-                  norm=cfg.norm, **fk)
+            Block(
+                m.build(cfg.d_model, causal=causal, layer_idx=i, **fk),
+                cfg.channel_mixer.build(cfg.d_model, **fk),
+                norm=cfg.norm,
+                **fk,
+            )
             for i, m in enumerate(cfg.mixers)
         )
         self.norm_f = make_norm(cfg.norm, cfg.d_model, **fk)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """N(0, init_std) for linear and embedding weights; output projections scaled by 1/sqrt(2 n_layers)."""
+        """N(0, init_std) for linear and embedding weights; output projections scaled by
+        1/sqrt(2 n_layers)."""
         std = self.cfg.init_std
         for name, p in self.named_parameters():
             leaf = name.rsplit(".", 2)
             if p.dim() < 2 or "norm" in name:
                 continue
-            scale = 1 / math.sqrt(2 * self.cfg.n_layers) if len(leaf) > 1 and leaf[-2] in _OUTPUT_PROJECTIONS else 1
+            scale = (
+                1 / math.sqrt(2 * self.cfg.n_layers)
+                if len(leaf) > 1 and leaf[-2] in _OUTPUT_PROJECTIONS
+                else 1
+            )
             nn.init.normal_(p, std=std * scale)
         for m in self.modules():
             if isinstance(m, nn.Linear) and m.bias is not None:
@@ -54,12 +65,16 @@ class Backbone(nn.Module):
 
     def _embed(self, ids: Tensor, offset: int = 0) -> Tensor:
         if ids.dim() != 2 or ids.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"input ids must be an integer tensor (B, T), got {ids.dtype} {tuple(ids.shape)}")
+            raise ValueError(
+                f"input ids must be an integer tensor (B, T), got {ids.dtype} {tuple(ids.shape)}"
+            )
         T = ids.shape[1]
         x = self.embed(ids)
         if self.pos_embed is not None:
             if offset + T > self.cfg.max_seq_len:
-                raise ValueError(f"sequence of {offset + T} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
+                raise ValueError(
+                    f"sequence of {offset + T} tokens exceeds max_seq_len={self.cfg.max_seq_len}"
+                )
             x = x + self.pos_embed(torch.arange(offset, offset + T, device=ids.device))
         return self.drop(x)
 
@@ -92,8 +107,10 @@ class LanguageModel(nn.Module):
         h = self.backbone(ids)  # (B, T, d)
         if positions is not None:
             if positions.shape != ids.shape or positions.dtype != torch.bool:
-                raise ValueError(f"positions must be a bool mask of shape {tuple(ids.shape)}, "
-                                 f"got {positions.dtype} {tuple(positions.shape)}")
+                raise ValueError(
+                    f"positions must be a bool mask of shape {tuple(ids.shape)}, "
+                    f"got {positions.dtype} {tuple(positions.shape)}"
+                )
             h = h[positions]  # (N, d)
         return F.linear(h, self.backbone.embed.weight)
 
@@ -126,7 +143,12 @@ class LanguageModel(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, ids: Tensor, max_new_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,
+        self,
+        ids: Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 0.0,
+        top_k: int | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Append ``max_new_tokens`` tokens to ``ids: (B, T)``; greedy when ``temperature == 0``.

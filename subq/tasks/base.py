@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
@@ -51,8 +50,10 @@ class SequenceDataset:
 
     def __post_init__(self):
         if self.inputs.shape != self.labels.shape or self.inputs.dim() != 2:
-            raise ValueError(f"inputs and labels must both be (N, T): {tuple(self.inputs.shape)} vs "
-                             f"{tuple(self.labels.shape)}")
+            raise ValueError(
+                f"inputs and labels must both be (N, T): {tuple(self.inputs.shape)} vs "
+                f"{tuple(self.labels.shape)}"
+            )
 
     def __len__(self) -> int:
         return self.inputs.shape[0]

@@ -41,7 +41,9 @@ def multiquery_ar(
     if seq_len % 2:
         raise ValueError(f"seq_len must be even, got {seq_len}")
     if num_kv_pairs > vocab_size // 2 - 1:
-        raise ValueError(f"num_kv_pairs={num_kv_pairs} exceeds the {vocab_size // 2 - 1} keys of vocab_size={vocab_size}")
+        raise ValueError(
+            f"num_kv_pairs={num_kv_pairs} exceeds the {vocab_size // 2 - 1} keys of vocab_size={vocab_size}"
+        )
     if 2 * num_kv_pairs * num_passes + 2 * num_kv_pairs > seq_len:
         raise ValueError(
             f"num_kv_pairs={num_kv_pairs} too large for seq_len={seq_len}: need 2*K*(num_passes+1) <= seq_len"
@@ -51,7 +53,9 @@ def multiquery_ar(
     key_choices = np.arange(1, vocab_size // 2)
     value_choices = np.arange(vocab_size // 2, vocab_size)
     keys = np.stack([rs.choice(key_choices, replace=False, size=num_kv_pairs) for _ in range(num_examples)])
-    values = np.stack([rs.choice(value_choices, replace=False, size=num_kv_pairs) for _ in range(num_examples)])
+    values = np.stack(
+        [rs.choice(value_choices, replace=False, size=num_kv_pairs) for _ in range(num_examples)]
+    )
 
     kvs = np.zeros((num_examples, 2 * num_kv_pairs), dtype=np.int64)
     kvs[:, 0::2], kvs[:, 1::2] = keys, values
@@ -61,7 +65,9 @@ def multiquery_ar(
     p = power_a * np.arange(1, space + 1) ** (power_a - 1)
     p = p / p.sum()
     gap_choices = np.arange(space)
-    gaps = np.stack([rs.choice(gap_choices, replace=False, p=p, size=num_kv_pairs) for _ in range(num_examples)])
+    gaps = np.stack(
+        [rs.choice(gap_choices, replace=False, p=p, size=num_kv_pairs) for _ in range(num_examples)]
+    )
 
     queries = np.zeros((num_examples, seq_len - context + 1), dtype=np.int64)
     np.put_along_axis(queries, gaps * 2, values=keys, axis=1)
@@ -109,7 +115,6 @@ class MQARConfig(TaskConfig):
         """The ``split`` of this task for base seed ``seed`` (cached: sweeps rebuild the same data)."""
         return _build_cached(self, split, seed)
 
-
     def describe(self) -> str:
         return f"mqar(L={self.seq_len}, K={self.num_kv_pairs}, V={self.vocab_size})"
 
@@ -118,7 +123,12 @@ class MQARConfig(TaskConfig):
 def _build_cached(cfg: MQARConfig, split: Split, seed: int) -> SequenceDataset:
     n = cfg.num_train_examples if split == "train" else cfg.num_test_examples
     return multiquery_ar(
-        cfg.vocab_size, n, cfg.seq_len, cfg.num_kv_pairs, split_seed(seed, split),
-        power_a=cfg.power_a, num_passes=cfg.num_passes, random_non_queries=cfg.random_non_queries,
+        cfg.vocab_size,
+        n,
+        cfg.seq_len,
+        cfg.num_kv_pairs,
+        split_seed(seed, split),
+        power_a=cfg.power_a,
+        num_passes=cfg.num_passes,
+        random_non_queries=cfg.random_non_queries,
     )
-

@@ -96,10 +96,15 @@ class ZooConfig(BaseModel):
         return TrainConfig(
             model=self.lm_config(run),
             task=MQARConfig(
-                vocab_size=self.vocab_size, seq_len=L, num_kv_pairs=K,
-                num_train_examples=self.num_train_examples, num_test_examples=self.num_test_examples,
+                vocab_size=self.vocab_size,
+                seq_len=L,
+                num_kv_pairs=K,
+                num_train_examples=self.num_train_examples,
+                num_test_examples=self.num_test_examples,
             ),
-            optim=OptimConfig(lr=run.lr, weight_decay=self.weight_decay, warmup_fraction=self.warmup_fraction),
+            optim=OptimConfig(
+                lr=run.lr, weight_decay=self.weight_decay, warmup_fraction=self.warmup_fraction
+            ),
             batch_size=self.batch_sizes.get(L, self.batch_size),
             epochs=self.epochs,
             max_steps=self.max_steps,
@@ -117,8 +122,14 @@ class ZooConfig(BaseModel):
     def lm_config(self, run: ZooRun) -> LMConfig:
         """Zoology's MQAR model: learned positions, ``n_layers`` blocks, no channel mixer."""
         return LMConfig(
-            vocab_size=self.vocab_size, d_model=run.d_model, n_layers=self.n_layers, mixer=run.mixer,
-            channel_mixer="none", pos_emb="learned", max_seq_len=run.seq_len, embed_dropout=self.embed_dropout,
+            vocab_size=self.vocab_size,
+            d_model=run.d_model,
+            n_layers=self.n_layers,
+            mixer=run.mixer,
+            channel_mixer="none",
+            pos_emb="learned",
+            max_seq_len=run.seq_len,
+            embed_dropout=self.embed_dropout,
         )
 
 
@@ -132,11 +143,19 @@ class ZooRun:
 
     @property
     def cell(self) -> tuple:
-        return (self.mixer.name, json.dumps(self.mixer.kwargs, sort_keys=True), self.d_model, self.seq_len,
-                self.num_kv_pairs)
+        return (
+            self.mixer.name,
+            json.dumps(self.mixer.kwargs, sort_keys=True),
+            self.d_model,
+            self.seq_len,
+            self.num_kv_pairs,
+        )
 
     def label(self) -> str:
-        return f"{mixer_label(self.mixer)} d={self.d_model} L={self.seq_len} K={self.num_kv_pairs} lr={self.lr:.2e}"
+        return (
+            f"{mixer_label(self.mixer)} d={self.d_model} L={self.seq_len} K={self.num_kv_pairs} "
+            f"lr={self.lr:.2e}"
+        )
 
 
 def mixer_label(mixer: MixerConfig) -> str:
@@ -210,25 +229,52 @@ def model_sizes(cfg: ZooConfig, run: ZooRun) -> tuple[int, int]:
     return model.state_size(run.seq_len), count_params(model)
 
 
-def _run_cell(cfg: ZooConfig, runs: list[ZooRun], device: str,
-              on_run_start: Callable[[ZooRun], None] | None = None) -> list[ZooRow]:
+def _run_cell(
+    cfg: ZooConfig, runs: list[ZooRun], device: str, on_run_start: Callable[[ZooRun], None] | None = None
+) -> list[ZooRow]:
     """The learning-rate sweep of one (mixer, d_model, L, K) cell; once a learning rate reaches the
     target (and ``stop_lr_sweep_at_target``), the remaining ones are recorded as skipped."""
     rows, solved = [], False
     for run in runs:
         state_size, params = model_sizes(cfg, run)
         if solved:
-            rows.append(ZooRow(run.mixer.name, run.mixer.kwargs, run.d_model, run.seq_len, run.num_kv_pairs,
-                               run.lr, state_size, params, math.nan, math.nan, 0, 0.0, "skipped", skipped=True))
+            rows.append(
+                ZooRow(
+                    run.mixer.name,
+                    run.mixer.kwargs,
+                    run.d_model,
+                    run.seq_len,
+                    run.num_kv_pairs,
+                    run.lr,
+                    state_size,
+                    params,
+                    math.nan,
+                    math.nan,
+                    0,
+                    0.0,
+                    "skipped",
+                    skipped=True,
+                )
+            )
             continue
         if on_run_start is not None:
             on_run_start(run)
         t0 = time.perf_counter()
         result = train(cfg.train_config(run, device=device))
         row = ZooRow(
-            run.mixer.name, run.mixer.kwargs, run.d_model, run.seq_len, run.num_kv_pairs, run.lr,
-            state_size, params, float(result.best_accuracy or 0.0), float(result.final_accuracy or 0.0),
-            result.steps, time.perf_counter() - t0, result.stop_reason,
+            run.mixer.name,
+            run.mixer.kwargs,
+            run.d_model,
+            run.seq_len,
+            run.num_kv_pairs,
+            run.lr,
+            state_size,
+            params,
+            float(result.best_accuracy or 0.0),
+            float(result.final_accuracy or 0.0),
+            result.steps,
+            time.perf_counter() - t0,
+            result.stop_reason,
         )
         rows.append(row)
         solved = cfg.stop_lr_sweep_at_target and row.accuracy >= cfg.target_accuracy
@@ -293,11 +339,21 @@ def best_over_lrs(rows: list[ZooRow]) -> list[dict[str, Any]]:
     cells: dict[tuple, dict[str, Any]] = {}
     for r in rows:
         key = (r.label, r.d_model, r.seq_len, r.num_kv_pairs)
-        cell = cells.setdefault(key, {
-            "mixer": r.label, "d_model": r.d_model, "seq_len": r.seq_len, "num_kv_pairs": r.num_kv_pairs,
-            "state_size": r.state_size, "params": r.params, "accuracy": -1.0, "lr": None, "seconds": 0.0,
-            "runs": 0,
-        })
+        cell = cells.setdefault(
+            key,
+            {
+                "mixer": r.label,
+                "d_model": r.d_model,
+                "seq_len": r.seq_len,
+                "num_kv_pairs": r.num_kv_pairs,
+                "state_size": r.state_size,
+                "params": r.params,
+                "accuracy": -1.0,
+                "lr": None,
+                "seconds": 0.0,
+                "runs": 0,
+            },
+        )
         if r.skipped:
             continue
         cell["seconds"] += r.seconds
@@ -321,8 +377,11 @@ def plot_accuracy_vs_state(cells: list[dict[str, Any]], path: str | Path) -> Pat
     markers = "osD^vP*X"
     for ax, (L, K) in zip(axes[0], settings, strict=True):
         for j, m in enumerate(mixers):
-            pts = sorted((c["state_size"], c["accuracy"]) for c in cells
-                         if c["mixer"] == m and (c["seq_len"], c["num_kv_pairs"]) == (L, K))
+            pts = sorted(
+                (c["state_size"], c["accuracy"])
+                for c in cells
+                if c["mixer"] == m and (c["seq_len"], c["num_kv_pairs"]) == (L, K)
+            )
             if pts:
                 xs, ys = zip(*pts, strict=True)
                 ax.plot(xs, ys, marker=markers[j % len(markers)], label=m)

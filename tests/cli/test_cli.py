@@ -54,8 +54,21 @@ def test_zoo_bad_setting_is_a_usage_error():
 
 def test_zoo_tiny_run_writes_table_results_and_plot(cli, tmp_path):
     out = tmp_path / "zoo"
-    result = cli("zoo", "--d-models", "16", "--settings", "16:2", "--lrs", "3e-3", "--max-steps", "5",
-                 "--jobs", "1", "--out", str(out))
+    result = cli(
+        "zoo",
+        "--d-models",
+        "16",
+        "--settings",
+        "16:2",
+        "--lrs",
+        "3e-3",
+        "--max-steps",
+        "5",
+        "--jobs",
+        "1",
+        "--out",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     assert "MQAR test accuracy" in result.output and "state size" in result.output
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]

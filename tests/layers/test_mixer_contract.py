@@ -36,7 +36,9 @@ def test_unknown_mixer_lists_valid_names():
 
 
 @pytest.mark.parametrize("name", MIXERS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["fp32", "fp64", "bf16"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["fp32", "fp64", "bf16"]
+)
 @pytest.mark.parametrize("T", [1, 63, 100])
 def test_shape_and_dtype_preserved(name, dtype, T):
     for causal in directions(name):

@@ -18,9 +18,10 @@ def test_forward_shape_and_tied_head():
     model = tiny_lm()
     ids = torch.randint(97, (2, 17))
     assert model(ids).shape == (2, 17, 97)
-    assert model.backbone.embed.weight.data_ptr() == next(
-        p for n, p in model.named_parameters() if n == "backbone.embed.weight"
-    ).data_ptr()
+    assert (
+        model.backbone.embed.weight.data_ptr()
+        == next(p for n, p in model.named_parameters() if n == "backbone.embed.weight").data_ptr()
+    )
     assert not any("head" in n for n, _ in model.named_parameters()), "head must be tied, not a new parameter"
 
 
@@ -47,7 +48,9 @@ def test_causal_lm_is_causal():
     assert torch.equal(model(ids)[:, :12], model(ids2)[:, :12])
 
 
-@pytest.mark.parametrize("mixer", ["attention", [{"name": "sliding_window", "window": 3}, "attention"]], ids=["attn", "hybrid"])
+@pytest.mark.parametrize(
+    "mixer", ["attention", [{"name": "sliding_window", "window": 3}, "attention"]], ids=["attn", "hybrid"]
+)
 def test_generate_with_decode_matches_full_forward(mixer):
     model = tiny_lm(mixer=mixer).double().eval()
     ids = torch.randint(97, (2, 7))
@@ -95,7 +98,10 @@ def test_presets():
         (dict(vocab_size=0), "vocab_size"),
         (dict(vocab_size=10, d_model=-1), "d_model"),
         (dict(vocab_size=10, mixer="nope"), "unknown mixer 'nope'"),
-        (dict(vocab_size=10, mixer={"name": "sliding_window", "window": -2}), "window must be a positive int"),
+        (
+            dict(vocab_size=10, mixer={"name": "sliding_window", "window": -2}),
+            "window must be a positive int",
+        ),
         (dict(vocab_size=10, d_model=30, mixer={"name": "attention", "num_heads": 4}), "num_heads"),
         (dict(vocab_size=10, pos_emb="learned"), "max_seq_len"),
         (dict(vocab_size=10, extra_key=1), "extra_key"),
@@ -113,8 +119,15 @@ def test_too_long_input_with_learned_positions():
 
 
 def test_encoder_heads():
-    enc = Encoder(EncoderConfig(vocab_size=50, d_model=32, n_layers=2, num_classes=3,
-                                mixer={"name": "sliding_window", "window": 4}))
+    enc = Encoder(
+        EncoderConfig(
+            vocab_size=50,
+            d_model=32,
+            n_layers=2,
+            num_classes=3,
+            mixer={"name": "sliding_window", "window": 4},
+        )
+    )
     assert all(not b.mixer.causal for b in enc.backbone.blocks)
     ids = torch.randint(50, (2, 11))
     assert enc(ids).shape == (2, 11, 32)

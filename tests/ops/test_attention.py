@@ -11,7 +11,9 @@ from tests.conftest import assert_close
 SHAPES = [(1, 1, 2, 2, 8), (2, 63, 4, 2, 60), (2, 100, 3, 1, 16), (1, 1000, 2, 2, 32)]
 
 
-@pytest.mark.parametrize("B,T,H,H_kv,D", SHAPES, ids=[f"B{b}-T{t}-H{h}-Hkv{g}-D{d}" for b, t, h, g, d in SHAPES])
+@pytest.mark.parametrize(
+    "B,T,H,H_kv,D", SHAPES, ids=[f"B{b}-T{t}-H{h}-Hkv{g}-D{d}" for b, t, h, g, d in SHAPES]
+)
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
 def test_sdpa_matches_naive(B, T, H, H_kv, D, causal):
     q = torch.randn(B, T, H, D, dtype=torch.float64, requires_grad=True)
@@ -21,7 +23,9 @@ def test_sdpa_matches_naive(B, T, H, H_kv, D, causal):
     o, _ = sdpa_attention(q, k, v, causal=causal)
     assert_close(o, o_ref, 1e-12, "o")
     do = torch.randn_like(o)
-    for name, a, b in zip("qkv", torch.autograd.grad(o, (q, k, v), do), torch.autograd.grad(o_ref, (q, k, v), do)):
+    for name, a, b in zip(
+        "qkv", torch.autograd.grad(o, (q, k, v), do), torch.autograd.grad(o_ref, (q, k, v), do), strict=True
+    ):
         assert_close(a, b, 1e-12, f"d{name}")
 
 

@@ -45,7 +45,9 @@ def test_chunk_matches_naive(case, causal):
     o, _ = chunk_sliding_window_attention(q, k, v, window=W, causal=causal, chunk_size=C)
     assert_close(o, o_ref, 1e-12, "o")
     do = torch.randn_like(o)
-    for name, a, b in zip("qkv", torch.autograd.grad(o, (q, k, v), do), torch.autograd.grad(o_ref, (q, k, v), do)):
+    for name, a, b in zip(
+        "qkv", torch.autograd.grad(o, (q, k, v), do), torch.autograd.grad(o_ref, (q, k, v), do), strict=True
+    ):
         assert_close(a, b, 1e-12, f"d{name}")
 
 
@@ -88,5 +90,7 @@ def test_flex_matches_naive_on_cuda(T, causal):
     o, _ = flex_sliding_window_attention(q, k, v, window=128, causal=causal)
     assert_close(o, o_ref, 2e-2, "o")
     do = torch.randn_like(o)
-    for name, a, b in zip("qkv", torch.autograd.grad(o, (q, k, v), do), torch.autograd.grad(o_ref, (q, k, v), do)):
+    for name, a, b in zip(
+        "qkv", torch.autograd.grad(o, (q, k, v), do), torch.autograd.grad(o_ref, (q, k, v), do), strict=True
+    ):
         assert_close(a, b, 2e-2, f"d{name}")

@@ -86,7 +86,9 @@ def test_parallel_cells_give_the_same_rows_as_sequential():
     cfg = tiny_grid()
     seq = run_zoo(cfg)
     par = run_zoo(cfg, jobs=2)
-    assert [(r.mixer, r.lr, r.accuracy, r.steps) for r in seq] == [(r.mixer, r.lr, r.accuracy, r.steps) for r in par]
+    assert [(r.mixer, r.lr, r.accuracy, r.steps) for r in seq] == [
+        (r.mixer, r.lr, r.accuracy, r.steps) for r in par
+    ]
 
 
 def _row(mixer, d, acc, lr, skipped=False):
@@ -94,10 +96,16 @@ def _row(mixer, d, acc, lr, skipped=False):
 
 
 def test_best_over_lrs_and_plot(tmp_path):
-    rows = [_row("attention", 64, 0.5, 1e-3), _row("attention", 64, 0.9, 3e-3), _row("attention", 64, math.nan, 1e-2, True),
-            _row("sliding_window", 64, 0.2, 1e-3)]
+    rows = [
+        _row("attention", 64, 0.5, 1e-3),
+        _row("attention", 64, 0.9, 3e-3),
+        _row("attention", 64, math.nan, 1e-2, True),
+        _row("sliding_window", 64, 0.2, 1e-3),
+    ]
     cells = best_over_lrs(rows)
     assert [(c["mixer"], c["accuracy"], c["lr"], c["runs"]) for c in cells] == [
-        ("attention", 0.9, 3e-3, 2), ("sliding_window", 0.2, 1e-3, 1)]
+        ("attention", 0.9, 3e-3, 2),
+        ("sliding_window", 0.2, 1e-3, 1),
+    ]
     png = plot_accuracy_vs_state(cells, tmp_path / "plot.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,8 +9,17 @@ from subq.ops.sliding_window.flex import flex_sliding_window_attention
 from subq.ops.sliding_window.naive import naive_sliding_window_attention
 
 
-def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, causal: bool = True,
-                             scale: float | None = None, mode: str = "auto", output_final_state: bool = False):
+def sliding_window_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    window: int,
+    causal: bool = True,
+    scale: float | None = None,
+    mode: str = "auto",
+    output_final_state: bool = False,
+):
     """Dispatch: ``mode`` in ``auto`` (FlexAttention on CUDA, chunked PyTorch on CPU), ``triton``
     (FlexAttention), ``torch`` (chunked), ``naive``. Arguments as in the naive form."""
     kw = dict(window=window, causal=causal, scale=scale, output_final_state=output_final_state)
