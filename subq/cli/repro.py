@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import click
+import torch
 from rich.console import Console
 
 from subq.repro import REPRODUCTIONS, get_reproduction
@@ -33,9 +34,14 @@ Examples:
     help="Folder for NAME.json and NAME.png.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-def command(name, quick, out_dir, seed):
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="torch CPU threads (these models are small: one thread is fastest).")
+def command(name, quick, out_dir, seed, threads):
     """Reproduce a paper's claim at small scale: quadratic, hpoly, quadattack or subgm."""
     console = Console(width=None if sys.stdout.isatty() else 140)
+    if threads < 1:
+        raise click.BadParameter(f"must be >= 1, got {threads}", param_hint="--threads")
+    torch.set_num_threads(threads)
     module = get_reproduction(name)
     console.print(f"[bold]subq repro {name}[/]{' --quick' if quick else ''}: {module.CLAIM}")
     out = Path(out_dir)

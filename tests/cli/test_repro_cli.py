@@ -1,0 +1,28 @@
+"""``subq repro NAME --quick`` end to end: every reproduction's quick version runs on the CPU and
+writes its table (JSON) and plot (PNG). Minutes in total: marked ``slow`` (still run by default)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from subq.cli.main import main
+from subq.repro import REPRODUCTIONS, get_reproduction
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(REPRODUCTIONS))
+def test_quick_reproduction_writes_table_and_plot(name, tmp_path):
+    result = CliRunner().invoke(main, ["repro", name, "--quick", "--out", str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert get_reproduction(name).CLAIM in " ".join(result.output.split())
+    record = json.loads((tmp_path / f"{name}.json").read_text())
+    assert record, "empty result record"
+    assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unknown_reproduction_lists_valid_names():
+    result = CliRunner().invoke(main, ["repro", "nope"])
+    assert result.exit_code == 2 and "quadratic" in result.output
