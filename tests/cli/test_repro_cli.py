@@ -15,7 +15,8 @@ from subq.repro import REPRODUCTIONS, get_reproduction
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(REPRODUCTIONS))
 def test_quick_reproduction_writes_table_and_plot(name, tmp_path):
-    result = CliRunner().invoke(main, ["repro", name, "--quick", "--out", str(tmp_path)], catch_exceptions=False)
+    args = ["repro", name, "--quick", "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert get_reproduction(name).CLAIM in " ".join(result.output.split())
     record = json.loads((tmp_path / f"{name}.json").read_text())
