@@ -109,7 +109,9 @@ def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
                            ignore_index=IGNORE_INDEX)
 
 
-def example_accuracy(logits: Tensor, labels: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def example_accuracy(
+    logits: Tensor, labels: Tensor, positions: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Per-example accuracy ``(B,)``: mean of ``argmax == label`` over the example's supervised
     positions (Zoology's metric), and a ``(B,)`` mask of the examples that have any.
 
