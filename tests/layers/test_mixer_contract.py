@@ -71,13 +71,18 @@ def test_bidirectional_sees_the_future(name):
     assert not torch.allclose(mixer(x)[:, 10], mixer(x2)[:, 10])
 
 
-@pytest.mark.parametrize("name", [n for n in MIXERS if subq.get_mixer(n).supports_decode])
+DECODERS = [n for n in MIXERS if subq.get_mixer(n).supports_decode]
+# decode cases: every decoder as is, plus those with a rotary option with rotary on
+DECODE_CASES = [(n, False) for n in DECODERS] + [
+    (n, True) for n in DECODERS if "rotary" in subq.layers.config._accepted_kwargs(subq.get_mixer(n))
+]
+DECODE_IDS = [f"{n}-{'rope' if r else 'norope'}" for n, r in DECODE_CASES]
+
+
+@pytest.mark.parametrize("name,rotary", DECODE_CASES, ids=DECODE_IDS)
 @pytest.mark.parametrize("split", [1, 5, 40], ids=lambda s: f"prefill{s}")
-@pytest.mark.parametrize("rotary", [False, True], ids=["norope", "rope"])
 def test_prefill_then_step_equals_forward(name, split, rotary):
     extra = {"rotary": True} if rotary else {}
-    if rotary and "rotary" not in subq.layers.config._accepted_kwargs(subq.get_mixer(name)):
-        pytest.skip(f"{name} has no rotary option")
     mixer = make(name, **extra)
     T = 45
     x = torch.randn(3, T, D_MODEL, dtype=torch.float64)
@@ -89,7 +94,7 @@ def test_prefill_then_step_equals_forward(name, split, rotary):
         assert_close(y_t, y[:, t], 1e-10, f"step t={t}")
 
 
-@pytest.mark.parametrize("name", [n for n in MIXERS if subq.get_mixer(n).supports_decode])
+@pytest.mark.parametrize("name", DECODERS)
 def test_step_from_empty_state(name):
     mixer = make(name)
     x = torch.randn(2, 9, D_MODEL, dtype=torch.float64)
