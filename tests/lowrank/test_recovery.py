@@ -11,13 +11,7 @@ from subq.lowrank import RecoveryConfig, make_problem, recover, subgradient_meth
 from subq.repro.subgm import QUICK
 from tests.conftest import assert_close
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _solve(m: int, outlier_fraction: float, r_prime: int, alpha: float, seed: int) -> float:

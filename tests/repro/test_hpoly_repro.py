@@ -6,7 +6,6 @@ import io
 import json
 
 import pytest
-import torch
 from rich.console import Console
 
 from subq.repro import get_reproduction
@@ -15,12 +14,7 @@ from subq.repro.hpoly import CLAIM, QUICK, HPolySweep, run
 TINY = HPolySweep(dims=(8, 12), ratios=(2, 16), seeds=2, n_test=500, width2=32, rf_width=128)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_registered_with_a_one_line_claim():

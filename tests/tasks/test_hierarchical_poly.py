@@ -15,13 +15,7 @@ from subq.models.three_layer import RIDGE_GRID, RandomFeaturesRidge, ThreeLayerN
 from subq.tasks import split_seed
 from subq.tasks.hierarchical_poly import HierarchicalPolyConfig, feature_moments, hermite
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gauss_grid(d: int, nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
