@@ -33,6 +33,8 @@ from subq.train.trainer import train
 MIXER_DEFAULTS: dict[str, dict[str, Any]] = {
     "attention": {"num_heads": 1},
     "sliding_window": {"num_heads": 1, "window": 8},
+    "based": {"num_heads": 1, "feature_dim": 16},
+    "linear_attention": {"num_heads": 1},
 }
 """Zoo arguments of mixers named on the command line without arguments. Sliding-window attention
 gets a window far below the typical query-key distance of MQAR, so that it shows the recall gap."""
