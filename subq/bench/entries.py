@@ -1,6 +1,7 @@
-"""Built-in benchmark entries: causal softmax attention and sliding-window attention.
+"""Built-in benchmark entries: causal softmax attention, sliding-window attention, linear attention.
 
     subq bench --entries attention,sliding_window --T 1024,4096 --param window=256
+    subq bench --entries based,linear_attention --T 2048,8192 --heads 16 --head-dim 64
 
 ``attention`` times ``sdpa_attention`` (SDPA behind the ``[B, T, H, D]`` layout) and so should run
 at ~1x the SDPA baseline: it is the sanity check of the runner. ``sliding_window`` times the
@@ -13,14 +14,19 @@ FLOP counts are forward, causal, counting 4 FLOPs per (query, key) pair and head
 - sliding window ``w' = min(window, T)``: ``T * w' - w'^2 / 2`` pairs (the band minus its
   triangle at the start), so ``4 * B * H * D * (T * w' - w'^2 / 2)``; equal to the attention
   count when ``window >= T``.
+- linear attention with feature dim ``F`` and value dim ``Dv``: the recurrent form's work,
+  ``2 F Dv`` for the state update and ``2 F Dv`` for the read-out per token and head, so
+  ``4 * B * H * T * F * Dv`` (``F = 1 + f + f^2`` for BASED's Taylor map of ``f`` dims).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from subq.bench.registry import BenchShape, qkv_inputs, qkvo_bytes, register_bench
 from subq.ops.attention import naive_attention, sdpa_attention
+from subq.ops.linear_attn import chunk_linear_attention, naive_linear_attention
 from subq.ops.sliding_window import (
     chunk_sliding_window_attention,
     flex_sliding_window_attention,
@@ -59,4 +65,66 @@ def attention_inputs(s: BenchShape) -> dict[str, Tensor]:
 )
 def sliding_window_inputs(s: BenchShape) -> dict[str, Tensor]:
     """``q, k, v: [B, T, H, D]``; causal, each query sees the last ``window`` keys."""
+    return qkv_inputs(s)
+
+
+def based_flops(s: BenchShape) -> float:
+    f = s.params["feature_dim"]
+    return 4 * s.B * s.H * s.T * (1 + f + f * f) * s.D
+
+
+def relu_linear_flops(s: BenchShape) -> float:
+    return 4 * s.B * s.H * s.T * s.D * s.D
+
+
+def based_bytes(s: BenchShape) -> float:
+    """Read ``q, k: [B, T, H, f]`` and ``v: [B, T, H, D]``, write ``o: [B, T, H, D]``."""
+    return (2 * s.params["feature_dim"] + 2 * s.D) * s.B * s.T * s.H * s.dtype.itemsize
+
+
+def chunk_based(q: Tensor, k: Tensor, v: Tensor, *, feature_dim: int):
+    return chunk_linear_attention(q, k, v, feature_map="taylor")
+
+
+def naive_based(q: Tensor, k: Tensor, v: Tensor, *, feature_dim: int):
+    return naive_linear_attention(q, k, v, feature_map="taylor")
+
+
+@register_bench(
+    "based",
+    modes={"torch": chunk_based},
+    reference=naive_based,
+    flops=based_flops,
+    bytes=based_bytes,
+    params={"feature_dim": 16},
+)
+def based_inputs(s: BenchShape) -> dict[str, Tensor]:
+    """BASED's linear attention: ``q, k: [B, T, H, feature_dim]`` through the Taylor map,
+    ``v: [B, T, H, D]``; causal and normalised. (The Triton kernel is not written yet.)"""
+    f = s.params["feature_dim"]
+    return {
+        "q": torch.randn(s.B, s.T, s.H, f, dtype=s.dtype, device=s.device),
+        "k": torch.randn(s.B, s.T, s.H, f, dtype=s.dtype, device=s.device),
+        "v": torch.randn(s.B, s.T, s.H, s.D, dtype=s.dtype, device=s.device),
+    }
+
+
+def chunk_relu_linear(q: Tensor, k: Tensor, v: Tensor):
+    return chunk_linear_attention(q, k, v, feature_map="relu")
+
+
+def naive_relu_linear(q: Tensor, k: Tensor, v: Tensor):
+    return naive_linear_attention(q, k, v, feature_map="relu")
+
+
+@register_bench(
+    "linear_attention",
+    modes={"torch": chunk_relu_linear},
+    reference=naive_relu_linear,
+    flops=relu_linear_flops,
+    bytes=qkvo_bytes,
+)
+def relu_linear_inputs(s: BenchShape) -> dict[str, Tensor]:
+    """LiT's ReLU linear attention: ``q, k, v: [B, T, H, D]``; causal and normalised. (The Triton
+    kernel is not written yet.)"""
     return qkv_inputs(s)
