@@ -22,6 +22,42 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def check_linear_attention_inputs(
+    q: Tensor, k: Tensor, v: Tensor, scale: float | None, eps: float
+) -> tuple[int, int, int, int, int]:
+    """Validate ``q, k: [B, T, H, D]``, ``v: [B, T, H, D_v]``, ``scale`` and ``eps``; return
+    ``(B, T, H, D, D_v)``."""
+    B, T, H, H_kv, D = check_qkv(q, k, v)
+    if k.shape[1] != T:
+        raise ValueError(f"q and k lengths differ: q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if H_kv != H:
+        raise ValueError(
+            f"linear attention needs as many key/value heads as query heads: q has H={H}, k and v H_kv={H_kv}"
+        )
+    if scale is not None and not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    if not isinstance(eps, (int, float)) or eps < 0:
+        raise ValueError(f"eps must be a float >= 0, got {eps!r}")
+    return B, T, H, D, v.shape[-1]
+
+
+def check_initial_state(
+    initial_state: LinearAttentionState | None, B: int, H: int, E: int, Dv: int
+) -> tuple[Tensor | None, Tensor | None]:
+    """``initial_state`` must be ``(S: [B, H, E, D_v], z: [B, H, E])`` or None."""
+    if initial_state is None:
+        return None, None
+    if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
+        raise TypeError("initial_state must be a pair (S: [B, H, E, D_v], z: [B, H, E])")
+    S0, z0 = initial_state
+    if tuple(S0.shape) != (B, H, E, Dv) or tuple(z0.shape) != (B, H, E):
+        raise ValueError(
+            f"initial_state must be (S [B, H, E, D_v] = {(B, H, E, Dv)}, z [B, H, E] = {(B, H, E)}), "
+            f"got S {tuple(S0.shape)}, z {tuple(z0.shape)}"
+        )
+    return S0, z0
+
+
 def prepare_linear_attention(
     q: Tensor,
     k: Tensor,
@@ -35,32 +71,13 @@ def prepare_linear_attention(
     all in the accumulation dtype."""
     from subq.ops.linear_attn.feature_maps import get_feature_map
 
-    B, T, H, H_kv, D = check_qkv(q, k, v)
-    if k.shape[1] != T:
-        raise ValueError(f"q and k lengths differ: q {tuple(q.shape)}, k {tuple(k.shape)}")
-    if H_kv != H:
-        raise ValueError(
-            f"linear attention needs as many key/value heads as query heads: q has H={H}, k and v H_kv={H_kv}"
-        )
-    if scale is not None and not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-    if not isinstance(eps, (int, float)) or eps < 0:
-        raise ValueError(f"eps must be a float >= 0, got {eps!r}")
+    B, T, H, D, Dv = check_linear_attention_inputs(q, k, v, scale, eps)
     phi = get_feature_map(feature_map)
     dt = compute_dtype(q)
     qf = q.to(dt) if scale is None else q.to(dt) * scale
     phi_q, phi_k = phi(qf), phi(k.to(dt))
-    E, Dv = phi_q.shape[-1], v.shape[-1]
-    S0 = z0 = None
-    if initial_state is not None:
-        if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
-            raise TypeError("initial_state must be a pair (S: [B, H, E, D_v], z: [B, H, E])")
-        S0, z0 = initial_state
-        if tuple(S0.shape) != (B, H, E, Dv) or tuple(z0.shape) != (B, H, E):
-            raise ValueError(
-                f"initial_state must be (S [B, H, E, D_v] = {(B, H, E, Dv)}, z [B, H, E] = {(B, H, E)}), "
-                f"got S {tuple(S0.shape)}, z {tuple(z0.shape)}"
-            )
+    S0, z0 = check_initial_state(initial_state, B, H, phi_q.shape[-1], Dv)
+    if S0 is not None:
         S0, z0 = S0.to(dt), z0.to(dt)
     return phi_q, phi_k, v.to(dt), S0, z0
 

@@ -1,0 +1,537 @@
+"""Triton fused chunked linear attention, forward and backward: the GPU training path.
+
+One program per (block of ``D_v``, batch x head) walks the sequence chunk by chunk and keeps the state
+``S = sum phi(k) v^T`` and ``z = sum phi(k)`` of the earlier chunks in registers (float32): inside a
+chunk the quadratic masked form, across chunks one read of the state (``README.md`` has the math).
+No state ever goes to HBM except the optional initial and final one.
+
+BASED's Taylor map is fused: ``phi(q) . phi(k) = 1 + s + s^2 / 2`` with ``s = q~ . k~`` inside a chunk,
+and the state is kept as its three pieces (constant, linear ``[f, D_v]`` and quadratic ``[f^2, D_v]``),
+whose features ``vec(x x^T)`` are built in registers, never in memory.
+
+The backward runs two sweeps in one launch (a third grid axis): forward over the chunks for ``dq``
+(state of earlier chunks) and backward over them for ``dk, dv`` (``dS = sum phi(q) dnum^T`` of later
+chunks). Gradients reach ``q, k, v`` and the initial state; a gradient of the final state is taken.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from subq.ops.linear_attn.feature_maps import feature_dim
+from subq.ops.linear_attn.naive import check_initial_state, check_linear_attention_inputs
+
+FEATURE_IDS = {"identity": 0, "relu": 1, "elu_plus_one": 2, "taylor": 3}
+MAX_TAYLOR_DIM = 16
+"""Largest projection dim ``f`` of the fused Taylor kernel (the quadratic state is ``f^2 x D_v``)."""
+MAX_HEAD_DIM = 128
+"""Largest ``D`` of the kernel for the elementwise maps, and largest ``D_v`` for all maps."""
+SQRT2 = math.sqrt(2.0)
+
+
+@triton.jit
+def _feature(x, FEATURE: tl.constexpr):
+    if FEATURE == 1:
+        y = tl.maximum(x, 0.0)
+    elif FEATURE == 2:
+        y = tl.where(x > 0, x + 1.0, tl.exp(x))
+    else:
+        y = x
+    return y
+
+
+@triton.jit
+def _feature_grad(x, FEATURE: tl.constexpr):
+    if FEATURE == 1:
+        g = (x > 0).to(tl.float32)
+    elif FEATURE == 2:
+        g = tl.where(x > 0, 1.0, tl.exp(x))
+    else:
+        g = x * 0.0 + 1.0
+    return g
+
+
+@triton.jit
+def _load_features(p, o_t, m_t, o_k, m_k, scale, FEATURE: tl.constexpr, TAYLOR: tl.constexpr):
+    """``(phi(scale x), scale x)`` of a ``[BT, BK]`` chunk; padded rows and columns are zero features."""
+    m = m_t[:, None] & m_k[None, :]
+    b_x = tl.load(p + o_k[None, :], mask=m, other=0.0).to(tl.float32) * scale
+    if TAYLOR:
+        b_f = b_x
+    else:
+        b_f = tl.where(m, _feature(b_x, FEATURE), 0.0)
+    return b_f, b_x
+
+
+@triton.jit
+def _quadratic(b_x, BT: tl.constexpr, BK: tl.constexpr):
+    """``[BT, BK] -> [BT, BK * BK]``: ``vec(x x^T)`` per row."""
+    return tl.reshape(b_x[:, :, None] * b_x[:, None, :], (BT, BK * BK))
+
+
+@triton.jit
+def _accumulate(b_x, b_y, b_w, b_S0, b_S1, b_S2, b_z0, b_z1, b_z2,
+                BT: tl.constexpr, BK: tl.constexpr, TAYLOR: tl.constexpr, DT: tl.constexpr,
+                PREC: tl.constexpr):
+    """``S += phi(x)^T y`` and ``z += phi(x)^T w`` (the state update, and ``dS`` in the backward)."""
+    b_xd = b_x.to(DT)
+    b_yd = b_y.to(DT)
+    b_S1 = tl.dot(tl.trans(b_xd), b_yd, b_S1, input_precision=PREC)
+    b_z1 += tl.sum(b_x * b_w[:, None], 0)
+    if TAYLOR:
+        b_x2 = _quadratic(b_x, BT, BK)
+        b_S2 = tl.dot(tl.trans(b_x2.to(DT)), b_yd, b_S2, input_precision=PREC)
+        b_z2 += tl.sum(b_x2 * b_w[:, None], 0)
+        b_S0 += tl.sum(b_y.to(tl.float32), 0)
+        b_z0 += tl.sum(b_w, 0)
+    return b_S0, b_S1, b_S2, b_z0, b_z1, b_z2
+
+
+@triton.jit
+def _read(b_x, b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, acc,
+          BT: tl.constexpr, BK: tl.constexpr, TAYLOR: tl.constexpr, DT: tl.constexpr,
+          PREC: tl.constexpr):
+    """``(acc + phi(x) S, phi(x) . z)``: a chunk reading a state (and ``dv`` reading ``dS``)."""
+    acc = tl.dot(b_x.to(DT), b_S1.to(DT), acc, input_precision=PREC)
+    b_d = tl.sum(b_x * b_z1[None, :], 1)
+    if TAYLOR:
+        b_x2 = _quadratic(b_x, BT, BK)
+        acc += b_S0[None, :] + 0.5 * tl.dot(b_x2.to(DT), b_S2.to(DT), input_precision=PREC)
+        b_d += b_z0 + 0.5 * tl.sum(b_x2 * b_z2[None, :], 1)
+    return acc, b_d
+
+
+@triton.jit
+def _read_grad(b_y, b_w, b_x, b_S1, b_S2, b_z1, b_z2, acc,
+               BT: tl.constexpr, BK: tl.constexpr, TAYLOR: tl.constexpr, DT: tl.constexpr,
+               PREC: tl.constexpr):
+    """``acc + d/dx [y . (phi(x) S) + w phi(x) . z]`` through the Taylor map (the features for the
+    elementwise maps): ``dq`` from the state, ``dk`` from ``dS``."""
+    b_yd = b_y.to(DT)
+    acc = tl.dot(b_yd, tl.trans(b_S1.to(DT)), acc, input_precision=PREC) + b_w[:, None] * b_z1[None, :]
+    if TAYLOR:
+        b_g = tl.dot(b_yd, tl.trans(b_S2.to(DT)), input_precision=PREC) + b_w[:, None] * b_z2[None, :]
+        b_g = tl.reshape(0.5 * b_g, (BT, BK, BK))
+        acc += tl.sum(b_g * b_x[:, None, :], 2) + tl.sum(b_g * b_x[:, :, None], 1)
+    return acc
+
+
+@triton.jit
+def _load_state(p_h, p_z, o_k, m_k, o_v, m_v, w, K: tl.constexpr, V: tl.constexpr,
+                BK: tl.constexpr, BV: tl.constexpr, BKK: tl.constexpr, TAYLOR: tl.constexpr):
+    """A state ``(S [E, D_v], z [E])`` in ``phi``'s convention -> the kernel's pieces; ``w`` scales ``z``."""
+    ROW1: tl.constexpr = 1 if TAYLOR else 0
+    b_S1 = tl.load(p_h + (ROW1 + o_k)[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
+    b_z1 = tl.load(p_z + ROW1 + o_k, mask=m_k, other=0.0) * w
+    if TAYLOR:
+        o_kk = tl.arange(0, BKK)
+        m_kk = ((o_kk // BK) < K) & ((o_kk % BK) < K)
+        r_kk = 1 + K + (o_kk // BK) * K + o_kk % BK
+        b_S0 = tl.load(p_h + o_v, mask=m_v, other=0.0)
+        b_S2 = tl.load(p_h + r_kk[:, None] * V + o_v[None, :], mask=m_kk[:, None] & m_v[None, :], other=0.0)
+        b_S2 = b_S2 * 1.4142135623730951
+        b_z0 = tl.load(p_z + tl.arange(0, 1)) * w
+        b_z2 = tl.load(p_z + r_kk, mask=m_kk, other=0.0) * (1.4142135623730951 * w)
+    else:
+        b_S0 = tl.zeros([BV], dtype=tl.float32)
+        b_S2 = tl.zeros([BKK, BV], dtype=tl.float32)
+        b_z0 = tl.zeros([1], dtype=tl.float32)
+        b_z2 = tl.zeros([BKK], dtype=tl.float32)
+    return b_S0, b_S1, b_S2, b_z0, b_z1, b_z2
+
+
+@triton.jit
+def _store_state(p_h, p_z, b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, o_k, m_k, o_v, m_v, i_v,
+                 K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BKK: tl.constexpr,
+                 TAYLOR: tl.constexpr):
+    """The kernel's pieces -> ``(S, z)`` in ``phi``'s convention; ``z`` only from the first block of ``D_v``."""
+    ROW1: tl.constexpr = 1 if TAYLOR else 0
+    tl.store(p_h + (ROW1 + o_k)[:, None] * V + o_v[None, :], b_S1, mask=m_k[:, None] & m_v[None, :])
+    tl.store(p_z + ROW1 + o_k, b_z1, mask=m_k & (o_k * 0 + i_v == 0))
+    if TAYLOR:
+        o_kk = tl.arange(0, BKK)
+        m_kk = ((o_kk // BK) < K) & ((o_kk % BK) < K)
+        r_kk = 1 + K + (o_kk // BK) * K + o_kk % BK
+        tl.store(p_h + o_v, b_S0, mask=m_v)
+        tl.store(p_h + r_kk[:, None] * V + o_v[None, :], b_S2 * 0.7071067811865476,
+                 mask=m_kk[:, None] & m_v[None, :])
+        tl.store(p_z + r_kk, b_z2 * 0.7071067811865476, mask=m_kk & (o_kk * 0 + i_v == 0))
+        tl.store(p_z + tl.arange(0, 1), b_z0, mask=tl.arange(0, 1) + i_v == 0)
+
+
+@triton.jit(do_not_specialize=["T"])
+def fused_chunk_linear_attn_fwd_kernel(
+    q, k, v, o, den, h0, z0, ht, zt,
+    scale_q, scale_k, eps, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, E: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKK: tl.constexpr,
+    FEATURE: tl.constexpr, TAYLOR: tl.constexpr, CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr,
+    USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr, PREC: tl.constexpr,
+):
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    DT = v.dtype.element_ty
+    o_i = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_causal = o_i[:, None] >= o_i[None, :]
+    # [B, T, H, *] rows of this (batch, head); row t of a tensor with last dim N is at t * H * N
+    row0 = i_b.to(tl.int64) * T * H + i_h
+    p_q, p_k = q + row0 * K, k + row0 * K
+    p_v, p_o = v + row0 * V, o + row0 * V
+    p_den = den + row0
+
+    if USE_INITIAL_STATE:
+        b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _load_state(
+            h0 + i_bh.to(tl.int64) * E * V, z0 + i_bh.to(tl.int64) * E, o_k, m_k, o_v, m_v, 1.0,
+            K, V, BK, BV, BKK, TAYLOR)
+    else:
+        b_S0 = tl.zeros([BV], dtype=tl.float32)
+        b_S1 = tl.zeros([BK, BV], dtype=tl.float32)
+        b_S2 = tl.zeros([BKK, BV], dtype=tl.float32)
+        b_z0 = tl.zeros([1], dtype=tl.float32)
+        b_z1 = tl.zeros([BK], dtype=tl.float32)
+        b_z2 = tl.zeros([BKK], dtype=tl.float32)
+
+    NT = tl.cdiv(T, BT)
+    if not CAUSAL:
+        # every query reads the state after the last key: accumulate it first
+        for i_t in range(NT):
+            o_t = i_t * BT + o_i
+            m_t = o_t < T
+            b_k, _ = _load_features(p_k + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_k, FEATURE, TAYLOR)
+            b_v = tl.load(p_v + o_t[:, None] * H * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+            b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _accumulate(
+                b_k, b_v, m_t.to(tl.float32), b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, BT, BK, TAYLOR, DT, PREC)
+
+    for i_t in range(NT):
+        o_t = i_t * BT + o_i
+        m_t = o_t < T
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_q, _ = _load_features(p_q + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_q, FEATURE, TAYLOR)
+        b_o = tl.zeros([BT, BV], dtype=tl.float32)
+        if CAUSAL:
+            b_k, _ = _load_features(p_k + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_k, FEATURE, TAYLOR)
+            b_v = tl.load(p_v + o_t[:, None] * H * V + o_v[None, :], mask=m_tv, other=0.0)
+            # inside the chunk: the masked quadratic form  [BT, BT]
+            b_s = tl.dot(b_q.to(DT), tl.trans(b_k.to(DT)), input_precision=PREC)
+            if TAYLOR:
+                b_s = 1.0 + b_s + 0.5 * b_s * b_s
+            b_s = tl.where(m_causal, b_s, 0.0)
+            b_o = tl.dot(b_s.to(DT), b_v, b_o, input_precision=PREC)
+            b_d = tl.sum(b_s, 1)
+            b_o, b_dx = _read(b_q, b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, b_o, BT, BK, TAYLOR, DT, PREC)
+            b_d += b_dx
+            b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _accumulate(
+                b_k, b_v, m_t.to(tl.float32), b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, BT, BK, TAYLOR, DT, PREC)
+        else:
+            b_o, b_d = _read(b_q, b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, b_o, BT, BK, TAYLOR, DT, PREC)
+        if NORMALIZE:
+            b_o = b_o / (b_d + eps)[:, None]
+        tl.store(p_o + o_t[:, None] * H * V + o_v[None, :], b_o.to(p_o.dtype.element_ty), mask=m_tv)
+        tl.store(p_den + o_t * H, b_d, mask=m_t & (o_t * 0 + i_v == 0))
+
+    if STORE_FINAL_STATE:
+        _store_state(ht + i_bh.to(tl.int64) * E * V, zt + i_bh.to(tl.int64) * E,
+                     b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, o_k, m_k, o_v, m_v, i_v, K, V, BK, BKK, TAYLOR)
+
+
+@triton.jit(do_not_specialize=["T"])
+def fused_chunk_linear_attn_bwd_kernel(
+    q, k, v, do, den, delta, h0, z0, dht, dzt,
+    dq, dk, dv, dh0, dz0,
+    scale_q, scale_k, eps, T,
+    B: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, E: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKK: tl.constexpr,
+    FEATURE: tl.constexpr, TAYLOR: tl.constexpr, CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr,
+    USE_INITIAL_STATE: tl.constexpr, USE_FINAL_STATE_GRAD: tl.constexpr, PREC: tl.constexpr,
+):
+    # axis 2: 0 = forward sweep for dq, 1 = backward sweep for dk, dv (and the initial state's gradient)
+    i_v, i_bh, i_p = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    DT = v.dtype.element_ty
+    o_i = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    # the normaliser's gradient belongs to no block of D_v: the first block carries it
+    w0 = (i_v == 0).to(tl.float32)
+    row0 = i_b.to(tl.int64) * T * H + i_h
+    p_q, p_k = q + row0 * K, k + row0 * K
+    p_v, p_do = v + row0 * V, do + row0 * V
+    p_den, p_delta = den + row0, delta + row0
+    # dq and dk: one float32 partial per block of D_v, summed by the caller
+    p_dq = dq + (i_v.to(tl.int64) * B * T * H + row0) * K
+    p_dk = dk + (i_v.to(tl.int64) * B * T * H + row0) * K
+    p_dv = dv + row0 * V
+    NT = tl.cdiv(T, BT)
+
+    if i_p == 0:
+        m_causal = o_i[:, None] >= o_i[None, :]
+        if USE_INITIAL_STATE:
+            b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _load_state(
+                h0 + i_bh.to(tl.int64) * E * V, z0 + i_bh.to(tl.int64) * E, o_k, m_k, o_v, m_v, 1.0,
+                K, V, BK, BV, BKK, TAYLOR)
+        else:
+            b_S0 = tl.zeros([BV], dtype=tl.float32)
+            b_S1 = tl.zeros([BK, BV], dtype=tl.float32)
+            b_S2 = tl.zeros([BKK, BV], dtype=tl.float32)
+            b_z0 = tl.zeros([1], dtype=tl.float32)
+            b_z1 = tl.zeros([BK], dtype=tl.float32)
+            b_z2 = tl.zeros([BKK], dtype=tl.float32)
+        if not CAUSAL:
+            for i_t in range(NT):
+                o_t = i_t * BT + o_i
+                m_t = o_t < T
+                b_k, _ = _load_features(p_k + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_k, FEATURE, TAYLOR)
+                b_v = tl.load(p_v + o_t[:, None] * H * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+                              other=0.0)
+                b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _accumulate(
+                    b_k, b_v, m_t.to(tl.float32), b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, BT, BK, TAYLOR, DT, PREC)
+        for i_t in range(NT):
+            o_t = i_t * BT + o_i
+            m_t = o_t < T
+            m_tv = m_t[:, None] & m_v[None, :]
+            b_q, b_qx = _load_features(p_q + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_q, FEATURE, TAYLOR)
+            b_do = tl.load(p_do + o_t[:, None] * H * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
+            if NORMALIZE:
+                b_r = 1.0 / (tl.load(p_den + o_t * H, mask=m_t, other=1.0) + eps)
+                b_dn = b_do * b_r[:, None]
+                b_dd = -tl.load(p_delta + o_t * H, mask=m_t, other=0.0) * w0
+            else:
+                b_dn = b_do
+                b_dd = tl.zeros([BT], dtype=tl.float32)
+            b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+            if CAUSAL:
+                b_k, _ = _load_features(p_k + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_k, FEATURE, TAYLOR)
+                b_v = tl.load(p_v + o_t[:, None] * H * V + o_v[None, :], mask=m_tv, other=0.0)
+                b_ds = tl.dot(b_dn.to(DT), tl.trans(b_v), input_precision=PREC) + b_dd[:, None]  # dA [BT, BT]
+                if TAYLOR:
+                    b_s = tl.dot(b_q.to(DT), tl.trans(b_k.to(DT)), input_precision=PREC)
+                    b_ds = b_ds * (1.0 + b_s)
+                b_ds = tl.where(m_causal, b_ds, 0.0)
+                b_dq = tl.dot(b_ds.to(DT), b_k.to(DT), b_dq, input_precision=PREC)
+            b_dq = _read_grad(b_dn, b_dd, b_q, b_S1, b_S2, b_z1, b_z2, b_dq, BT, BK, TAYLOR, DT, PREC)
+            if CAUSAL:
+                b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _accumulate(
+                    b_k, b_v, m_t.to(tl.float32), b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, BT, BK, TAYLOR, DT, PREC)
+            if not TAYLOR:
+                b_dq = b_dq * _feature_grad(b_qx, FEATURE)
+            tl.store(p_dq + o_t[:, None] * H * K + o_k[None, :], b_dq * scale_q, mask=m_t[:, None] & m_k[None, :])
+    else:
+        m_causal_t = o_i[:, None] <= o_i[None, :]
+        if USE_FINAL_STATE_GRAD:
+            b_dS0, b_dS1, b_dS2, b_dz0, b_dz1, b_dz2 = _load_state(
+                dht + i_bh.to(tl.int64) * E * V, dzt + i_bh.to(tl.int64) * E, o_k, m_k, o_v, m_v, w0,
+                K, V, BK, BV, BKK, TAYLOR)
+        else:
+            b_dS0 = tl.zeros([BV], dtype=tl.float32)
+            b_dS1 = tl.zeros([BK, BV], dtype=tl.float32)
+            b_dS2 = tl.zeros([BKK, BV], dtype=tl.float32)
+            b_dz0 = tl.zeros([1], dtype=tl.float32)
+            b_dz1 = tl.zeros([BK], dtype=tl.float32)
+            b_dz2 = tl.zeros([BKK], dtype=tl.float32)
+        if not CAUSAL:
+            for i_t in range(NT):
+                o_t = i_t * BT + o_i
+                m_t = o_t < T
+                m_tv = m_t[:, None] & m_v[None, :]
+                b_q, _ = _load_features(p_q + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_q, FEATURE, TAYLOR)
+                b_do = tl.load(p_do + o_t[:, None] * H * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
+                if NORMALIZE:
+                    b_r = 1.0 / (tl.load(p_den + o_t * H, mask=m_t, other=1.0) + eps)
+                    b_dn = b_do * b_r[:, None]
+                    b_dd = -tl.load(p_delta + o_t * H, mask=m_t, other=0.0) * w0
+                else:
+                    b_dn = b_do
+                    b_dd = tl.zeros([BT], dtype=tl.float32)
+                b_dS0, b_dS1, b_dS2, b_dz0, b_dz1, b_dz2 = _accumulate(
+                    b_q, b_dn, b_dd, b_dS0, b_dS1, b_dS2, b_dz0, b_dz1, b_dz2, BT, BK, TAYLOR, DT, PREC)
+        for i in range(NT):
+            i_t = NT - 1 - i
+            o_t = i_t * BT + o_i
+            m_t = o_t < T
+            m_tv = m_t[:, None] & m_v[None, :]
+            b_k, b_kx = _load_features(p_k + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_k, FEATURE, TAYLOR)
+            b_v = tl.load(p_v + o_t[:, None] * H * V + o_v[None, :], mask=m_tv, other=0.0)
+            b_dv = tl.zeros([BT, BV], dtype=tl.float32)
+            b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+            if CAUSAL:
+                b_q, _ = _load_features(p_q + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_q, FEATURE, TAYLOR)
+                b_do = tl.load(p_do + o_t[:, None] * H * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
+                if NORMALIZE:
+                    b_r = 1.0 / (tl.load(p_den + o_t * H, mask=m_t, other=1.0) + eps)
+                    b_dn = b_do * b_r[:, None]
+                    b_dd = -tl.load(p_delta + o_t * H, mask=m_t, other=0.0) * w0
+                else:
+                    b_dn = b_do
+                    b_dd = tl.zeros([BT], dtype=tl.float32)
+                # transposed scores: rows are keys s, columns queries t  [BT, BT]
+                b_sT = tl.dot(b_k.to(DT), tl.trans(b_q.to(DT)), input_precision=PREC)
+                if TAYLOR:
+                    b_aT = 1.0 + b_sT + 0.5 * b_sT * b_sT
+                else:
+                    b_aT = b_sT
+                b_aT = tl.where(m_causal_t, b_aT, 0.0)
+                b_dv = tl.dot(b_aT.to(DT), b_dn.to(DT), b_dv, input_precision=PREC)
+                b_dsT = tl.dot(b_v, tl.trans(b_dn.to(DT)), input_precision=PREC) + b_dd[None, :]
+                if TAYLOR:
+                    b_dsT = b_dsT * (1.0 + b_sT)
+                b_dsT = tl.where(m_causal_t, b_dsT, 0.0)
+                b_dk = tl.dot(b_dsT.to(DT), b_q.to(DT), b_dk, input_precision=PREC)
+            b_dv, _ = _read(b_k, b_dS0, b_dS1, b_dS2, b_dz0, b_dz1, b_dz2, b_dv, BT, BK, TAYLOR, DT, PREC)
+            b_dk = _read_grad(b_v, m_t.to(tl.float32), b_k, b_dS1, b_dS2, b_dz1, b_dz2, b_dk,
+                              BT, BK, TAYLOR, DT, PREC)
+            if CAUSAL:
+                b_dS0, b_dS1, b_dS2, b_dz0, b_dz1, b_dz2 = _accumulate(
+                    b_q, b_dn, b_dd, b_dS0, b_dS1, b_dS2, b_dz0, b_dz1, b_dz2, BT, BK, TAYLOR, DT, PREC)
+            if not TAYLOR:
+                b_dk = b_dk * _feature_grad(b_kx, FEATURE)
+            tl.store(p_dk + o_t[:, None] * H * K + o_k[None, :], b_dk * scale_k, mask=m_t[:, None] & m_k[None, :])
+            tl.store(p_dv + o_t[:, None] * H * V + o_v[None, :], b_dv.to(p_dv.dtype.element_ty), mask=m_tv)
+        if USE_INITIAL_STATE:
+            _store_state(dh0 + i_bh.to(tl.int64) * E * V, dz0 + i_bh.to(tl.int64) * E,
+                         b_dS0, b_dS1, b_dS2, b_dz0, b_dz1, b_dz2, o_k, m_k, o_v, m_v, i_v,
+                         K, V, BK, BKK, TAYLOR)
+
+
+def _launch_config(taylor: bool, K: int, V: int, backward: bool) -> dict:
+    """Chunk ``BT``, block of ``D_v`` ``BV`` and warps: few big programs, enough of them to fill the GPU."""
+    if taylor:
+        return dict(BT=32, BV=16, num_warps=4)
+    return dict(BT=64, BV=max(16, min(32, triton.next_power_of_2(V))), num_warps=4)
+
+
+def check_fused_chunk_sizes(feature_map: str, D: int, Dv: int) -> None:
+    """Raise ``ValueError`` naming the limit when the kernel cannot take these sizes."""
+    if feature_map not in FEATURE_IDS:
+        raise ValueError(
+            f"the Triton linear-attention kernel supports the feature maps {', '.join(FEATURE_IDS)}, "
+            f"got {feature_map!r}"
+        )
+    if feature_map == "taylor" and D > MAX_TAYLOR_DIM:
+        raise ValueError(f"the fused Taylor kernel supports feature dims up to {MAX_TAYLOR_DIM}, got D={D}")
+    if D > MAX_HEAD_DIM:
+        raise ValueError(f"the Triton linear-attention kernel supports head dims up to {MAX_HEAD_DIM}, got D={D}")
+    if Dv > MAX_HEAD_DIM:
+        raise ValueError(
+            f"the Triton linear-attention kernel supports value head dims up to {MAX_HEAD_DIM}, got D_v={Dv}"
+        )
+
+
+def _constexprs(feature: int, K: int, V: int, dtype: torch.dtype, cfg: dict) -> dict:
+    taylor = feature == FEATURE_IDS["taylor"]
+    BK = max(16, triton.next_power_of_2(K))
+    return dict(
+        K=K, V=V, E=1 + K + K * K if taylor else K, BT=cfg["BT"], BK=BK, BV=cfg["BV"],
+        BKK=BK * BK if taylor else 1, FEATURE=feature, TAYLOR=taylor,
+        PREC="ieee" if dtype == torch.float32 else "tf32",
+    )
+
+
+class FusedChunkLinearAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, h0, z0, feature, causal, normalize, scale, eps, output_final_state):
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        taylor = feature == FEATURE_IDS["taylor"]
+        # Taylor: q~ = scale q / f^{1/4}, k~ = k / f^{1/4}, so that A = 1 + s + s^2 / 2 with s = q~ . k~
+        scale_k = K**-0.25 if taylor else 1.0
+        scale_q = scale * scale_k
+        cfg = _launch_config(taylor, K, V, backward=False)
+        cx = _constexprs(feature, K, V, q.dtype, cfg)
+        o = torch.empty_like(v)
+        den = torch.empty(B, T, H, device=q.device, dtype=torch.float32)
+        ht = zt = None
+        if output_final_state:
+            ht = q.new_empty(B, H, cx["E"], V, dtype=torch.float32)
+            zt = q.new_empty(B, H, cx["E"], dtype=torch.float32)
+        grid = (triton.cdiv(V, cfg["BV"]), B * H)
+        fused_chunk_linear_attn_fwd_kernel[grid](
+            q, k, v, o, den, h0, z0, ht, zt, scale_q, scale_k, eps, T, H=H, **cx,
+            CAUSAL=causal, NORMALIZE=normalize, USE_INITIAL_STATE=h0 is not None,
+            STORE_FINAL_STATE=output_final_state, num_warps=cfg["num_warps"],
+        )
+        ctx.save_for_backward(q, k, v, o, den, h0, z0)
+        ctx.args = (feature, causal, normalize, scale_q, scale_k, eps)
+        return o, ht, zt
+
+    @staticmethod
+    def backward(ctx, do, dht, dzt):
+        q, k, v, o, den, h0, z0 = ctx.saved_tensors
+        feature, causal, normalize, scale_q, scale_k, eps = ctx.args
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        cfg = _launch_config(feature == FEATURE_IDS["taylor"], K, V, backward=True)
+        cx = _constexprs(feature, K, V, q.dtype, cfg)
+        NV = triton.cdiv(V, cfg["BV"])
+        do = do.contiguous()
+        # d loss / d normaliser = -(do . o) / (den + eps)
+        delta = (do.float() * o.float()).sum(-1) / (den + eps) if normalize else den
+        dq = q.new_empty(NV, B, T, H, K, dtype=torch.float32)
+        dk = q.new_empty(NV, B, T, H, K, dtype=torch.float32)
+        dv = torch.empty_like(v)
+        dh0 = dz0 = None
+        if h0 is not None:
+            dh0, dz0 = torch.empty_like(h0), torch.empty_like(z0)
+        use_dht = dht is not None or dzt is not None
+        if use_dht:
+            dht = torch.zeros(B, H, cx["E"], V, device=q.device) if dht is None else dht.contiguous().float()
+            dzt = torch.zeros(B, H, cx["E"], device=q.device) if dzt is None else dzt.contiguous().float()
+        fused_chunk_linear_attn_bwd_kernel[(NV, B * H, 2)](
+            q, k, v, do, den, delta, h0, z0, dht, dzt, dq, dk, dv, dh0, dz0,
+            scale_q, scale_k, eps, T, B=B, H=H, **cx,
+            CAUSAL=causal, NORMALIZE=normalize, USE_INITIAL_STATE=h0 is not None,
+            USE_FINAL_STATE_GRAD=use_dht, num_warps=cfg["num_warps"],
+        )
+        dq = dq.sum(0).to(q.dtype)
+        dk = dk.sum(0).to(k.dtype)
+        return dq, dk, dv, dh0, dz0, None, None, None, None, None, None
+
+
+def fused_chunk_linear_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    feature_map: str = "identity",
+    causal: bool = True,
+    normalize: bool = True,
+    scale: float | None = None,
+    eps: float = 1e-6,
+    initial_state: tuple[Tensor, Tensor] | None = None,
+    output_final_state: bool = False,
+) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+    """Linear attention by the fused Triton kernels; same semantics as
+    :func:`~subq.ops.linear_attn.naive.naive_linear_attention`.
+
+    Args:
+        q: `[B, T, H, D]`; k: `[B, T, H, D]`; v: `[B, T, H, D_v]` (float32, float16 or bfloat16; ``k`` and
+            ``v`` are cast to the dtype of ``q``).
+        feature_map: ``taylor`` (``D <= 16``), ``relu``, ``elu_plus_one`` or ``identity`` (``D <= 128``);
+            ``D_v <= 128``. Other sizes raise ``ValueError``.
+        initial_state: ``(S: [B, H, E, D_v], z: [B, H, E])``, float32.
+        Others as :func:`~subq.ops.linear_attn.naive.naive_linear_attention`.
+
+    Returns:
+        ``(o: [B, T, H, D_v] in the dtype of q, (S_T, z_T) float32 or None)``.
+    """
+    B, T, H, D, Dv = check_linear_attention_inputs(q, k, v, scale, eps)
+    check_fused_chunk_sizes(feature_map, D, Dv)
+    check_initial_state(initial_state, B, H, feature_dim(feature_map, D), Dv)
+    q = q.contiguous()
+    k, v = k.to(q.dtype).contiguous(), v.to(q.dtype).contiguous()
+    h0 = z0 = None
+    if initial_state is not None:
+        h0, z0 = (x.float().contiguous() for x in initial_state)
+    o, ht, zt = FusedChunkLinearAttention.apply(
+        q, k, v, h0, z0, FEATURE_IDS[feature_map], causal, normalize,
+        1.0 if scale is None else float(scale), float(eps), output_final_state,
+    )
+    return o, ((ht, zt) if output_final_state else None)
