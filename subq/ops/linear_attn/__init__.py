@@ -1,12 +1,14 @@
-"""Feature-mapped linear attention: ``naive`` (quadratic and recurrent references), ``chunk`` (PyTorch).
-
-The Triton kernel is not in this build yet: ``mode="triton"`` raises.
+"""Feature-mapped linear attention: ``naive`` (quadratic and recurrent references), ``chunk`` (PyTorch),
+``fused_chunk`` (Triton, forward and backward) and ``fused_recurrent`` (Triton decode step).
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 from subq.ops.linear_attn.chunk import chunk_linear_attention
@@ -19,11 +21,40 @@ from subq.ops.linear_attn.feature_maps import (
     relu_feature_map,
     taylor_feature_map,
 )
+from subq.ops.linear_attn.limits import check_fused_chunk_sizes
 from subq.ops.linear_attn.naive import (
     LinearAttentionState,
     naive_linear_attention,
     naive_recurrent_linear_attention,
 )
+
+
+def fused_chunk_linear_attention(q: Tensor, k: Tensor, v: Tensor, **kwargs):
+    """:func:`subq.ops.linear_attn.fused_chunk.fused_chunk_linear_attention` (imports Triton on first use)."""
+    from subq.ops.linear_attn.fused_chunk import fused_chunk_linear_attention as fused
+
+    return fused(q, k, v, **kwargs)
+
+
+def triton_form_available(q: Tensor) -> bool:
+    """True when the Triton kernels can run on ``q``: CUDA with Triton installed, or Triton's CPU
+    interpreter (``TRITON_INTERPRET=1``, for tests)."""
+    if not (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, stacklevel=3)
 
 
 def linear_attention(
@@ -40,8 +71,9 @@ def linear_attention(
     output_final_state: bool = False,
     mode: str = "auto",
 ) -> tuple[Tensor, LinearAttentionState | None]:
-    """Dispatch: ``mode`` in ``auto`` / ``torch`` (chunked PyTorch), ``naive`` (quadratic reference),
-    ``triton`` (not in this build: ``NotImplementedError``). Arguments as in
+    """Dispatch on ``mode``: ``triton`` (fused chunked kernels), ``torch`` (chunked PyTorch), ``naive``
+    (quadratic reference) or ``auto`` (Triton on CUDA for the sizes and maps the kernels take, else
+    PyTorch, with a one-time warning when a CUDA input falls back). Arguments as in
     :func:`~subq.ops.linear_attn.naive.naive_linear_attention`."""
     kw = dict(
         feature_map=feature_map,
@@ -52,15 +84,34 @@ def linear_attention(
         initial_state=initial_state,
         output_final_state=output_final_state,
     )
-    if mode in ("auto", "torch"):
-        return chunk_linear_attention(q, k, v, **kw)
+    if mode not in ("auto", "triton", "torch", "naive"):
+        raise ValueError(f"mode must be one of auto, triton, torch, naive; got {mode!r}")
     if mode == "naive":
         return naive_linear_attention(q, k, v, **kw)
+    if mode == "torch" or q.dtype == torch.float64:
+        if mode == "triton":
+            raise ValueError(
+                "linear_attention: the Triton kernels take float32, float16 or bfloat16, not float64"
+            )
+        return chunk_linear_attention(q, k, v, **kw)
     if mode == "triton":
-        raise NotImplementedError(
-            "linear_attention: the Triton kernel is not in this build yet; use mode='auto' or mode='torch'"
-        )
-    raise ValueError(f"mode must be one of auto, triton, torch, naive; got {mode!r}")
+        if not triton_form_available(q):
+            raise RuntimeError(
+                "linear_attention: mode='triton' needs a CUDA tensor and Triton (pip install subq[gpu])"
+            )
+        if callable(feature_map):
+            raise ValueError("linear_attention: the Triton kernels take a named feature map, not a callable")
+        return fused_chunk_linear_attention(q, k, v, **kw)
+    if not triton_form_available(q) or not q.is_cuda:
+        return chunk_linear_attention(q, k, v, **kw)
+    try:
+        if callable(feature_map):
+            raise ValueError("the Triton kernels take a named feature map, not a callable")
+        check_fused_chunk_sizes(feature_map, q.shape[-1], v.shape[-1])
+    except ValueError as e:
+        _warn_once(f"linear_attention: {e}; falling back to the PyTorch chunked form")
+        return chunk_linear_attention(q, k, v, **kw)
+    return fused_chunk_linear_attention(q, k, v, **kw)
 
 
 __all__ = [
@@ -69,6 +120,7 @@ __all__ = [
     "chunk_linear_attention",
     "elu_plus_one_feature_map",
     "feature_dim",
+    "fused_chunk_linear_attention",
     "get_feature_map",
     "identity_feature_map",
     "linear_attention",

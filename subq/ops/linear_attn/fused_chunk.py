@@ -16,22 +16,14 @@ chunks). Gradients reach ``q, k, v`` and the initial state; a gradient of the fi
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from subq.ops.linear_attn.feature_maps import feature_dim
+from subq.ops.linear_attn.limits import FEATURE_IDS, check_fused_chunk_sizes
 from subq.ops.linear_attn.naive import check_initial_state, check_linear_attention_inputs
-
-FEATURE_IDS = {"identity": 0, "relu": 1, "elu_plus_one": 2, "taylor": 3}
-MAX_TAYLOR_DIM = 16
-"""Largest projection dim ``f`` of the fused Taylor kernel (the quadratic state is ``f^2 x D_v``)."""
-MAX_HEAD_DIM = 128
-"""Largest ``D`` of the kernel for the elementwise maps, and largest ``D_v`` for all maps."""
-SQRT2 = math.sqrt(2.0)
 
 
 @triton.jit
@@ -75,9 +67,22 @@ def _quadratic(b_x, BT: tl.constexpr, BK: tl.constexpr):
 
 
 @triton.jit
-def _accumulate(b_x, b_y, b_w, b_S0, b_S1, b_S2, b_z0, b_z1, b_z2,
-                BT: tl.constexpr, BK: tl.constexpr, TAYLOR: tl.constexpr, DT: tl.constexpr,
-                PREC: tl.constexpr):
+def _accumulate(
+    b_x,
+    b_y,
+    b_w,
+    b_S0,
+    b_S1,
+    b_S2,
+    b_z0,
+    b_z1,
+    b_z2,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    TAYLOR: tl.constexpr,
+    DT: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """``S += phi(x)^T y`` and ``z += phi(x)^T w`` (the state update, and ``dS`` in the backward)."""
     b_xd = b_x.to(DT)
     b_yd = b_y.to(DT)
@@ -93,9 +98,21 @@ def _accumulate(b_x, b_y, b_w, b_S0, b_S1, b_S2, b_z0, b_z1, b_z2,
 
 
 @triton.jit
-def _read(b_x, b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, acc,
-          BT: tl.constexpr, BK: tl.constexpr, TAYLOR: tl.constexpr, DT: tl.constexpr,
-          PREC: tl.constexpr):
+def _read(
+    b_x,
+    b_S0,
+    b_S1,
+    b_S2,
+    b_z0,
+    b_z1,
+    b_z2,
+    acc,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    TAYLOR: tl.constexpr,
+    DT: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """``(acc + phi(x) S, phi(x) . z)``: a chunk reading a state (and ``dv`` reading ``dS``)."""
     acc = tl.dot(b_x.to(DT), b_S1.to(DT), acc, input_precision=PREC)
     b_d = tl.sum(b_x * b_z1[None, :], 1)
@@ -107,9 +124,21 @@ def _read(b_x, b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, acc,
 
 
 @triton.jit
-def _read_grad(b_y, b_w, b_x, b_S1, b_S2, b_z1, b_z2, acc,
-               BT: tl.constexpr, BK: tl.constexpr, TAYLOR: tl.constexpr, DT: tl.constexpr,
-               PREC: tl.constexpr):
+def _read_grad(
+    b_y,
+    b_w,
+    b_x,
+    b_S1,
+    b_S2,
+    b_z1,
+    b_z2,
+    acc,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    TAYLOR: tl.constexpr,
+    DT: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """``acc + d/dx [y . (phi(x) S) + w phi(x) . z]`` through the Taylor map (the features for the
     elementwise maps): ``dq`` from the state, ``dk`` from ``dS``."""
     b_yd = b_y.to(DT)
@@ -122,11 +151,26 @@ def _read_grad(b_y, b_w, b_x, b_S1, b_S2, b_z1, b_z2, acc,
 
 
 @triton.jit
-def _load_state(p_h, p_z, o_k, m_k, o_v, m_v, w, K: tl.constexpr, V: tl.constexpr,
-                BK: tl.constexpr, BV: tl.constexpr, BKK: tl.constexpr, TAYLOR: tl.constexpr):
+def _load_state(
+    p_h,
+    p_z,
+    o_k,
+    m_k,
+    o_v,
+    m_v,
+    w,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    BKK: tl.constexpr,
+    TAYLOR: tl.constexpr,
+):
     """A state ``(S [E, D_v], z [E])`` in ``phi``'s convention -> the kernel's pieces; ``w`` scales ``z``."""
     ROW1: tl.constexpr = 1 if TAYLOR else 0
-    b_S1 = tl.load(p_h + (ROW1 + o_k)[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
+    b_S1 = tl.load(
+        p_h + (ROW1 + o_k)[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0
+    )
     b_z1 = tl.load(p_z + ROW1 + o_k, mask=m_k, other=0.0) * w
     if TAYLOR:
         o_kk = tl.arange(0, BKK)
@@ -146,10 +190,27 @@ def _load_state(p_h, p_z, o_k, m_k, o_v, m_v, w, K: tl.constexpr, V: tl.constexp
 
 
 @triton.jit
-def _store_state(p_h, p_z, b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, o_k, m_k, o_v, m_v, i_v,
-                 K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BKK: tl.constexpr,
-                 TAYLOR: tl.constexpr):
-    """The kernel's pieces -> ``(S, z)`` in ``phi``'s convention; ``z`` only from the first block of ``D_v``."""
+def _store_state(
+    p_h,
+    p_z,
+    b_S0,
+    b_S1,
+    b_S2,
+    b_z0,
+    b_z1,
+    b_z2,
+    o_k,
+    m_k,
+    o_v,
+    m_v,
+    i_v,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BK: tl.constexpr,
+    BKK: tl.constexpr,
+    TAYLOR: tl.constexpr,
+):
+    """The kernel's pieces -> ``(S, z)`` in ``phi``'s convention; ``z`` from the first ``D_v`` block only."""
     ROW1: tl.constexpr = 1 if TAYLOR else 0
     tl.store(p_h + (ROW1 + o_k)[:, None] * V + o_v[None, :], b_S1, mask=m_k[:, None] & m_v[None, :])
     tl.store(p_z + ROW1 + o_k, b_z1, mask=m_k & (o_k * 0 + i_v == 0))
@@ -158,20 +219,45 @@ def _store_state(p_h, p_z, b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, o_k, m_k, o_v, m_
         m_kk = ((o_kk // BK) < K) & ((o_kk % BK) < K)
         r_kk = 1 + K + (o_kk // BK) * K + o_kk % BK
         tl.store(p_h + o_v, b_S0, mask=m_v)
-        tl.store(p_h + r_kk[:, None] * V + o_v[None, :], b_S2 * 0.7071067811865476,
-                 mask=m_kk[:, None] & m_v[None, :])
+        tl.store(
+            p_h + r_kk[:, None] * V + o_v[None, :],
+            b_S2 * 0.7071067811865476,
+            mask=m_kk[:, None] & m_v[None, :],
+        )
         tl.store(p_z + r_kk, b_z2 * 0.7071067811865476, mask=m_kk & (o_kk * 0 + i_v == 0))
         tl.store(p_z + tl.arange(0, 1), b_z0, mask=tl.arange(0, 1) + i_v == 0)
 
 
 @triton.jit(do_not_specialize=["T"])
 def fused_chunk_linear_attn_fwd_kernel(
-    q, k, v, o, den, h0, z0, ht, zt,
-    scale_q, scale_k, eps, T,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, E: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKK: tl.constexpr,
-    FEATURE: tl.constexpr, TAYLOR: tl.constexpr, CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr,
-    USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr, PREC: tl.constexpr,
+    q,
+    k,
+    v,
+    o,
+    den,
+    h0,
+    z0,
+    ht,
+    zt,
+    scale_q,
+    scale_k,
+    eps,
+    T,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    E: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    BKK: tl.constexpr,
+    FEATURE: tl.constexpr,
+    TAYLOR: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+    USE_INITIAL_STATE: tl.constexpr,
+    STORE_FINAL_STATE: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -189,8 +275,20 @@ def fused_chunk_linear_attn_fwd_kernel(
 
     if USE_INITIAL_STATE:
         b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _load_state(
-            h0 + i_bh.to(tl.int64) * E * V, z0 + i_bh.to(tl.int64) * E, o_k, m_k, o_v, m_v, 1.0,
-            K, V, BK, BV, BKK, TAYLOR)
+            h0 + i_bh.to(tl.int64) * E * V,
+            z0 + i_bh.to(tl.int64) * E,
+            o_k,
+            m_k,
+            o_v,
+            m_v,
+            1.0,
+            K,
+            V,
+            BK,
+            BV,
+            BKK,
+            TAYLOR,
+        )
     else:
         b_S0 = tl.zeros([BV], dtype=tl.float32)
         b_S1 = tl.zeros([BK, BV], dtype=tl.float32)
@@ -206,9 +304,12 @@ def fused_chunk_linear_attn_fwd_kernel(
             o_t = i_t * BT + o_i
             m_t = o_t < T
             b_k, _ = _load_features(p_k + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_k, FEATURE, TAYLOR)
-            b_v = tl.load(p_v + o_t[:, None] * H * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+            b_v = tl.load(
+                p_v + o_t[:, None] * H * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0
+            )
             b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _accumulate(
-                b_k, b_v, m_t.to(tl.float32), b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, BT, BK, TAYLOR, DT, PREC)
+                b_k, b_v, m_t.to(tl.float32), b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, BT, BK, TAYLOR, DT, PREC
+            )
 
     for i_t in range(NT):
         o_t = i_t * BT + o_i
@@ -229,7 +330,8 @@ def fused_chunk_linear_attn_fwd_kernel(
             b_o, b_dx = _read(b_q, b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, b_o, BT, BK, TAYLOR, DT, PREC)
             b_d += b_dx
             b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _accumulate(
-                b_k, b_v, m_t.to(tl.float32), b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, BT, BK, TAYLOR, DT, PREC)
+                b_k, b_v, m_t.to(tl.float32), b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, BT, BK, TAYLOR, DT, PREC
+            )
         else:
             b_o, b_d = _read(b_q, b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, b_o, BT, BK, TAYLOR, DT, PREC)
         if NORMALIZE:
@@ -238,19 +340,65 @@ def fused_chunk_linear_attn_fwd_kernel(
         tl.store(p_den + o_t * H, b_d, mask=m_t & (o_t * 0 + i_v == 0))
 
     if STORE_FINAL_STATE:
-        _store_state(ht + i_bh.to(tl.int64) * E * V, zt + i_bh.to(tl.int64) * E,
-                     b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, o_k, m_k, o_v, m_v, i_v, K, V, BK, BKK, TAYLOR)
+        _store_state(
+            ht + i_bh.to(tl.int64) * E * V,
+            zt + i_bh.to(tl.int64) * E,
+            b_S0,
+            b_S1,
+            b_S2,
+            b_z0,
+            b_z1,
+            b_z2,
+            o_k,
+            m_k,
+            o_v,
+            m_v,
+            i_v,
+            K,
+            V,
+            BK,
+            BKK,
+            TAYLOR,
+        )
 
 
 @triton.jit(do_not_specialize=["T"])
 def fused_chunk_linear_attn_bwd_kernel(
-    q, k, v, do, den, delta, h0, z0, dht, dzt,
-    dq, dk, dv, dh0, dz0,
-    scale_q, scale_k, eps, T,
-    B: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, E: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKK: tl.constexpr,
-    FEATURE: tl.constexpr, TAYLOR: tl.constexpr, CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr,
-    USE_INITIAL_STATE: tl.constexpr, USE_FINAL_STATE_GRAD: tl.constexpr, PREC: tl.constexpr,
+    q,
+    k,
+    v,
+    do,
+    den,
+    delta,
+    h0,
+    z0,
+    dht,
+    dzt,
+    dq,
+    dk,
+    dv,
+    dh0,
+    dz0,
+    scale_q,
+    scale_k,
+    eps,
+    T,
+    B: tl.constexpr,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    E: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    BKK: tl.constexpr,
+    FEATURE: tl.constexpr,
+    TAYLOR: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+    USE_INITIAL_STATE: tl.constexpr,
+    USE_FINAL_STATE_GRAD: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     # axis 2: 0 = forward sweep for dq, 1 = backward sweep for dk, dv (and the initial state's gradient)
     i_v, i_bh, i_p = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -276,8 +424,20 @@ def fused_chunk_linear_attn_bwd_kernel(
         m_causal = o_i[:, None] >= o_i[None, :]
         if USE_INITIAL_STATE:
             b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _load_state(
-                h0 + i_bh.to(tl.int64) * E * V, z0 + i_bh.to(tl.int64) * E, o_k, m_k, o_v, m_v, 1.0,
-                K, V, BK, BV, BKK, TAYLOR)
+                h0 + i_bh.to(tl.int64) * E * V,
+                z0 + i_bh.to(tl.int64) * E,
+                o_k,
+                m_k,
+                o_v,
+                m_v,
+                1.0,
+                K,
+                V,
+                BK,
+                BV,
+                BKK,
+                TAYLOR,
+            )
         else:
             b_S0 = tl.zeros([BV], dtype=tl.float32)
             b_S1 = tl.zeros([BK, BV], dtype=tl.float32)
@@ -289,16 +449,22 @@ def fused_chunk_linear_attn_bwd_kernel(
             for i_t in range(NT):
                 o_t = i_t * BT + o_i
                 m_t = o_t < T
-                b_k, _ = _load_features(p_k + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_k, FEATURE, TAYLOR)
-                b_v = tl.load(p_v + o_t[:, None] * H * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
-                              other=0.0)
+                b_k, _ = _load_features(
+                    p_k + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_k, FEATURE, TAYLOR
+                )
+                b_v = tl.load(
+                    p_v + o_t[:, None] * H * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0
+                )
                 b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _accumulate(
-                    b_k, b_v, m_t.to(tl.float32), b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, BT, BK, TAYLOR, DT, PREC)
+                    b_k, b_v, m_t.to(tl.float32), b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, BT, BK, TAYLOR, DT, PREC
+                )
         for i_t in range(NT):
             o_t = i_t * BT + o_i
             m_t = o_t < T
             m_tv = m_t[:, None] & m_v[None, :]
-            b_q, b_qx = _load_features(p_q + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_q, FEATURE, TAYLOR)
+            b_q, b_qx = _load_features(
+                p_q + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_q, FEATURE, TAYLOR
+            )
             b_do = tl.load(p_do + o_t[:, None] * H * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
             if NORMALIZE:
                 b_r = 1.0 / (tl.load(p_den + o_t * H, mask=m_t, other=1.0) + eps)
@@ -309,7 +475,9 @@ def fused_chunk_linear_attn_bwd_kernel(
                 b_dd = tl.zeros([BT], dtype=tl.float32)
             b_dq = tl.zeros([BT, BK], dtype=tl.float32)
             if CAUSAL:
-                b_k, _ = _load_features(p_k + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_k, FEATURE, TAYLOR)
+                b_k, _ = _load_features(
+                    p_k + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_k, FEATURE, TAYLOR
+                )
                 b_v = tl.load(p_v + o_t[:, None] * H * V + o_v[None, :], mask=m_tv, other=0.0)
                 b_ds = tl.dot(b_dn.to(DT), tl.trans(b_v), input_precision=PREC) + b_dd[:, None]  # dA [BT, BT]
                 if TAYLOR:
@@ -320,16 +488,31 @@ def fused_chunk_linear_attn_bwd_kernel(
             b_dq = _read_grad(b_dn, b_dd, b_q, b_S1, b_S2, b_z1, b_z2, b_dq, BT, BK, TAYLOR, DT, PREC)
             if CAUSAL:
                 b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _accumulate(
-                    b_k, b_v, m_t.to(tl.float32), b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, BT, BK, TAYLOR, DT, PREC)
+                    b_k, b_v, m_t.to(tl.float32), b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, BT, BK, TAYLOR, DT, PREC
+                )
             if not TAYLOR:
                 b_dq = b_dq * _feature_grad(b_qx, FEATURE)
-            tl.store(p_dq + o_t[:, None] * H * K + o_k[None, :], b_dq * scale_q, mask=m_t[:, None] & m_k[None, :])
+            tl.store(
+                p_dq + o_t[:, None] * H * K + o_k[None, :], b_dq * scale_q, mask=m_t[:, None] & m_k[None, :]
+            )
     else:
         m_causal_t = o_i[:, None] <= o_i[None, :]
         if USE_FINAL_STATE_GRAD:
             b_dS0, b_dS1, b_dS2, b_dz0, b_dz1, b_dz2 = _load_state(
-                dht + i_bh.to(tl.int64) * E * V, dzt + i_bh.to(tl.int64) * E, o_k, m_k, o_v, m_v, w0,
-                K, V, BK, BV, BKK, TAYLOR)
+                dht + i_bh.to(tl.int64) * E * V,
+                dzt + i_bh.to(tl.int64) * E,
+                o_k,
+                m_k,
+                o_v,
+                m_v,
+                w0,
+                K,
+                V,
+                BK,
+                BV,
+                BKK,
+                TAYLOR,
+            )
         else:
             b_dS0 = tl.zeros([BV], dtype=tl.float32)
             b_dS1 = tl.zeros([BK, BV], dtype=tl.float32)
@@ -342,8 +525,12 @@ def fused_chunk_linear_attn_bwd_kernel(
                 o_t = i_t * BT + o_i
                 m_t = o_t < T
                 m_tv = m_t[:, None] & m_v[None, :]
-                b_q, _ = _load_features(p_q + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_q, FEATURE, TAYLOR)
-                b_do = tl.load(p_do + o_t[:, None] * H * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
+                b_q, _ = _load_features(
+                    p_q + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_q, FEATURE, TAYLOR
+                )
+                b_do = tl.load(p_do + o_t[:, None] * H * V + o_v[None, :], mask=m_tv, other=0.0).to(
+                    tl.float32
+                )
                 if NORMALIZE:
                     b_r = 1.0 / (tl.load(p_den + o_t * H, mask=m_t, other=1.0) + eps)
                     b_dn = b_do * b_r[:, None]
@@ -352,19 +539,26 @@ def fused_chunk_linear_attn_bwd_kernel(
                     b_dn = b_do
                     b_dd = tl.zeros([BT], dtype=tl.float32)
                 b_dS0, b_dS1, b_dS2, b_dz0, b_dz1, b_dz2 = _accumulate(
-                    b_q, b_dn, b_dd, b_dS0, b_dS1, b_dS2, b_dz0, b_dz1, b_dz2, BT, BK, TAYLOR, DT, PREC)
+                    b_q, b_dn, b_dd, b_dS0, b_dS1, b_dS2, b_dz0, b_dz1, b_dz2, BT, BK, TAYLOR, DT, PREC
+                )
         for i in range(NT):
             i_t = NT - 1 - i
             o_t = i_t * BT + o_i
             m_t = o_t < T
             m_tv = m_t[:, None] & m_v[None, :]
-            b_k, b_kx = _load_features(p_k + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_k, FEATURE, TAYLOR)
+            b_k, b_kx = _load_features(
+                p_k + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_k, FEATURE, TAYLOR
+            )
             b_v = tl.load(p_v + o_t[:, None] * H * V + o_v[None, :], mask=m_tv, other=0.0)
             b_dv = tl.zeros([BT, BV], dtype=tl.float32)
             b_dk = tl.zeros([BT, BK], dtype=tl.float32)
             if CAUSAL:
-                b_q, _ = _load_features(p_q + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_q, FEATURE, TAYLOR)
-                b_do = tl.load(p_do + o_t[:, None] * H * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
+                b_q, _ = _load_features(
+                    p_q + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_q, FEATURE, TAYLOR
+                )
+                b_do = tl.load(p_do + o_t[:, None] * H * V + o_v[None, :], mask=m_tv, other=0.0).to(
+                    tl.float32
+                )
                 if NORMALIZE:
                     b_r = 1.0 / (tl.load(p_den + o_t * H, mask=m_t, other=1.0) + eps)
                     b_dn = b_do * b_r[:, None]
@@ -386,19 +580,40 @@ def fused_chunk_linear_attn_bwd_kernel(
                 b_dsT = tl.where(m_causal_t, b_dsT, 0.0)
                 b_dk = tl.dot(b_dsT.to(DT), b_q.to(DT), b_dk, input_precision=PREC)
             b_dv, _ = _read(b_k, b_dS0, b_dS1, b_dS2, b_dz0, b_dz1, b_dz2, b_dv, BT, BK, TAYLOR, DT, PREC)
-            b_dk = _read_grad(b_v, m_t.to(tl.float32), b_k, b_dS1, b_dS2, b_dz1, b_dz2, b_dk,
-                              BT, BK, TAYLOR, DT, PREC)
+            b_dk = _read_grad(
+                b_v, m_t.to(tl.float32), b_k, b_dS1, b_dS2, b_dz1, b_dz2, b_dk, BT, BK, TAYLOR, DT, PREC
+            )
             if CAUSAL:
                 b_dS0, b_dS1, b_dS2, b_dz0, b_dz1, b_dz2 = _accumulate(
-                    b_q, b_dn, b_dd, b_dS0, b_dS1, b_dS2, b_dz0, b_dz1, b_dz2, BT, BK, TAYLOR, DT, PREC)
+                    b_q, b_dn, b_dd, b_dS0, b_dS1, b_dS2, b_dz0, b_dz1, b_dz2, BT, BK, TAYLOR, DT, PREC
+                )
             if not TAYLOR:
                 b_dk = b_dk * _feature_grad(b_kx, FEATURE)
-            tl.store(p_dk + o_t[:, None] * H * K + o_k[None, :], b_dk * scale_k, mask=m_t[:, None] & m_k[None, :])
+            tl.store(
+                p_dk + o_t[:, None] * H * K + o_k[None, :], b_dk * scale_k, mask=m_t[:, None] & m_k[None, :]
+            )
             tl.store(p_dv + o_t[:, None] * H * V + o_v[None, :], b_dv.to(p_dv.dtype.element_ty), mask=m_tv)
         if USE_INITIAL_STATE:
-            _store_state(dh0 + i_bh.to(tl.int64) * E * V, dz0 + i_bh.to(tl.int64) * E,
-                         b_dS0, b_dS1, b_dS2, b_dz0, b_dz1, b_dz2, o_k, m_k, o_v, m_v, i_v,
-                         K, V, BK, BKK, TAYLOR)
+            _store_state(
+                dh0 + i_bh.to(tl.int64) * E * V,
+                dz0 + i_bh.to(tl.int64) * E,
+                b_dS0,
+                b_dS1,
+                b_dS2,
+                b_dz0,
+                b_dz1,
+                b_dz2,
+                o_k,
+                m_k,
+                o_v,
+                m_v,
+                i_v,
+                K,
+                V,
+                BK,
+                BKK,
+                TAYLOR,
+            )
 
 
 def _launch_config(taylor: bool, K: int, V: int, backward: bool) -> dict:
@@ -408,29 +623,19 @@ def _launch_config(taylor: bool, K: int, V: int, backward: bool) -> dict:
     return dict(BT=64, BV=max(16, min(32, triton.next_power_of_2(V))), num_warps=4)
 
 
-def check_fused_chunk_sizes(feature_map: str, D: int, Dv: int) -> None:
-    """Raise ``ValueError`` naming the limit when the kernel cannot take these sizes."""
-    if feature_map not in FEATURE_IDS:
-        raise ValueError(
-            f"the Triton linear-attention kernel supports the feature maps {', '.join(FEATURE_IDS)}, "
-            f"got {feature_map!r}"
-        )
-    if feature_map == "taylor" and D > MAX_TAYLOR_DIM:
-        raise ValueError(f"the fused Taylor kernel supports feature dims up to {MAX_TAYLOR_DIM}, got D={D}")
-    if D > MAX_HEAD_DIM:
-        raise ValueError(f"the Triton linear-attention kernel supports head dims up to {MAX_HEAD_DIM}, got D={D}")
-    if Dv > MAX_HEAD_DIM:
-        raise ValueError(
-            f"the Triton linear-attention kernel supports value head dims up to {MAX_HEAD_DIM}, got D_v={Dv}"
-        )
-
-
 def _constexprs(feature: int, K: int, V: int, dtype: torch.dtype, cfg: dict) -> dict:
     taylor = feature == FEATURE_IDS["taylor"]
     BK = max(16, triton.next_power_of_2(K))
     return dict(
-        K=K, V=V, E=1 + K + K * K if taylor else K, BT=cfg["BT"], BK=BK, BV=cfg["BV"],
-        BKK=BK * BK if taylor else 1, FEATURE=feature, TAYLOR=taylor,
+        K=K,
+        V=V,
+        E=1 + K + K * K if taylor else K,
+        BT=cfg["BT"],
+        BK=BK,
+        BV=cfg["BV"],
+        BKK=BK * BK if taylor else 1,
+        FEATURE=feature,
+        TAYLOR=taylor,
         PREC="ieee" if dtype == torch.float32 else "tf32",
     )
 
@@ -454,9 +659,26 @@ class FusedChunkLinearAttention(torch.autograd.Function):
             zt = q.new_empty(B, H, cx["E"], dtype=torch.float32)
         grid = (triton.cdiv(V, cfg["BV"]), B * H)
         fused_chunk_linear_attn_fwd_kernel[grid](
-            q, k, v, o, den, h0, z0, ht, zt, scale_q, scale_k, eps, T, H=H, **cx,
-            CAUSAL=causal, NORMALIZE=normalize, USE_INITIAL_STATE=h0 is not None,
-            STORE_FINAL_STATE=output_final_state, num_warps=cfg["num_warps"],
+            q,
+            k,
+            v,
+            o,
+            den,
+            h0,
+            z0,
+            ht,
+            zt,
+            scale_q,
+            scale_k,
+            eps,
+            T,
+            H=H,
+            **cx,
+            CAUSAL=causal,
+            NORMALIZE=normalize,
+            USE_INITIAL_STATE=h0 is not None,
+            STORE_FINAL_STATE=output_final_state,
+            num_warps=cfg["num_warps"],
         )
         ctx.save_for_backward(q, k, v, o, den, h0, z0)
         ctx.args = (feature, causal, normalize, scale_q, scale_k, eps)
@@ -485,10 +707,33 @@ class FusedChunkLinearAttention(torch.autograd.Function):
             dht = torch.zeros(B, H, cx["E"], V, device=q.device) if dht is None else dht.contiguous().float()
             dzt = torch.zeros(B, H, cx["E"], device=q.device) if dzt is None else dzt.contiguous().float()
         fused_chunk_linear_attn_bwd_kernel[(NV, B * H, 2)](
-            q, k, v, do, den, delta, h0, z0, dht, dzt, dq, dk, dv, dh0, dz0,
-            scale_q, scale_k, eps, T, B=B, H=H, **cx,
-            CAUSAL=causal, NORMALIZE=normalize, USE_INITIAL_STATE=h0 is not None,
-            USE_FINAL_STATE_GRAD=use_dht, num_warps=cfg["num_warps"],
+            q,
+            k,
+            v,
+            do,
+            den,
+            delta,
+            h0,
+            z0,
+            dht,
+            dzt,
+            dq,
+            dk,
+            dv,
+            dh0,
+            dz0,
+            scale_q,
+            scale_k,
+            eps,
+            T,
+            B=B,
+            H=H,
+            **cx,
+            CAUSAL=causal,
+            NORMALIZE=normalize,
+            USE_INITIAL_STATE=h0 is not None,
+            USE_FINAL_STATE_GRAD=use_dht,
+            num_warps=cfg["num_warps"],
         )
         dq = dq.sum(0).to(q.dtype)
         dk = dk.sum(0).to(k.dtype)
@@ -531,7 +776,16 @@ def fused_chunk_linear_attention(
     if initial_state is not None:
         h0, z0 = (x.float().contiguous() for x in initial_state)
     o, ht, zt = FusedChunkLinearAttention.apply(
-        q, k, v, h0, z0, FEATURE_IDS[feature_map], causal, normalize,
-        1.0 if scale is None else float(scale), float(eps), output_final_state,
+        q,
+        k,
+        v,
+        h0,
+        z0,
+        FEATURE_IDS[feature_map],
+        causal,
+        normalize,
+        1.0 if scale is None else float(scale),
+        float(eps),
+        output_final_state,
     )
     return o, ((ht, zt) if output_final_state else None)
