@@ -64,7 +64,12 @@ class _BackboneConfig(BaseModel):
 
     @classmethod
     def from_preset(cls, preset: str, **overrides):
-        """A config of a named size (see ``PRESETS``) with any field overridden."""
+        """A config of a named size (see ``PRESETS``) with any field overridden. ``LMConfig`` also
+        takes ``based-<size>`` and ``based-attn-<size>`` (see :mod:`subq.models.based`)."""
+        if preset.startswith("based-") and issubclass(cls, LMConfig):
+            from subq.models.based import based_preset  # per-layer hybrid patterns live there
+
+            return based_preset(preset, **overrides)
         if preset not in PRESETS:
             raise KeyError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
         return cls(**{**PRESETS[preset], **overrides})
