@@ -5,7 +5,11 @@
 
 ``attention`` times ``sdpa_attention`` (SDPA behind the ``[B, T, H, D]`` layout) and so should run
 at ~1x the SDPA baseline: it is the sanity check of the runner. ``sliding_window`` times the
-chunked PyTorch form (``torch``) and the FlexAttention form (``triton``, CUDA only).
+chunked PyTorch form (``torch``) and the FlexAttention form (``triton``, CUDA only). ``based`` and
+``linear_attention`` time the chunked PyTorch form (``torch``), our fused Triton kernels
+(``triton``) and, when ``fla-core`` is installed, flash-linear-attention's kernels on the same inputs
+(``fla_parallel`` / ``fla_fused_chunk``: ``fla.ops.based``; ``fla_chunk``:
+``fla.ops.linear_attn.chunk_linear_attn``), each gated against the same naive reference.
 
 FLOP counts are forward, causal, counting 4 FLOPs per (query, key) pair and head-dim element
 (``2D`` for ``q . k``, ``2D`` for ``p . v``), over the pairs inside the mask:
@@ -26,7 +30,7 @@ from torch import Tensor
 
 from subq.bench.registry import BenchShape, qkv_inputs, qkvo_bytes, register_bench
 from subq.ops.attention import naive_attention, sdpa_attention
-from subq.ops.linear_attn import chunk_linear_attention, naive_linear_attention
+from subq.ops.linear_attn import chunk_linear_attention, linear_attention, naive_linear_attention
 from subq.ops.sliding_window import (
     chunk_sliding_window_attention,
     flex_sliding_window_attention,
@@ -90,9 +94,37 @@ def naive_based(q: Tensor, k: Tensor, v: Tensor, *, feature_dim: int):
     return naive_linear_attention(q, k, v, feature_map="taylor")
 
 
+def triton_based(q: Tensor, k: Tensor, v: Tensor, *, feature_dim: int):
+    return linear_attention(q, k, v, feature_map="taylor", mode="triton")
+
+
+def _fla_modes() -> tuple[dict, dict]:
+    """flash-linear-attention's kernels when ``fla-core`` is installed (CUDA), else nothing.
+
+    fla's BASED map is ``[1, x, vec(x x^T) / sqrt(2)]`` on ``q * scale`` with ``scale = f^{-1/2}`` by
+    default: the same kernel as our Taylor map (``ops/linear_attn/README.md``). Its ``chunk_linear_attn``
+    has no feature map; given the nonnegative inputs of ``linear_attention_inputs`` it computes the
+    ReLU attention, and its default scale cancels under normalisation.
+    """
+    try:
+        from fla.ops.based import fused_chunk_based, parallel_based
+        from fla.ops.linear_attn import chunk_linear_attn
+    except ImportError:
+        return {}, {}
+    based = {
+        "fla_parallel": lambda q, k, v, *, feature_dim: parallel_based(q, k, v, use_norm=True),
+        "fla_fused_chunk": lambda q, k, v, *, feature_dim: fused_chunk_based(q, k, v, use_norm=True),
+    }
+    linear = {"fla_chunk": lambda q, k, v: chunk_linear_attn(q, k, v, normalize=True)[0]}
+    return based, linear
+
+
+FLA_BASED_MODES, FLA_LINEAR_MODES = _fla_modes()
+
+
 @register_bench(
     "based",
-    modes={"torch": chunk_based},
+    modes={"torch": chunk_based, "triton": triton_based, **FLA_BASED_MODES},
     reference=naive_based,
     flops=based_flops,
     bytes=based_bytes,
@@ -100,7 +132,7 @@ def naive_based(q: Tensor, k: Tensor, v: Tensor, *, feature_dim: int):
 )
 def based_inputs(s: BenchShape) -> dict[str, Tensor]:
     """BASED's linear attention: ``q, k: [B, T, H, feature_dim]`` through the Taylor map,
-    ``v: [B, T, H, D]``; causal and normalised. (The Triton kernel is not written yet.)"""
+    ``v: [B, T, H, D]``; causal and normalised."""
     f = s.params["feature_dim"]
     return {
         "q": torch.randn(s.B, s.T, s.H, f, dtype=s.dtype, device=s.device),
@@ -117,14 +149,22 @@ def naive_relu_linear(q: Tensor, k: Tensor, v: Tensor):
     return naive_linear_attention(q, k, v, feature_map="relu")
 
 
+def triton_relu_linear(q: Tensor, k: Tensor, v: Tensor):
+    return linear_attention(q, k, v, feature_map="relu", mode="triton")
+
+
 @register_bench(
     "linear_attention",
-    modes={"torch": chunk_relu_linear},
+    modes={"torch": chunk_relu_linear, "triton": triton_relu_linear, **FLA_LINEAR_MODES},
     reference=naive_relu_linear,
     flops=relu_linear_flops,
     bytes=qkvo_bytes,
 )
 def relu_linear_inputs(s: BenchShape) -> dict[str, Tensor]:
-    """LiT's ReLU linear attention: ``q, k, v: [B, T, H, D]``; causal and normalised. (The Triton
-    kernel is not written yet.)"""
-    return qkv_inputs(s)
+    """LiT's ReLU linear attention: ``q, k, v: [B, T, H, D]``; causal and normalised. ``q`` and ``k``
+    are nonnegative (``|randn|``, fixed points of the ReLU), so that a kernel without a feature map
+    computes the same function."""
+    x = qkv_inputs(s)
+    with torch.no_grad():
+        x["q"].abs_(), x["k"].abs_()
+    return x

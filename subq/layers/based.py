@@ -34,7 +34,7 @@ class Based(Mixer):
     (float64 for float64 models), so ``state_size(L) = H * (E * D_v + E)`` for every ``L``.
     """
 
-    modes = ("torch", "naive")
+    modes = ("torch", "triton", "naive")
     supports_decode = True
     supports_bidirectional = True
     example_kwargs = {"feature_dim": 4, "num_heads": 2}
@@ -91,7 +91,8 @@ class Based(Mixer):
             eps=self.eps,
             initial_state=state,
             output_final_state=want_state,
-            mode="naive" if mode == "naive" else "torch",
+            # "auto" lets the op fall back to PyTorch for sizes the kernels do not take
+            mode="auto" if self.mode == "auto" else mode,
         )
         return self.out_proj(o.flatten(2)), final
 

@@ -47,7 +47,7 @@ class LinearAttention(Mixer):
     d_model / H`` for ReLU features).
     """
 
-    modes = ("torch", "naive")
+    modes = ("torch", "triton", "naive")
     supports_decode = True
     supports_bidirectional = True
     example_kwargs = {"num_heads": 2}
@@ -104,7 +104,8 @@ class LinearAttention(Mixer):
             eps=self.eps,
             initial_state=state,
             output_final_state=want_state,
-            mode="naive" if mode == "naive" else "torch",
+            # "auto" lets the op fall back to PyTorch for sizes the kernels do not take
+            mode="auto" if self.mode == "auto" else mode,
         )
         return o.flatten(2), final  # [B, T, d_model]
 

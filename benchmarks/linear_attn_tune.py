@@ -1,0 +1,92 @@
+"""Sweep the launch configuration (chunk ``BT``, ``D_v`` block ``BV``, warps) of the fused chunked
+linear-attention kernels at the shapes of the benchmark targets; prints one row per config and a JSON
+last line with the fastest forward and backward config per shape. GPU only.
+
+    python benchmarks/linear_attn_tune.py --out tune.json
+
+The defaults in ``subq/ops/linear_attn/fused_chunk.py`` (``_launch_config``) come from this sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+SHAPES = {
+    # name: (feature map, B, H, D, D_v, lengths)
+    "based": ("taylor", 4, 16, 16, 64, (8192, 32768)),
+    "relu": ("relu", 1, 32, 128, 128, (32768, 131072)),
+}
+CONFIGS = {
+    # (BT, BV, num_warps)
+    "taylor": [(16, 16, 4), (16, 32, 4), (32, 16, 4), (32, 32, 4), (32, 16, 8), (64, 16, 4), (64, 16, 8)],
+    "relu": [(32, 32, 4), (64, 16, 4), (64, 32, 4), (64, 64, 4), (64, 64, 8), (128, 32, 8), (128, 64, 8)],
+}
+
+
+def time_config(fc, q, k, v, do, fm: str) -> tuple[float, float]:
+    """Median forward and backward ms of the fused kernels under the patched launch config."""
+    from triton.testing import do_bench
+
+    def fwd():
+        return fc.fused_chunk_linear_attention(q, k, v, feature_map=fm)
+
+    def fwd_bwd():
+        fwd()[0].backward(do)
+
+    t_fwd = do_bench(fwd)
+    return t_fwd, do_bench(fwd_bwd, grad_to_none=[q, k, v]) - t_fwd
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default="based,relu")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("linear_attn_tune.py needs a CUDA GPU")
+    import subq.ops.linear_attn.fused_chunk as fc
+
+    default = fc._launch_config
+    rows, best = [], {}
+    for name in args.shapes.split(","):
+        fm, B, H, D, Dv, lengths = SHAPES[name]
+        for T in lengths:
+            q, k = (torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+            if fm == "relu":
+                q, k = q.abs(), k.abs()
+            v = torch.randn(B, T, H, Dv, device="cuda", dtype=torch.bfloat16)
+            q, k, v = (x.requires_grad_() for x in (q, k, v))
+            do = torch.randn_like(v)
+            for BT, BV, warps in CONFIGS[fm]:
+                cfg = dict(BT=BT, BV=BV, num_warps=warps)
+                fc._launch_config = lambda *a, cfg=cfg, **kw: cfg
+                row = dict(shape=name, T=T, BT=BT, BV=BV, warps=warps)
+                try:
+                    row["fwd_ms"], row["bwd_ms"] = time_config(fc, q, k, v, do, fm)
+                except Exception as e:  # a config that does not compile (registers, shared memory)
+                    row["error"] = f"{type(e).__name__}: {e}"[:200]
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                if "error" in row:
+                    continue
+                for phase in ("fwd_ms", "bwd_ms"):
+                    key = f"{name}-T{T}-{phase}"
+                    if key not in best or row[phase] < best[key][phase]:
+                        best[key] = row
+            fc._launch_config = default
+    summary = {}
+    for key, r in best.items():
+        phase = key.rsplit("-", 1)[1]
+        summary[key] = {"BT": r["BT"], "BV": r["BV"], "warps": r["warps"], phase: r[phase]}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"rows": rows, "best": summary}, f, indent=1)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
