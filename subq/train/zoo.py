@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from subq.layers import MixerConfig
 from subq.models import LanguageModel, LMConfig, count_params
@@ -64,6 +72,7 @@ class ZooConfig(BaseModel):
     target_accuracy: float = Field(0.99, gt=0, le=1)
     stop_lr_sweep_at_target: bool = True
     eval_every: PositiveInt | None = None
+    pos_emb: Literal["learned", "none"] = "learned"
     seed: int = 0
     data_seed: int = 123
     cpu_threads: PositiveInt | None = None
@@ -75,6 +84,14 @@ class ZooConfig(BaseModel):
             MQARConfig(vocab_size=self.vocab_size, seq_len=L, num_kv_pairs=K)  # raises on a bad pair
         if not (self.mixers and self.d_models and self.settings and self.lrs):
             raise ValueError("mixers, d_models, settings and lrs must each be non-empty")
+        L, K = self.settings[0]
+        for mixer in self.mixers:  # every layer built on the meta device: catches bad (nested) arguments
+            for d in self.d_models:
+                try:
+                    self.lm_config(ZooRun(mixer, d, L, K, self.lrs[0]))
+                except ValidationError as e:
+                    problems = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
+                    raise ValueError(f"mixer {mixer.name!r} at d_model={d}: {problems}") from None
         return self
 
     @classmethod
@@ -122,14 +139,15 @@ class ZooConfig(BaseModel):
         )
 
     def lm_config(self, run: ZooRun) -> LMConfig:
-        """Zoology's MQAR model: learned positions, ``n_layers`` blocks, no channel mixer."""
+        """Zoology's MQAR model: ``n_layers`` blocks, no channel mixer, learned positions (``pos_emb``;
+        the BASED-paper sweep has none)."""
         return LMConfig(
             vocab_size=self.vocab_size,
             d_model=run.d_model,
             n_layers=self.n_layers,
             mixer=run.mixer,
             channel_mixer="none",
-            pos_emb="learned",
+            pos_emb=self.pos_emb,
             max_seq_len=run.seq_len,
             embed_dropout=self.embed_dropout,
         )
@@ -147,7 +165,7 @@ class ZooRun:
     def cell(self) -> tuple:
         return (
             self.mixer.name,
-            json.dumps(self.mixer.kwargs, sort_keys=True),
+            json.dumps(plain_kwargs(self.mixer), sort_keys=True),
             self.d_model,
             self.seq_len,
             self.num_kv_pairs,
@@ -160,15 +178,47 @@ class ZooRun:
         )
 
 
+def plain_kwargs(mixer: MixerConfig) -> dict[str, Any]:
+    """A mixer's arguments as JSON data, a hybrid's sub-mixers as ``{"name": ..., ...}`` mappings
+    (however they were given), so that equal configs make equal cells."""
+    kwargs = {k: v for k, v in mixer.model_dump(mode="json").items() if k != "name"}
+    if mixer.name == "hybrid":
+        kwargs["mixers"] = [m.model_dump(mode="json") for m in sub_mixers(mixer)]
+    return kwargs
+
+
+def sub_mixers(mixer: MixerConfig) -> list[MixerConfig]:
+    """A ``hybrid``'s per-layer pattern; ``[mixer]`` for any other mixer."""
+    if mixer.name != "hybrid":
+        return [mixer]
+    return [
+        m if isinstance(m, MixerConfig) else MixerConfig.model_validate(m) for m in mixer.kwargs["mixers"]
+    ]
+
+
 def mixer_label(mixer: MixerConfig) -> str:
-    """``sliding_window(window=8)``; arguments equal to the zoo defaults of ``attention`` are omitted."""
+    """``sliding_window(window=8)``, ``hybrid(base_conv(kernel_size=3), based(feature_dim=8))``;
+    ``num_heads=1`` (the zoo default) is omitted. No square brackets: rich reads them as markup."""
+    if mixer.name == "hybrid":
+        return f"hybrid({', '.join(mixer_label(m) for m in sub_mixers(mixer))})"
     shown = {k: v for k, v in mixer.kwargs.items() if not (k == "num_heads" and v == 1)}
     return mixer.name + (f"({', '.join(f'{k}={v}' for k, v in sorted(shown.items()))})" if shown else "")
+
+
+def mixer_family(mixer: MixerConfig) -> str:
+    """The plot series a mixer belongs to: its name, or a hybrid's sub-mixer names (``base_conv+based``)."""
+    return "+".join(m.name for m in sub_mixers(mixer))
 
 
 def mixers_from_names(names: list[str]) -> list[MixerConfig]:
     """Mixer configs for names given on the command line, with the zoo's default arguments."""
     return [MixerConfig(name=n, **MIXER_DEFAULTS.get(n, {})) for n in names]
+
+
+def _conv_hybrid(mixer: dict[str, Any]) -> dict[str, Any]:
+    """Zoology's ``Hybrid[BaseConv(kernel_size=3), mixer]``: ``base_conv`` in even layers, ``mixer`` in
+    odd ones. A plain mapping, validated when a preset is built (not at import)."""
+    return {"name": "hybrid", "mixers": [{"name": "base_conv", "kernel_size": 3}, mixer]}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -198,6 +248,28 @@ PRESETS: dict[str, dict[str, Any]] = {
         batch_sizes={64: 512, 128: 512, 256: 256, 512: 128},
         epochs=64,
     ),
+    # BASED paper Figure 2 (zoology/experiments/arxiv24_based_figure2): accuracy against state size
+    # of 2-layer models, a short convolution in layer 0 and the mixer in layer 1 (attention too, as
+    # there), no MLP, no positional embedding, V=8192, batch 256, 20k train / 1k test examples.
+    # Cut to about 8 H200-minutes: Zoology trains each model on a mix of (64, 4), (128, 8) and
+    # (256, 16/32/64) and tests on seven (L, K) up to (1024, 256); here one cell trains and tests on
+    # (256, 16) of that mix. d_model 48 and windows 8..1024 except 16/64/128 dropped; lrs 3e-3, 1e-3
+    # (Zoology: logspace(-3, -1.5, 4)); 24 epochs (1,872 steps; Zoology: 32 epochs of its mix).
+    # base_conv is BASED's gated convolution (expand 4), not Zoology's d -> d BaseConv.
+    "based": dict(
+        mixers=[_conv_hybrid({"name": "based", "feature_dim": f, "num_heads": 1}) for f in (8, 16, 24)]
+        + [_conv_hybrid({"name": "sliding_window", "window": w, "num_heads": 1}) for w in (16, 64, 128)]
+        + [_conv_hybrid({"name": "attention", "num_heads": 1})],
+        d_models=[64, 128],
+        settings=[(256, 16)],
+        lrs=[3e-3, 1e-3],
+        vocab_size=8192,
+        num_train_examples=20_000,
+        num_test_examples=1_000,
+        batch_size=256,
+        epochs=24,
+        pos_emb="none",
+    ),
 }
 
 
@@ -221,8 +293,12 @@ class ZooRow:
     skipped: bool = False
 
     @property
+    def config(self) -> MixerConfig:
+        return MixerConfig(name=self.mixer, **self.mixer_kwargs)
+
+    @property
     def label(self) -> str:
-        return mixer_label(MixerConfig(name=self.mixer, **self.mixer_kwargs))
+        return mixer_label(self.config)
 
 
 def model_sizes(cfg: ZooConfig, run: ZooRun) -> tuple[int, int]:
@@ -243,7 +319,7 @@ def _run_cell(
             rows.append(
                 ZooRow(
                     run.mixer.name,
-                    run.mixer.kwargs,
+                    plain_kwargs(run.mixer),
                     run.d_model,
                     run.seq_len,
                     run.num_kv_pairs,
@@ -265,7 +341,7 @@ def _run_cell(
         result = train(cfg.train_config(run, device=device))
         row = ZooRow(
             run.mixer.name,
-            run.mixer.kwargs,
+            plain_kwargs(run.mixer),
             run.d_model,
             run.seq_len,
             run.num_kv_pairs,
@@ -337,7 +413,7 @@ def run_zoo(
 
 def best_over_lrs(rows: list[ZooRow]) -> list[dict[str, Any]]:
     """One record per (mixer, d_model, L, K) cell: the best accuracy over learning rates, with that
-    learning rate and the total training time of the cell."""
+    learning rate and the total training time of the cell (plus the mixer's config and plot family)."""
     cells: dict[tuple, dict[str, Any]] = {}
     for r in rows:
         key = (r.label, r.d_model, r.seq_len, r.num_kv_pairs)
@@ -345,6 +421,8 @@ def best_over_lrs(rows: list[ZooRow]) -> list[dict[str, Any]]:
             key,
             {
                 "mixer": r.label,
+                "family": mixer_family(r.config),
+                "mixer_config": {"name": r.mixer, **r.mixer_kwargs},
                 "d_model": r.d_model,
                 "seq_len": r.seq_len,
                 "num_kv_pairs": r.num_kv_pairs,
@@ -365,8 +443,59 @@ def best_over_lrs(rows: list[ZooRow]) -> list[dict[str, Any]]:
     return list(cells.values())
 
 
+def _legend_names(family: str, configs: list[dict[str, Any]]) -> list[str]:
+    """Legend text of a family's variants: the family plus the arguments that differ between them
+    (``base_conv+based: feature_dim=8``)."""
+    flat = [
+        {
+            (i, k): v
+            for i, m in enumerate(sub_mixers(MixerConfig.model_validate(c)))
+            for k, v in m.kwargs.items()
+        }
+        for c in configs
+    ]
+    varying = [
+        k for k in sorted({k for f in flat for k in f}) if any(f.get(k) != flat[0].get(k) for f in flat)
+    ]
+    return [
+        family + (": " + ", ".join(f"{k[1]}={f[k]}" for k in varying if k in f) if varying else "")
+        for f in flat
+    ]
+
+
+@dataclass(frozen=True)
+class PlotSeries:
+    """One line of the accuracy-vs-state plot: a mixer (its ``label``) drawn with its family's marker
+    and colour map, in a shade that tells the family's variants apart."""
+
+    mixer: str
+    family: str
+    legend: str
+    marker: str
+    cmap: str
+    shade: float
+
+
+def plot_series(cells: list[dict[str, Any]]) -> list[PlotSeries]:
+    """The lines of :func:`plot_accuracy_vs_state`: one marker and colour map per mixer family (a
+    hybrid's family is its sub-mixers, ``base_conv+based``), one line per variant of the family,
+    labelled by the arguments that differ within the family (``base_conv+based: feature_dim=8``)."""
+    cmaps, markers = ("Blues", "Oranges", "Greens", "Purples", "Reds", "Greys"), "osD^vP*X"
+    series = []
+    for fi, family in enumerate(dict.fromkeys(c["family"] for c in cells)):
+        mixers = list(dict.fromkeys(c["mixer"] for c in cells if c["family"] == family))
+        configs = [next(c["mixer_config"] for c in cells if c["mixer"] == m) for m in mixers]
+        for j, (m, legend) in enumerate(zip(mixers, _legend_names(family, configs), strict=True)):
+            shade = 0.8 if len(mixers) == 1 else 0.45 + 0.5 * j / (len(mixers) - 1)
+            series.append(
+                PlotSeries(m, family, legend, markers[fi % len(markers)], cmaps[fi % len(cmaps)], shade)
+            )
+    return series
+
+
 def plot_accuracy_vs_state(cells: list[dict[str, Any]], path: str | Path) -> Path:
-    """Accuracy against state size (log x), one panel per (L, K), one series per mixer."""
+    """Accuracy against state size (log x), one panel per (L, K), one line per :func:`plot_series`
+    entry with one point per ``d_model``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -374,19 +503,19 @@ def plot_accuracy_vs_state(cells: list[dict[str, Any]], path: str | Path) -> Pat
     from matplotlib.ticker import NullFormatter
 
     settings = sorted({(c["seq_len"], c["num_kv_pairs"]) for c in cells})
-    mixers = list(dict.fromkeys(c["mixer"] for c in cells))
+    series = plot_series(cells)
     fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.6), squeeze=False, sharey=True)
-    markers = "osD^vP*X"
     for ax, (L, K) in zip(axes[0], settings, strict=True):
-        for j, m in enumerate(mixers):
+        for line in series:
             pts = sorted(
                 (c["state_size"], c["accuracy"])
                 for c in cells
-                if c["mixer"] == m and (c["seq_len"], c["num_kv_pairs"]) == (L, K)
+                if c["mixer"] == line.mixer and (c["seq_len"], c["num_kv_pairs"]) == (L, K)
             )
             if pts:
                 xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, marker=markers[j % len(markers)], label=m)
+                color = plt.get_cmap(line.cmap)(line.shade)
+                ax.plot(xs, ys, marker=line.marker, color=color, label=line.legend)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on short decades
         ax.axhline(0.99, color="grey", lw=0.8, ls="--")
@@ -395,9 +524,17 @@ def plot_accuracy_vs_state(cells: list[dict[str, Any]], path: str | Path) -> Pat
         ax.set_xlabel("state size (floats per sequence)")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (best lr)")
-    axes[0][-1].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
+    handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    fig.legend(
+        handles.values(),
+        handles.keys(),
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        fontsize=8,
+        title="one point per d_model",
+    )
     path = Path(path)
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
     return path
