@@ -108,10 +108,10 @@ def test_dispatch_picks_triton_and_checks_sizes(one_thread):
     a, _ = linear_attention(q, k, v, feature_map="taylor", mode="triton")
     b, _ = linear_attention(q, k, v, feature_map="taylor", mode="torch")
     assert_close(a, b, 1e-5, "triton vs torch")
-    big = torch.randn(1, 4, 1, 17)
+    big = torch.randn(1, 4, 1, 17, device=DEVICE)
     with pytest.raises(ValueError, match="fused Taylor kernel supports feature dims up to 16, got D=17"):
         linear_attention(big, big, big, feature_map="taylor", mode="triton")
-    wide = torch.randn(1, 4, 1, 129)
+    wide = torch.randn(1, 4, 1, 129, device=DEVICE)
     with pytest.raises(ValueError, match="value head dims up to 128, got D_v=129"):
         linear_attention(wide[..., :8], wide[..., :8], wide, feature_map="relu", mode="triton")
     with pytest.raises(ValueError, match="named feature map, not a callable"):
@@ -131,9 +131,7 @@ def test_auto_falls_back_with_one_warning():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", GPU_CASES, ids=_ids)
 def test_fused_chunk_matches_reference_gpu(case, dtype):
-    _check(
-        case, dtype, 1e-3 if dtype == torch.float32 else 1e-2, causal=True, with_state=dtype == torch.float32
-    )
+    _check(case, dtype, 1e-3 if dtype == torch.float32 else 1e-2, causal=True, with_state=True)
 
 
 @pytest.mark.gpu

@@ -616,11 +616,15 @@ def fused_chunk_linear_attn_bwd_kernel(
             )
 
 
-def _launch_config(taylor: bool, K: int, V: int, backward: bool) -> dict:
-    """Chunk ``BT``, block of ``D_v`` ``BV`` and warps: few big programs, enough of them to fill the GPU."""
+def _launch_config(taylor: bool, K: int, V: int, backward: bool, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Chunk ``BT``, block of ``D_v`` ``BV``, warps and pipeline stages, from a sweep on an H200
+    (``benchmarks/linear_attn_tune.py``): small chunks and ``D_v`` blocks keep the fp32 state in
+    registers and give enough programs to fill the GPU."""
     if taylor:
-        return dict(BT=32, BV=16, num_warps=4)
-    return dict(BT=64, BV=max(16, min(32, triton.next_power_of_2(V))), num_warps=4)
+        return dict(BT=16, BV=16, num_warps=4, num_stages=3)
+    # float32 blocks of 128-wide keys need half the chunk to fit in shared memory
+    BT = 32 if dtype == torch.float32 and K > 64 else 64
+    return dict(BT=BT, BV=32, num_warps=4, num_stages=1)
 
 
 def _constexprs(feature: int, K: int, V: int, dtype: torch.dtype, cfg: dict) -> dict:
@@ -649,7 +653,7 @@ class FusedChunkLinearAttention(torch.autograd.Function):
         # Taylor: q~ = scale q / f^{1/4}, k~ = k / f^{1/4}, so that A = 1 + s + s^2 / 2 with s = q~ . k~
         scale_k = K**-0.25 if taylor else 1.0
         scale_q = scale * scale_k
-        cfg = _launch_config(taylor, K, V, backward=False)
+        cfg = _launch_config(taylor, K, V, backward=False, dtype=q.dtype)
         cx = _constexprs(feature, K, V, q.dtype, cfg)
         o = torch.empty_like(v)
         den = torch.empty(B, T, H, device=q.device, dtype=torch.float32)
@@ -679,6 +683,7 @@ class FusedChunkLinearAttention(torch.autograd.Function):
             USE_INITIAL_STATE=h0 is not None,
             STORE_FINAL_STATE=output_final_state,
             num_warps=cfg["num_warps"],
+            num_stages=cfg.get("num_stages", 3),
         )
         ctx.save_for_backward(q, k, v, o, den, h0, z0)
         ctx.args = (feature, causal, normalize, scale_q, scale_k, eps)
@@ -690,7 +695,7 @@ class FusedChunkLinearAttention(torch.autograd.Function):
         feature, causal, normalize, scale_q, scale_k, eps = ctx.args
         B, T, H, K = q.shape
         V = v.shape[-1]
-        cfg = _launch_config(feature == FEATURE_IDS["taylor"], K, V, backward=True)
+        cfg = _launch_config(feature == FEATURE_IDS["taylor"], K, V, backward=True, dtype=q.dtype)
         cx = _constexprs(feature, K, V, q.dtype, cfg)
         NV = triton.cdiv(V, cfg["BV"])
         do = do.contiguous()
@@ -734,6 +739,7 @@ class FusedChunkLinearAttention(torch.autograd.Function):
             USE_INITIAL_STATE=h0 is not None,
             USE_FINAL_STATE_GRAD=use_dht,
             num_warps=cfg["num_warps"],
+            num_stages=cfg.get("num_stages", 3),
         )
         dq = dq.sum(0).to(q.dtype)
         dk = dk.sum(0).to(k.dtype)
