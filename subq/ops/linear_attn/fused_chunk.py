@@ -617,14 +617,14 @@ def fused_chunk_linear_attn_bwd_kernel(
 
 
 def _launch_config(taylor: bool, K: int, V: int, backward: bool, dtype: torch.dtype = torch.bfloat16) -> dict:
-    """Chunk ``BT``, block of ``D_v`` ``BV``, warps and pipeline stages, from a sweep on an H200
-    (``benchmarks/linear_attn_tune.py``): small chunks and ``D_v`` blocks keep the fp32 state in
-    registers and give enough programs to fill the GPU."""
+    """Chunk ``BT``, block of ``D_v`` ``BV``, warps and pipeline stages, from sweeps on an H200 with
+    Triton 3.6 (``benchmarks/linear_attn_tune.py``): small chunks and ``D_v`` blocks keep the float32
+    state in registers and give enough programs to fill the GPU. For the elementwise maps at
+    ``D = 128``, ``BT=64, BV=32, num_warps=4`` gave wrong results there (with 1 or 3 stages) while
+    ``BT=32`` configs, ``BT=64, BV=64`` and 8 warps were right; the default avoids it."""
     if taylor:
         return dict(BT=16, BV=16, num_warps=4, num_stages=3)
-    # float32 blocks of 128-wide keys need half the chunk to fit in shared memory
-    BT = 32 if dtype == torch.float32 and K > 64 else 64
-    return dict(BT=BT, BV=32, num_warps=4, num_stages=1)
+    return dict(BT=32, BV=16, num_warps=4, num_stages=1)
 
 
 def _constexprs(feature: int, K: int, V: int, dtype: torch.dtype, cfg: dict) -> dict:
