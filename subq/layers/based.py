@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from subq.layers.base import Mixer
 from subq.layers.registry import register_mixer
-from subq.ops.linear_attn import LinearAttentionState, feature_dim, linear_attention
+from subq.ops.linear_attn import LinearAttentionState, feature_dim, linear_attention, linear_attention_step
 
 
 @register_mixer("based")
@@ -118,8 +118,16 @@ class Based(Mixer):
         return self._attend(x, self.resolve_mode(x), want_state=True)
 
     def _step(self, x_t: Tensor, state: LinearAttentionState) -> tuple[Tensor, LinearAttentionState]:
-        y, state = self._attend(x_t[:, None], self.resolve_mode(x_t), state, want_state=True)
-        return y[:, 0], state
+        B = x_t.shape[0]
+        q = self.proj_q(x_t).view(B, self.num_heads, self.feature_dim)
+        k = self.proj_k(x_t).view(B, self.num_heads, self.feature_dim)
+        v = self.proj_v(x_t).view(B, self.num_heads, self.head_dim)
+        mode = self.resolve_mode(x_t)
+        # on CUDA the fused recurrent kernel updates the state in place
+        o, state = linear_attention_step(
+            q, k, v, state, feature_map="taylor", eps=self.eps, mode="auto" if self.mode == "auto" else mode
+        )
+        return self.out_proj(o.flatten(1)), state
 
     def extra_repr(self) -> str:
         return (

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from subq.layers.base import Mixer
 from subq.layers.registry import register_mixer
-from subq.ops.linear_attn import FEATURE_MAPS, feature_dim, linear_attention
+from subq.ops.linear_attn import FEATURE_MAPS, feature_dim, linear_attention, linear_attention_step
 
 
 @dataclass
@@ -152,9 +152,19 @@ class LinearAttention(Mixer):
         return self.out_proj(o), LinearAttentionCache(S, z, conv)
 
     def _step(self, x_t: Tensor, state: LinearAttentionCache) -> tuple[Tensor, LinearAttentionCache]:
-        q, k, v = self._qkv(x_t[:, None])
-        o, (S, z) = self._attend(q, k, v, self.resolve_mode(x_t), (state.S, state.z), want_state=True)
-        o, v = o[:, 0], v.flatten(2)  # [B, d_model], [B, 1, d_model]
+        q, k, v = (t[:, 0] for t in self._qkv(x_t[:, None]))  # [B, H, D]
+        mode = self.resolve_mode(x_t)
+        # on CUDA the fused recurrent kernel updates S and z in place
+        o, (S, z) = linear_attention_step(
+            q,
+            k,
+            v,
+            (state.S, state.z),
+            feature_map=self.feature_map,
+            eps=self.eps,
+            mode="auto" if self.mode == "auto" else mode,
+        )
+        o, v = o.flatten(1), v.flatten(1)[:, None]  # [B, d_model], [B, 1, d_model]
         conv = state.conv
         if self.conv is not None:
             window = torch.cat([conv.to(v.dtype), v], dim=1)  # [B, conv_size, d_model]

@@ -104,3 +104,19 @@ def test_generate_with_decode_matches_full_forward(mixer):
     # greedy decoding: each new token is the argmax of the full forward at the previous position
     logits = model(out)
     assert torch.equal(logits[:, 6:-1].argmax(-1), out[:, 7:])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["based", "linear_attention"])
+def test_triton_decode_matches_forward_on_gpu(name):
+    """On CUDA, forward runs the fused chunked kernel and step the fused recurrent one (in place)."""
+    kw = {"feature_dim": 16, "num_heads": 4} if name == "based" else {"num_heads": 4}
+    layer = subq.layers.get_mixer(name)(128, **kw).cuda()
+    x = torch.randn(2, 70, 128, device="cuda")
+    y = layer(x)
+    y_pre, state = layer.prefill(x[:, :40])
+    steps = []
+    for t in range(40, 70):
+        y_t, state = layer.step(x[:, t], state)
+        steps.append(y_t)
+    assert_close(torch.cat([y_pre, torch.stack(steps, 1)], 1), y, 1e-4, "prefill + step vs forward")

@@ -11,6 +11,7 @@ from subq.ops.linear_attn import (
     chunk_linear_attention,
     feature_dim,
     linear_attention,
+    linear_attention_step,
     naive_linear_attention,
     naive_recurrent_linear_attention,
     taylor_feature_map,
@@ -191,3 +192,29 @@ def test_bad_arguments():
         linear_attention(q, k, v, eps=-1.0)
     with pytest.raises(TypeError, match="q must be floating point"):
         linear_attention(q.long(), k, v)
+
+
+@pytest.mark.parametrize("fm", ["taylor", "relu"])
+def test_step_forms_agree(fm, one_thread):
+    """``linear_attention_step``: the PyTorch form returns a new state, the fused kernel (Triton's
+    interpreter on CPU) updates the state in place; both equal the recurrent reference."""
+    pytest.importorskip("triton")
+    B, H, D, Dv = 2, 3, 4, 5
+    q, k, v, (S0, z0) = _inputs(B, 1, H, D, Dv, fm, dtype=torch.float32)
+    q, k, v, S0, z0 = (x.detach() for x in (q, k, v, S0, z0))
+    o_ref, (S_ref, z_ref) = naive_recurrent_linear_attention(
+        q, k, v, feature_map=fm, initial_state=(S0, z0), output_final_state=True
+    )
+    o_t, (S_t, z_t) = linear_attention_step(q[:, 0], k[:, 0], v[:, 0], (S0, z0), feature_map=fm, mode="torch")
+    assert S_t is not S0
+    state = (S0.clone(), z0.clone())
+    o_f, (S_f, z_f) = linear_attention_step(q[:, 0], k[:, 0], v[:, 0], state, feature_map=fm, mode="triton")
+    assert S_f is state[0] and z_f is state[1]
+    for name, a, b in [
+        ("o torch", o_t, o_ref[:, 0]),
+        ("o triton", o_f, o_ref[:, 0]),
+        ("S torch", S_t, S_ref),
+        ("S triton", S_f, S_ref),
+        ("z triton", z_f, z_ref),
+    ]:
+        assert_close(a, b, 1e-5, name)

@@ -1,5 +1,6 @@
 """Feature-mapped linear attention: ``naive`` (quadratic and recurrent references), ``chunk`` (PyTorch),
 ``fused_chunk`` (Triton, forward and backward) and ``fused_recurrent`` (Triton decode step).
+:func:`linear_attention` and :func:`linear_attention_step` pick the form.
 """
 
 from __future__ import annotations
@@ -34,6 +35,60 @@ def fused_chunk_linear_attention(q: Tensor, k: Tensor, v: Tensor, **kwargs):
     from subq.ops.linear_attn.fused_chunk import fused_chunk_linear_attention as fused
 
     return fused(q, k, v, **kwargs)
+
+
+def linear_attention_step(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    state: LinearAttentionState,
+    *,
+    feature_map: str | Callable[[Tensor], Tensor] = "identity",
+    normalize: bool = True,
+    scale: float | None = None,
+    eps: float = 1e-6,
+    mode: str = "auto",
+) -> tuple[Tensor, LinearAttentionState]:
+    """One decoding step: ``q, k: [B, H, D]``, ``v: [B, H, D_v]``, ``state = (S, z)`` -> ``(o: [B, H, D_v],
+    state after the token)``.
+
+    ``triton`` (``auto`` on CUDA with a float32 state): the fused recurrent kernel, which updates ``S``
+    and ``z`` in place and returns them; sizes it does not take fall back under ``auto`` with a one-time
+    warning. ``torch`` / ``naive``: the chunked / quadratic form on one token, returning a new state.
+    """
+    S = state[0] if isinstance(state, (tuple, list)) and len(state) == 2 else None
+    fused = mode == "triton" or (
+        mode == "auto"
+        and isinstance(S, Tensor)
+        and S.dtype == torch.float32
+        and q.is_cuda
+        and not callable(feature_map)
+        and triton_form_available(q)
+    )
+    if fused:
+        from subq.ops.linear_attn.fused_recurrent import fused_recurrent_linear_attention_step
+
+        try:
+            return fused_recurrent_linear_attention_step(
+                q, k, v, state, feature_map=feature_map, normalize=normalize, scale=scale, eps=eps
+            )
+        except ValueError as e:
+            if mode == "triton":
+                raise
+            _warn_once(f"linear_attention_step: {e}; falling back to the PyTorch form")
+    o, new_state = linear_attention(
+        q[:, None],
+        k[:, None],
+        v[:, None],
+        feature_map=feature_map,
+        normalize=normalize,
+        scale=scale,
+        eps=eps,
+        initial_state=state,
+        output_final_state=True,
+        mode="naive" if mode == "naive" else "torch",
+    )
+    return o[:, 0], new_state
 
 
 def triton_form_available(q: Tensor) -> bool:
@@ -124,6 +179,7 @@ __all__ = [
     "get_feature_map",
     "identity_feature_map",
     "linear_attention",
+    "linear_attention_step",
     "naive_linear_attention",
     "naive_recurrent_linear_attention",
     "relu_feature_map",
