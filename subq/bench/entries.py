@@ -6,10 +6,11 @@
 ``attention`` times ``sdpa_attention`` (SDPA behind the ``[B, T, H, D]`` layout) and so should run
 at ~1x the SDPA baseline: it is the sanity check of the runner. ``sliding_window`` times the
 chunked PyTorch form (``torch``) and the FlexAttention form (``triton``, CUDA only). ``based`` and
-``linear_attention`` time the chunked PyTorch form (``torch``), our fused Triton kernels
-(``triton``) and, when ``fla-core`` is installed, flash-linear-attention's kernels on the same inputs
-(``fla_parallel`` / ``fla_fused_chunk``: ``fla.ops.based``; ``fla_chunk``:
-``fla.ops.linear_attn.chunk_linear_attn``), each gated against the same naive reference.
+``linear_attention`` time the chunked PyTorch form (``torch``), our Triton kernels (``triton``: the
+fused chunked kernel the dispatcher uses; ``triton_parallel``: the chunk-parallel kernels) and,
+when ``fla-core`` is installed, flash-linear-attention's kernels on the same inputs (``fla_parallel`` /
+``fla_fused_chunk``: ``fla.ops.based``; ``fla_chunk``: ``fla.ops.linear_attn.chunk_linear_attn``),
+each gated against the same naive reference.
 
 FLOP counts are forward, causal, counting 4 FLOPs per (query, key) pair and head-dim element
 (``2D`` for ``q . k``, ``2D`` for ``p . v``), over the pairs inside the mask:
@@ -98,6 +99,12 @@ def triton_based(q: Tensor, k: Tensor, v: Tensor, *, feature_dim: int):
     return linear_attention(q, k, v, feature_map="taylor", mode="triton")
 
 
+def triton_parallel_based(q: Tensor, k: Tensor, v: Tensor, *, feature_dim: int):
+    from subq.ops.linear_attn.chunk_parallel import chunk_parallel_linear_attention
+
+    return chunk_parallel_linear_attention(q, k, v, feature_map="taylor")
+
+
 def _fla_modes() -> tuple[dict, dict]:
     """flash-linear-attention's kernels when ``fla-core`` is installed (CUDA), else nothing.
 
@@ -124,7 +131,12 @@ FLA_BASED_MODES, FLA_LINEAR_MODES = _fla_modes()
 
 @register_bench(
     "based",
-    modes={"torch": chunk_based, "triton": triton_based, **FLA_BASED_MODES},
+    modes={
+        "torch": chunk_based,
+        "triton": triton_based,
+        "triton_parallel": triton_parallel_based,
+        **FLA_BASED_MODES,
+    },
     reference=naive_based,
     flops=based_flops,
     bytes=based_bytes,
@@ -153,9 +165,20 @@ def triton_relu_linear(q: Tensor, k: Tensor, v: Tensor):
     return linear_attention(q, k, v, feature_map="relu", mode="triton")
 
 
+def triton_parallel_relu_linear(q: Tensor, k: Tensor, v: Tensor):
+    from subq.ops.linear_attn.chunk_parallel import chunk_parallel_linear_attention
+
+    return chunk_parallel_linear_attention(q, k, v, feature_map="relu")
+
+
 @register_bench(
     "linear_attention",
-    modes={"torch": chunk_relu_linear, "triton": triton_relu_linear, **FLA_LINEAR_MODES},
+    modes={
+        "torch": chunk_relu_linear,
+        "triton": triton_relu_linear,
+        "triton_parallel": triton_parallel_relu_linear,
+        **FLA_LINEAR_MODES,
+    },
     reference=naive_relu_linear,
     flops=relu_linear_flops,
     bytes=qkvo_bytes,

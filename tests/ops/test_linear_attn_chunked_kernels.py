@@ -1,4 +1,5 @@
-"""The Triton fused chunked linear attention against the float64 reference: forward, final state and
+"""The Triton chunked linear attention (``fused_chunk``: one program walks the chunks; ``chunk_parallel``:
+states written per chunk, chunks in parallel) against the float64 reference: forward, final state and
 every gradient (initial and final state included), causal and bidirectional, every feature map, awkward
 shapes. Without a GPU the kernels run through Triton's interpreter at small shapes."""
 
@@ -10,6 +11,7 @@ import torch
 pytest.importorskip("triton")
 
 from subq.ops.linear_attn import feature_dim, linear_attention, naive_linear_attention  # noqa: E402
+from subq.ops.linear_attn.chunk_parallel import chunk_parallel_linear_attention  # noqa: E402
 from subq.ops.linear_attn.fused_chunk import fused_chunk_linear_attention  # noqa: E402
 from tests.conftest import assert_close  # noqa: E402
 
@@ -23,6 +25,7 @@ CPU_CASES = [
     ("taylor", 1, 1000, 1, 4, 16),
     ("relu", 2, 63, 2, 5, 7),
     ("relu", 1, 100, 2, 32, 40),
+    ("relu", 1, 100, 1, 70, 100),
     ("elu_plus_one", 1, 100, 2, 6, 9),
     ("identity", 1, 63, 1, 8, 16),
 ]
@@ -57,13 +60,16 @@ def _inputs(fm, B, T, H, D, Dv, dtype, with_state):
     return q, k, v, (S0, z0)
 
 
-def _check(case, dtype, tol, causal, with_state, scale=None):
+FORMS = {"fused_chunk": fused_chunk_linear_attention, "chunk_parallel": chunk_parallel_linear_attention}
+
+
+def _check(case, dtype, tol, causal, with_state, scale=None, form="fused_chunk"):
     fm, B, T, H, D, Dv = case
     q, k, v, state = _inputs(fm, B, T, H, D, Dv, dtype, with_state)
     leaves = [q, k, v, *(state or ())]
     ref_leaves = [x.detach().double().requires_grad_() for x in leaves]
     kw = dict(feature_map=fm, causal=causal, scale=scale, output_final_state=True)
-    o, (S, z) = fused_chunk_linear_attention(q, k, v, initial_state=state, **kw)
+    o, (S, z) = FORMS[form](q, k, v, initial_state=state, **kw)
     ref_state = tuple(ref_leaves[3:]) if with_state else None
     o_r, (S_r, z_r) = naive_linear_attention(*ref_leaves[:3], initial_state=ref_state, **kw)
     assert o.dtype == dtype and S.dtype == torch.float32
@@ -78,17 +84,22 @@ def _check(case, dtype, tol, causal, with_state, scale=None):
         assert_close(g, g_r, tol, name)
 
 
-@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+@pytest.mark.parametrize(
+    "form, causal",
+    [("fused_chunk", True), ("fused_chunk", False), ("chunk_parallel", True)],
+    ids=["fused-causal", "fused-bidirectional", "parallel-causal"],
+)
 @pytest.mark.parametrize("case", CPU_CASES, ids=_ids)
-def test_fused_chunk_matches_reference_fp32(case, causal, one_thread):
-    _check(case, torch.float32, 1e-3, causal, with_state=True)
+def test_chunked_kernels_match_reference_fp32(case, form, causal, one_thread):
+    _check(case, torch.float32, 1e-3, causal, with_state=True, form=form)
 
 
 # Without a state, T = 1 gives o = v (dq = dk = 0 exactly), and relu can give a zero normaliser
 # (o / eps overflows float16): positive maps and T > 1 only
 @pytest.mark.parametrize("case", CPU_CASES[1:3] + CPU_CASES[6:7], ids=_ids)
-def test_fused_chunk_fp16_without_state(case, one_thread):
-    _check(case, torch.float16, 1e-2, causal=True, with_state=False, scale=0.5)
+@pytest.mark.parametrize("form", FORMS)
+def test_chunked_kernels_fp16_without_state(case, form, one_thread):
+    _check(case, torch.float16, 1e-2, causal=True, with_state=False, scale=0.5, form=form)
 
 
 def test_fused_chunk_unnormalized(one_thread):
@@ -128,10 +139,11 @@ def test_auto_falls_back_with_one_warning():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", GPU_CASES, ids=_ids)
-def test_fused_chunk_matches_reference_gpu(case, dtype):
-    _check(case, dtype, 1e-3 if dtype == torch.float32 else 1e-2, causal=True, with_state=True)
+def test_chunked_kernels_match_reference_gpu(case, dtype, form):
+    _check(case, dtype, 1e-3 if dtype == torch.float32 else 1e-2, causal=True, with_state=True, form=form)
 
 
 @pytest.mark.gpu
