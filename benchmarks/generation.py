@@ -38,7 +38,6 @@ import time
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from subq.models import LanguageModel, count_params
@@ -140,18 +139,6 @@ def state_bytes(state: Any) -> int:
 
 
 # ---- prefill and decode ---------------------------------------------------------------------------
-def prefill_last(model: LanguageModel, ids: Tensor) -> tuple[Tensor, list]:
-    """``LanguageModel.prefill`` with only the last position through the head: ``(B, V)`` logits
-    (the full ``(B, T, V)`` logits of a 2048-token prompt would outweigh everything else)."""
-    bb = model.backbone
-    x = bb._embed(ids)  # (B, T, d)
-    states = []
-    for block in bb.blocks:
-        x, s = block.prefill(x)
-        states.append(s)
-    return F.linear(bb.norm_f(x[:, -1]), bb.embed.weight), states
-
-
 def chunked_prefill(model: LanguageModel, ids: Tensor, chunk: int, kv_capacity: int) -> tuple[Tensor, list]:
     """Prefill ``chunk`` rows at a time into one full-batch state; growing KV caches (the
     ``attention`` mixer's) are allocated with ``kv_capacity`` slots."""
@@ -159,7 +146,7 @@ def chunked_prefill(model: LanguageModel, ids: Tensor, chunk: int, kv_capacity: 
     growing = [b.mixer.name == "attention" for b in model.backbone.blocks]
     logits, full = [], None
     for lo in range(0, B, chunk):
-        last, states = prefill_last(model, ids[lo : lo + chunk])
+        last, states = model.prefill(ids[lo : lo + chunk], last_only=True)
         if full is None:
             full = [
                 _full_batch_like(s, B, kv_capacity if g else None)
@@ -167,7 +154,7 @@ def chunked_prefill(model: LanguageModel, ids: Tensor, chunk: int, kv_capacity: 
             ]
         for dst, src in zip(full, states, strict=True):
             _copy_rows(dst, src, lo)
-        logits.append(last)
+        logits.append(last[:, -1])
         del states
     return torch.cat(logits), full
 

@@ -93,10 +93,15 @@ class BaseConv(Mixer):
     def _gate(self, c: Tensor, u2: Tensor) -> Tensor:
         return self.out_proj(F.silu(c) * u2)
 
+    def _conv_params(self, like: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The filter (and bias) in the dtype of the activations (they differ under autocast)."""
+        bias = None if self.conv_bias is None else self.conv_bias.to(like.dtype)
+        return self.conv_weight.to(like.dtype), bias
+
     def _forward(self, x: Tensor) -> Tensor:
         u1, u2 = self.in_proj(x).split(self.d_inner, dim=-1)  # [B, T, d_inner] each
         conv = naive_short_conv if self.resolve_mode(x) == "naive" else short_conv
-        return self._gate(conv(u1, self.conv_weight, self.conv_bias), u2)
+        return self._gate(conv(u1, *self._conv_params(u1)), u2)
 
     # ---- decoding ------------------------------------------------------------------------------------
     def state_size(self, seq_len: int) -> int:
@@ -111,12 +116,12 @@ class BaseConv(Mixer):
     def _prefill(self, x: Tensor) -> tuple[Tensor, Tensor]:
         u1, u2 = self.in_proj(x).split(self.d_inner, dim=-1)
         conv = naive_short_conv if self.resolve_mode(x) == "naive" else short_conv
-        y = self._gate(conv(u1, self.conv_weight, self.conv_bias), u2)
+        y = self._gate(conv(u1, *self._conv_params(u1)), u2)
         return y, short_conv_state(u1, self.kernel_size)
 
     def _step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         u1, u2 = self.in_proj(x_t).split(self.d_inner, dim=-1)  # [B, d_inner] each
-        c, state = short_conv_step(u1, state.to(u1.dtype), self.conv_weight, self.conv_bias)
+        c, state = short_conv_step(u1, state.to(u1.dtype), *self._conv_params(u1))
         return self._gate(c, u2), state
 
     def extra_repr(self) -> str:

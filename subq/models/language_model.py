@@ -46,20 +46,15 @@ class Backbone(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """N(0, init_std) for linear and embedding weights; output projections scaled by
-        1/sqrt(2 n_layers)."""
+        """N(0, init_std) for the weights of every ``nn.Linear`` and ``nn.Embedding`` (output projections
+        scaled by 1/sqrt(2 n_layers)), zero linear biases. Other parameters (convolution filters, filter
+        networks' special layers, norms) keep the initialisation their own module gives them."""
         std = self.cfg.init_std
-        for name, p in self.named_parameters():
-            leaf = name.rsplit(".", 2)
-            if p.dim() < 2 or "norm" in name:
+        for name, m in self.named_modules():
+            if not isinstance(m, (nn.Linear, nn.Embedding)):
                 continue
-            scale = (
-                1 / math.sqrt(2 * self.cfg.n_layers)
-                if len(leaf) > 1 and leaf[-2] in _OUTPUT_PROJECTIONS
-                else 1
-            )
-            nn.init.normal_(p, std=std * scale)
-        for m in self.modules():
+            out_proj = name.rsplit(".", 1)[-1] in _OUTPUT_PROJECTIONS
+            nn.init.normal_(m.weight, std=std / math.sqrt(2 * self.cfg.n_layers) if out_proj else std)
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
@@ -123,13 +118,16 @@ class LanguageModel(nn.Module):
         return all(b.mixer.supports_decode for b in self.backbone.blocks)
 
     # ---- decoding ----------------------------------------------------------------------------------
-    def prefill(self, ids: Tensor) -> tuple[Tensor, list[State]]:
-        """Logits for every prompt position and the per-layer decoding states."""
+    def prefill(self, ids: Tensor, *, last_only: bool = False) -> tuple[Tensor, list[State]]:
+        """Logits for every prompt position (``(B, T, vocab)``; ``last_only``: the last position only,
+        ``(B, 1, vocab)``, which is all generation needs) and the per-layer decoding states."""
         x = self.backbone._embed(ids)
         states = []
         for block in self.backbone.blocks:
             x, s = block.prefill(x)
             states.append(s)
+        if last_only:
+            x = x[:, -1:]
         return F.linear(self.backbone.norm_f(x), self.backbone.embed.weight), states
 
     def step(self, token: Tensor, states: list[State], position: int) -> tuple[Tensor, list[State]]:
@@ -162,7 +160,7 @@ class LanguageModel(nn.Module):
         self.eval()
         out = [ids]
         if self.can_decode:
-            logits, states = self.prefill(ids)
+            logits, states = self.prefill(ids, last_only=True)
             logits, pos = logits[:, -1], ids.shape[1]
             for _ in range(max_new_tokens):
                 nxt = _sample(logits, temperature, top_k, generator)

@@ -116,7 +116,7 @@ def test_parse_value():
         (["target_accuracy=1.5"], "target_accuracy"),
         (["device=tpu"], "device"),
         (["task.num_kv_pairs=16"], "num_kv_pairs=16 too large for seq_len=32"),
-        (["task.name=nonexistent"], "unknown task 'nonexistent'; valid names: mqar"),
+        (["task.name=nonexistent"], "unknown task 'nonexistent'; valid names: "),
         (["model.vocab_size=64"], "smaller than the task's vocab_size=128"),
         (["max_steps=null"], "set max_steps or epochs"),
     ],
@@ -133,7 +133,7 @@ def test_unknown_task_error_is_single():
     with pytest.raises(ValidationError) as info:
         TrainConfig.model_validate({**BASE, "task": {"name": "nope"}})
     assert info.value.error_count() == 1
-    assert "valid names: mqar" in str(info.value)
+    assert "valid names: " in str(info.value) and "mqar" in str(info.value)
 
 
 def test_unknown_top_level_key_in_file(tmp_path):
