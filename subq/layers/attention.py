@@ -162,7 +162,14 @@ class Attention(Mixer):
         matter either: positions are already rotated into q and k)."""
         if self.resolve_mode(x_t) == "naive":
             return naive_attention(q, k, v, causal=False)[0]
-        return sdpa_attention(q, k, v, causal=False)[0]
+        if not q.is_cuda:
+            return sdpa_attention(q, k, v, causal=False)[0]
+        # cuDNN's SDPA builds a new plan for every new key length: about 2 ms of CPU per layer and
+        # decode step (H200, PyTorch 2.11). FlashAttention and the others do not.
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+            return sdpa_attention(q, k, v, causal=False)[0]
 
     def extra_repr(self) -> str:
         return (
