@@ -65,11 +65,16 @@ class _BackboneConfig(BaseModel):
     @classmethod
     def from_preset(cls, preset: str, **overrides):
         """A config of a named size (see ``PRESETS``) with any field overridden. ``LMConfig`` also
-        takes ``based-<size>`` and ``based-attn-<size>`` (see :mod:`subq.models.based`)."""
+        takes ``based-<size>``, ``based-attn-<size>`` (see :mod:`subq.models.based`) and
+        ``hyena_dna-<size>`` (see :mod:`subq.models.hyena_dna`)."""
         if preset.startswith("based-") and issubclass(cls, LMConfig):
             from subq.models.based import based_preset  # per-layer hybrid patterns live there
 
             return based_preset(preset, **overrides)
+        if preset.startswith("hyena_dna-") and issubclass(cls, LMConfig):
+            from subq.models.hyena_dna import hyena_dna_preset
+
+            return hyena_dna_preset(preset, **overrides)
         if preset not in PRESETS:
             raise KeyError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
         return cls(**{**PRESETS[preset], **overrides})
