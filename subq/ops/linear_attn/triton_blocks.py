@@ -167,7 +167,7 @@ def _load_state(
         r_kk = 1 + K + (o_kk // BK) * K + o_kk % BK
         b_S0 = tl.load(p_h + o_v, mask=m_v, other=0.0)
         b_S2 = tl.load(p_h + r_kk[:, None] * V + o_v[None, :], mask=m_kk[:, None] & m_v[None, :], other=0.0)
-        b_S2 = b_S2 * 1.4142135623730951
+        b_S2 = (b_S2 * 1.4142135623730951).to(b_S2.dtype)  # bf16 states stay bf16 (registers)
         b_z0 = tl.load(p_z + tl.arange(0, 1)) * w
         b_z2 = tl.load(p_z + r_kk, mask=m_kk, other=0.0) * (1.4142135623730951 * w)
     else:
