@@ -22,16 +22,17 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from subq.ops.linear_attn.feature_maps import feature_dim
-from subq.ops.linear_attn.limits import FEATURE_IDS, check_fused_chunk_sizes
-from subq.ops.linear_attn.naive import check_initial_state, check_linear_attention_inputs
+from subq.ops.linear_attn.limits import FEATURE_IDS
 from subq.ops.linear_attn.triton_blocks import (
     _feature,
     _feature_grad,
     _load_features,
+    _load_output_grad,
     _load_state,
     _read,
     _read_grad,
+    backward_inputs,
+    kernel_inputs,
 )
 
 
@@ -155,15 +156,15 @@ def chunk_linear_attn_state_kernel(
             tl.store(p_c + o_v, b_h0.to(DT), mask=m_v & (o_v * 0 + i_e == 0))
             tl.store(p_cz + o_1, b_z0, mask=o_1 + i_v + i_e == 0)
         b_f = _feature_rows(p_x, o_t, m_t, o_r, r, m_r, i_e, scale, H * K, FEATURE, TAYLOR)
-        b_y = tl.load(p_y + o_t[:, None] * H * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
-        b_y = b_y.to(tl.float32)
         if REVERSE:
-            if NORMALIZE:
-                b_y = b_y / (tl.load(p_den + o_t * H, mask=m_t, other=1.0) + eps)[:, None]
-                b_w = -tl.load(p_delta + o_t * H, mask=m_t, other=0.0) * w0
-            else:
-                b_w = tl.zeros([BT], dtype=tl.float32)
+            b_y, b_w = _load_output_grad(
+                p_y, p_den, p_delta, o_t, m_t, o_v, m_v, w0, eps, H, V, BT, NORMALIZE
+            )
         else:
+            b_y = tl.load(
+                p_y + o_t[:, None] * H * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0
+            )
+            b_y = b_y.to(tl.float32)
             b_w = m_t.to(tl.float32)
         b_h = tl.dot(tl.trans(b_f.to(DT)), b_y.to(DT), b_h, input_precision=PREC)
         b_z += tl.sum(b_f * b_w[:, None], 0)
@@ -298,12 +299,9 @@ def chunk_linear_attn_bwd_kernel(
     b_q, b_qx = _load_features(q + p_qk, o_t, m_t, o_k, m_k, scale_q, FEATURE, TAYLOR)
     b_k, b_kx = _load_features(k + p_qk, o_t, m_t, o_k, m_k, scale_k, FEATURE, TAYLOR)
     b_v = tl.load(v + p_vv, mask=m_tv, other=0.0)
-    b_dn = tl.load(do + p_vv, mask=m_tv, other=0.0).to(tl.float32)
-    if NORMALIZE:
-        b_dn = b_dn / (tl.load(den + row0 + o_t * H, mask=m_t, other=1.0) + eps)[:, None]
-        b_dd = -tl.load(delta + row0 + o_t * H, mask=m_t, other=0.0)
-    else:
-        b_dd = tl.zeros([BT], dtype=tl.float32)
+    b_dn, b_dd = _load_output_grad(
+        do + row0 * V, den + row0, delta + row0, o_t, m_t, o_v, m_v, 1.0, eps, H, V, BT, NORMALIZE
+    )
     # inside the chunk  [BT (queries), BT (keys)]
     b_s = tl.dot(b_q.to(DT), tl.trans(b_k.to(DT)), input_precision=PREC)
     b_ds = tl.dot(b_dn.to(DT), tl.trans(b_v), input_precision=PREC) + b_dd[:, None]
@@ -439,12 +437,7 @@ class ChunkParallelLinearAttention(torch.autograd.Function):
         common = dict(
             H=H, K=K, V=V, E=E, BT=BT, FEATURE=feature, TAYLOR=taylor, NORMALIZE=normalize, PREC=prec
         )
-        do = do.contiguous()
-        delta = (do.float() * o.float()).sum(-1) / (den + eps) if normalize else den
-        use_dht = dht is not None or dzt is not None
-        if use_dht:
-            dht = torch.zeros(B, H, E, V, device=q.device) if dht is None else dht.contiguous().float()
-            dzt = torch.zeros(B, H, E, device=q.device) if dzt is None else dzt.contiguous().float()
+        do, delta, use_dht, dht, dzt = backward_inputs(do, o, den, eps, normalize, dht, dzt, E)
         dh0 = dz0 = None
         if h0 is not None:
             dh0, dz0 = torch.empty_like(h0), torch.empty_like(z0)
@@ -517,24 +510,8 @@ def chunk_parallel_linear_attention(
     (``causal=False`` is not supported here: use ``fused_chunk``)."""
     if not causal:
         raise ValueError("chunk_parallel_linear_attention is causal only; use fused_chunk_linear_attention")
-    B, T, H, D, Dv = check_linear_attention_inputs(q, k, v, scale, eps)
-    check_fused_chunk_sizes(feature_map, D, Dv)
-    check_initial_state(initial_state, B, H, feature_dim(feature_map, D), Dv)
-    q = q.contiguous()
-    k, v = k.to(q.dtype).contiguous(), v.to(q.dtype).contiguous()
-    h0 = z0 = None
-    if initial_state is not None:
-        h0, z0 = (x.float().contiguous() for x in initial_state)
+    q, k, v, h0, z0, feature, scale, eps = kernel_inputs(q, k, v, feature_map, scale, eps, initial_state)
     o, ht, zt = ChunkParallelLinearAttention.apply(
-        q,
-        k,
-        v,
-        h0,
-        z0,
-        FEATURE_IDS[feature_map],
-        normalize,
-        1.0 if scale is None else float(scale),
-        float(eps),
-        output_final_state,
+        q, k, v, h0, z0, feature, normalize, scale, eps, output_final_state
     )
     return o, ((ht, zt) if output_final_state else None)

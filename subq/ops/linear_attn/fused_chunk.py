@@ -21,17 +21,18 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from subq.ops.linear_attn.feature_maps import feature_dim
-from subq.ops.linear_attn.limits import FEATURE_IDS, check_fused_chunk_sizes
-from subq.ops.linear_attn.naive import check_initial_state, check_linear_attention_inputs
+from subq.ops.linear_attn.limits import FEATURE_IDS
 from subq.ops.linear_attn.triton_blocks import (
     _accumulate,
     _feature_grad,
+    _initial_state,
     _load_features,
-    _load_state,
+    _load_output_grad,
     _read,
     _read_grad,
     _store_state,
+    backward_inputs,
+    kernel_inputs,
 )
 
 
@@ -80,29 +81,22 @@ def fused_chunk_linear_attn_fwd_kernel(
     p_v, p_o = v + row0 * V, o + row0 * V
     p_den = den + row0
 
-    if USE_INITIAL_STATE:
-        b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _load_state(
-            h0 + i_bh.to(tl.int64) * E * V,
-            z0 + i_bh.to(tl.int64) * E,
-            o_k,
-            m_k,
-            o_v,
-            m_v,
-            1.0,
-            K,
-            V,
-            BK,
-            BV,
-            BKK,
-            TAYLOR,
-        )
-    else:
-        b_S0 = tl.zeros([BV], dtype=tl.float32)
-        b_S1 = tl.zeros([BK, BV], dtype=tl.float32)
-        b_S2 = tl.zeros([BKK, BV], dtype=tl.float32)
-        b_z0 = tl.zeros([1], dtype=tl.float32)
-        b_z1 = tl.zeros([BK], dtype=tl.float32)
-        b_z2 = tl.zeros([BKK], dtype=tl.float32)
+    b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _initial_state(
+        h0 + i_bh.to(tl.int64) * E * V,
+        z0 + i_bh.to(tl.int64) * E,
+        o_k,
+        m_k,
+        o_v,
+        m_v,
+        1.0,
+        K,
+        V,
+        BK,
+        BV,
+        BKK,
+        TAYLOR,
+        USE_INITIAL_STATE,
+    )
 
     NT = tl.cdiv(T, BT)
     if not CAUSAL:
@@ -229,29 +223,22 @@ def fused_chunk_linear_attn_bwd_kernel(
 
     if i_p == 0:
         m_causal = o_i[:, None] >= o_i[None, :]
-        if USE_INITIAL_STATE:
-            b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _load_state(
-                h0 + i_bh.to(tl.int64) * E * V,
-                z0 + i_bh.to(tl.int64) * E,
-                o_k,
-                m_k,
-                o_v,
-                m_v,
-                1.0,
-                K,
-                V,
-                BK,
-                BV,
-                BKK,
-                TAYLOR,
-            )
-        else:
-            b_S0 = tl.zeros([BV], dtype=tl.float32)
-            b_S1 = tl.zeros([BK, BV], dtype=tl.float32)
-            b_S2 = tl.zeros([BKK, BV], dtype=tl.float32)
-            b_z0 = tl.zeros([1], dtype=tl.float32)
-            b_z1 = tl.zeros([BK], dtype=tl.float32)
-            b_z2 = tl.zeros([BKK], dtype=tl.float32)
+        b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _initial_state(
+            h0 + i_bh.to(tl.int64) * E * V,
+            z0 + i_bh.to(tl.int64) * E,
+            o_k,
+            m_k,
+            o_v,
+            m_v,
+            1.0,
+            K,
+            V,
+            BK,
+            BV,
+            BKK,
+            TAYLOR,
+            USE_INITIAL_STATE,
+        )
         if not CAUSAL:
             for i_t in range(NT):
                 o_t = i_t * BT + o_i
@@ -272,14 +259,9 @@ def fused_chunk_linear_attn_bwd_kernel(
             b_q, b_qx = _load_features(
                 p_q + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_q, FEATURE, TAYLOR
             )
-            b_do = tl.load(p_do + o_t[:, None] * H * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
-            if NORMALIZE:
-                b_r = 1.0 / (tl.load(p_den + o_t * H, mask=m_t, other=1.0) + eps)
-                b_dn = b_do * b_r[:, None]
-                b_dd = -tl.load(p_delta + o_t * H, mask=m_t, other=0.0) * w0
-            else:
-                b_dn = b_do
-                b_dd = tl.zeros([BT], dtype=tl.float32)
+            b_dn, b_dd = _load_output_grad(
+                p_do, p_den, p_delta, o_t, m_t, o_v, m_v, w0, eps, H, V, BT, NORMALIZE
+            )
             b_dq = tl.zeros([BT, BK], dtype=tl.float32)
             if CAUSAL:
                 b_k, _ = _load_features(
@@ -304,29 +286,22 @@ def fused_chunk_linear_attn_bwd_kernel(
             )
     else:
         m_causal_t = o_i[:, None] <= o_i[None, :]
-        if USE_FINAL_STATE_GRAD:
-            b_dS0, b_dS1, b_dS2, b_dz0, b_dz1, b_dz2 = _load_state(
-                dht + i_bh.to(tl.int64) * E * V,
-                dzt + i_bh.to(tl.int64) * E,
-                o_k,
-                m_k,
-                o_v,
-                m_v,
-                w0,
-                K,
-                V,
-                BK,
-                BV,
-                BKK,
-                TAYLOR,
-            )
-        else:
-            b_dS0 = tl.zeros([BV], dtype=tl.float32)
-            b_dS1 = tl.zeros([BK, BV], dtype=tl.float32)
-            b_dS2 = tl.zeros([BKK, BV], dtype=tl.float32)
-            b_dz0 = tl.zeros([1], dtype=tl.float32)
-            b_dz1 = tl.zeros([BK], dtype=tl.float32)
-            b_dz2 = tl.zeros([BKK], dtype=tl.float32)
+        b_dS0, b_dS1, b_dS2, b_dz0, b_dz1, b_dz2 = _initial_state(
+            dht + i_bh.to(tl.int64) * E * V,
+            dzt + i_bh.to(tl.int64) * E,
+            o_k,
+            m_k,
+            o_v,
+            m_v,
+            w0,
+            K,
+            V,
+            BK,
+            BV,
+            BKK,
+            TAYLOR,
+            USE_FINAL_STATE_GRAD,
+        )
         if not CAUSAL:
             for i_t in range(NT):
                 o_t = i_t * BT + o_i
@@ -335,16 +310,9 @@ def fused_chunk_linear_attn_bwd_kernel(
                 b_q, _ = _load_features(
                     p_q + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_q, FEATURE, TAYLOR
                 )
-                b_do = tl.load(p_do + o_t[:, None] * H * V + o_v[None, :], mask=m_tv, other=0.0).to(
-                    tl.float32
+                b_dn, b_dd = _load_output_grad(
+                    p_do, p_den, p_delta, o_t, m_t, o_v, m_v, w0, eps, H, V, BT, NORMALIZE
                 )
-                if NORMALIZE:
-                    b_r = 1.0 / (tl.load(p_den + o_t * H, mask=m_t, other=1.0) + eps)
-                    b_dn = b_do * b_r[:, None]
-                    b_dd = -tl.load(p_delta + o_t * H, mask=m_t, other=0.0) * w0
-                else:
-                    b_dn = b_do
-                    b_dd = tl.zeros([BT], dtype=tl.float32)
                 b_dS0, b_dS1, b_dS2, b_dz0, b_dz1, b_dz2 = _accumulate(
                     b_q, b_dn, b_dd, b_dS0, b_dS1, b_dS2, b_dz0, b_dz1, b_dz2, BT, BK, TAYLOR, DT, PREC
                 )
@@ -363,16 +331,9 @@ def fused_chunk_linear_attn_bwd_kernel(
                 b_q, _ = _load_features(
                     p_q + o_t[:, None] * H * K, o_t, m_t, o_k, m_k, scale_q, FEATURE, TAYLOR
                 )
-                b_do = tl.load(p_do + o_t[:, None] * H * V + o_v[None, :], mask=m_tv, other=0.0).to(
-                    tl.float32
+                b_dn, b_dd = _load_output_grad(
+                    p_do, p_den, p_delta, o_t, m_t, o_v, m_v, w0, eps, H, V, BT, NORMALIZE
                 )
-                if NORMALIZE:
-                    b_r = 1.0 / (tl.load(p_den + o_t * H, mask=m_t, other=1.0) + eps)
-                    b_dn = b_do * b_r[:, None]
-                    b_dd = -tl.load(p_delta + o_t * H, mask=m_t, other=0.0) * w0
-                else:
-                    b_dn = b_do
-                    b_dd = tl.zeros([BT], dtype=tl.float32)
                 # transposed scores: rows are keys s, columns queries t  [BT, BT]
                 b_sT = tl.dot(b_k.to(DT), tl.trans(b_q.to(DT)), input_precision=PREC)
                 if TAYLOR:
@@ -505,19 +466,13 @@ class FusedChunkLinearAttention(torch.autograd.Function):
         cfg = _launch_config(feature == FEATURE_IDS["taylor"], K, V, backward=True, dtype=q.dtype)
         cx = _constexprs(feature, K, V, q.dtype, cfg)
         NV = triton.cdiv(V, cfg["BV"])
-        do = do.contiguous()
-        # d loss / d normaliser = -(do . o) / (den + eps)
-        delta = (do.float() * o.float()).sum(-1) / (den + eps) if normalize else den
+        do, delta, use_dht, dht, dzt = backward_inputs(do, o, den, eps, normalize, dht, dzt, cx["E"])
         dq = q.new_empty(NV, B, T, H, K, dtype=torch.float32)
         dk = q.new_empty(NV, B, T, H, K, dtype=torch.float32)
         dv = torch.empty_like(v)
         dh0 = dz0 = None
         if h0 is not None:
             dh0, dz0 = torch.empty_like(h0), torch.empty_like(z0)
-        use_dht = dht is not None or dzt is not None
-        if use_dht:
-            dht = torch.zeros(B, H, cx["E"], V, device=q.device) if dht is None else dht.contiguous().float()
-            dzt = torch.zeros(B, H, cx["E"], device=q.device) if dzt is None else dzt.contiguous().float()
         fused_chunk_linear_attn_bwd_kernel[(NV, B * H, 2)](
             q,
             k,
@@ -580,25 +535,8 @@ def fused_chunk_linear_attention(
     Returns:
         ``(o: [B, T, H, D_v] in the dtype of q, (S_T, z_T) float32 or None)``.
     """
-    B, T, H, D, Dv = check_linear_attention_inputs(q, k, v, scale, eps)
-    check_fused_chunk_sizes(feature_map, D, Dv)
-    check_initial_state(initial_state, B, H, feature_dim(feature_map, D), Dv)
-    q = q.contiguous()
-    k, v = k.to(q.dtype).contiguous(), v.to(q.dtype).contiguous()
-    h0 = z0 = None
-    if initial_state is not None:
-        h0, z0 = (x.float().contiguous() for x in initial_state)
+    q, k, v, h0, z0, feature, scale, eps = kernel_inputs(q, k, v, feature_map, scale, eps, initial_state)
     o, ht, zt = FusedChunkLinearAttention.apply(
-        q,
-        k,
-        v,
-        h0,
-        z0,
-        FEATURE_IDS[feature_map],
-        causal,
-        normalize,
-        1.0 if scale is None else float(scale),
-        float(eps),
-        output_final_state,
+        q, k, v, h0, z0, feature, causal, normalize, scale, eps, output_final_state
     )
     return o, ((ht, zt) if output_final_state else None)

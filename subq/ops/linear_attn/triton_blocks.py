@@ -11,8 +11,42 @@ reads ``S0 + x~ S1 + (x~ x~^T) S2 / 2`` without the ``1 / sqrt(2)`` of the featu
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
+from torch import Tensor
+
+from subq.ops.linear_attn.feature_maps import feature_dim
+from subq.ops.linear_attn.limits import FEATURE_IDS, check_fused_chunk_sizes
+from subq.ops.linear_attn.naive import check_initial_state, check_linear_attention_inputs
+
+
+def kernel_inputs(q: Tensor, k: Tensor, v: Tensor, feature_map: str, scale, eps, initial_state) -> tuple:
+    """Validate the op's arguments against the kernels' limits; return ``(q, k, v, h0, z0, feature id,
+    scale, eps)`` ready for launch (contiguous, ``k, v`` in the dtype of ``q``, the state in float32)."""
+    B, T, H, D, Dv = check_linear_attention_inputs(q, k, v, scale, eps)
+    check_fused_chunk_sizes(feature_map, D, Dv)
+    check_initial_state(initial_state, B, H, feature_dim(feature_map, D), Dv)
+    q = q.contiguous()
+    k, v = k.to(q.dtype).contiguous(), v.to(q.dtype).contiguous()
+    h0 = z0 = None
+    if initial_state is not None:
+        h0, z0 = (x.float().contiguous() for x in initial_state)
+    return q, k, v, h0, z0, FEATURE_IDS[feature_map], 1.0 if scale is None else float(scale), float(eps)
+
+
+def backward_inputs(do: Tensor, o: Tensor, den: Tensor, eps: float, normalize: bool, dht, dzt, E: int):
+    """``(do, delta, use_final_grad, dht, dzt)`` for a backward launch: ``delta = (do . o) / (den + eps)``
+    (the normaliser's gradient, up to sign); a final-state gradient given for only one of ``S, z``
+    gets zeros for the other."""
+    do = do.contiguous()
+    delta = (do.float() * o.float()).sum(-1) / (den + eps) if normalize else den
+    use = dht is not None or dzt is not None
+    if use:
+        B, _, H, V = o.shape
+        dht = torch.zeros(B, H, E, V, device=o.device) if dht is None else dht.contiguous().float()
+        dzt = torch.zeros(B, H, E, device=o.device) if dzt is None else dzt.contiguous().float()
+    return do, delta, use, dht, dzt
 
 
 @triton.jit
@@ -179,6 +213,27 @@ def _load_state(
 
 
 @triton.jit
+def _initial_state(
+    p_h, p_z, o_k, m_k, o_v, m_v, w,
+    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKK: tl.constexpr,
+    TAYLOR: tl.constexpr, USE: tl.constexpr,
+):  # fmt: skip
+    """:func:`_load_state` when ``USE``, else a zero state."""
+    if USE:
+        b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _load_state(
+            p_h, p_z, o_k, m_k, o_v, m_v, w, K, V, BK, BV, BKK, TAYLOR
+        )
+    else:
+        b_S0 = tl.zeros([BV], dtype=tl.float32)
+        b_S1 = tl.zeros([BK, BV], dtype=tl.float32)
+        b_S2 = tl.zeros([BKK, BV], dtype=tl.float32)
+        b_z0 = tl.zeros([1], dtype=tl.float32)
+        b_z1 = tl.zeros([BK], dtype=tl.float32)
+        b_z2 = tl.zeros([BKK], dtype=tl.float32)
+    return b_S0, b_S1, b_S2, b_z0, b_z1, b_z2
+
+
+@triton.jit
 def _store_state(
     p_h,
     p_z,
@@ -215,3 +270,20 @@ def _store_state(
         )
         tl.store(p_z + r_kk, b_z2 * 0.7071067811865476, mask=m_kk & (o_kk * 0 + i_v == 0))
         tl.store(p_z + tl.arange(0, 1), b_z0, mask=tl.arange(0, 1) + i_v == 0)
+
+
+@triton.jit
+def _load_output_grad(
+    p_do, p_den, p_delta, o_t, m_t, o_v, m_v, w0, eps, H, V, BT: tl.constexpr, NORMALIZE: tl.constexpr
+):
+    """``(dnum [BT, BV], dden [BT])`` of a chunk: with ``o = num / den``, ``dnum = do / den`` and
+    ``dden = -delta = -(do . o) / den``, scaled by ``w0`` (1 in the block of ``D_v`` that carries the
+    normaliser, else 0). Unnormalised: ``dnum = do``, ``dden = 0``."""
+    b_dn = tl.load(p_do + o_t[:, None] * H * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+    b_dn = b_dn.to(tl.float32)
+    if NORMALIZE:
+        b_dn = b_dn / (tl.load(p_den + o_t * H, mask=m_t, other=1.0) + eps)[:, None]
+        b_dd = -tl.load(p_delta + o_t * H, mask=m_t, other=0.0) * w0
+    else:
+        b_dd = tl.zeros([BT], dtype=tl.float32)
+    return b_dn, b_dd
