@@ -1,0 +1,42 @@
+"""Parameter-efficient fine-tuning for subq and Hugging Face models: LoRA (in peft's adapter format),
+prefix tuning and NTK-Attention. The math is in ``subq/peft/README.md``."""
+
+from subq.peft.lora import (
+    LoRAConfig,
+    LoRALinear,
+    apply_lora,
+    freeze_base,
+    load_lora,
+    lora_state_dict,
+    merge_lora,
+    save_lora,
+    trainable_parameter_count,
+    unmerge_lora,
+)
+from subq.peft.prefix import (
+    PrefixAttention,
+    apply_ntk_attention,
+    apply_prefix_tuning,
+    augmented_attention,
+    naive_augmented_attention,
+    ntk_feature_map,
+)
+
+__all__ = [
+    "LoRAConfig",
+    "LoRALinear",
+    "PrefixAttention",
+    "apply_lora",
+    "apply_ntk_attention",
+    "apply_prefix_tuning",
+    "augmented_attention",
+    "freeze_base",
+    "load_lora",
+    "lora_state_dict",
+    "merge_lora",
+    "naive_augmented_attention",
+    "ntk_feature_map",
+    "save_lora",
+    "trainable_parameter_count",
+    "unmerge_lora",
+]
