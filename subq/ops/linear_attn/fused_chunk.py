@@ -82,20 +82,7 @@ def fused_chunk_linear_attn_fwd_kernel(
     p_den = den + row0
 
     b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _initial_state(
-        h0 + i_bh.to(tl.int64) * E * V,
-        z0 + i_bh.to(tl.int64) * E,
-        o_k,
-        m_k,
-        o_v,
-        m_v,
-        1.0,
-        K,
-        V,
-        BK,
-        BV,
-        BKK,
-        TAYLOR,
-        USE_INITIAL_STATE,
+        h0, z0, i_bh, o_k, m_k, o_v, m_v, 1.0, K, V, E, BK, BV, BKK, TAYLOR, USE_INITIAL_STATE
     )
 
     NT = tl.cdiv(T, BT)
@@ -224,20 +211,7 @@ def fused_chunk_linear_attn_bwd_kernel(
     if i_p == 0:
         m_causal = o_i[:, None] >= o_i[None, :]
         b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _initial_state(
-            h0 + i_bh.to(tl.int64) * E * V,
-            z0 + i_bh.to(tl.int64) * E,
-            o_k,
-            m_k,
-            o_v,
-            m_v,
-            1.0,
-            K,
-            V,
-            BK,
-            BV,
-            BKK,
-            TAYLOR,
-            USE_INITIAL_STATE,
+            h0, z0, i_bh, o_k, m_k, o_v, m_v, 1.0, K, V, E, BK, BV, BKK, TAYLOR, USE_INITIAL_STATE
         )
         if not CAUSAL:
             for i_t in range(NT):
@@ -287,20 +261,7 @@ def fused_chunk_linear_attn_bwd_kernel(
     else:
         m_causal_t = o_i[:, None] <= o_i[None, :]
         b_dS0, b_dS1, b_dS2, b_dz0, b_dz1, b_dz2 = _initial_state(
-            dht + i_bh.to(tl.int64) * E * V,
-            dzt + i_bh.to(tl.int64) * E,
-            o_k,
-            m_k,
-            o_v,
-            m_v,
-            w0,
-            K,
-            V,
-            BK,
-            BV,
-            BKK,
-            TAYLOR,
-            USE_FINAL_STATE_GRAD,
+            dht, dzt, i_bh, o_k, m_k, o_v, m_v, w0, K, V, E, BK, BV, BKK, TAYLOR, USE_FINAL_STATE_GRAD
         )
         if not CAUSAL:
             for i_t in range(NT):

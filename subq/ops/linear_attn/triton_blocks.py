@@ -214,12 +214,15 @@ def _load_state(
 
 @triton.jit
 def _initial_state(
-    p_h, p_z, o_k, m_k, o_v, m_v, w,
-    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKK: tl.constexpr,
-    TAYLOR: tl.constexpr, USE: tl.constexpr,
+    h, z, i_bh, o_k, m_k, o_v, m_v, w,
+    K: tl.constexpr, V: tl.constexpr, E: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    BKK: tl.constexpr, TAYLOR: tl.constexpr, USE: tl.constexpr,
 ):  # fmt: skip
-    """:func:`_load_state` when ``USE``, else a zero state."""
+    """Head ``i_bh``'s state from ``(h [B H, E, D_v], z [B H, E])`` (:func:`_load_state`) when ``USE``,
+    else a zero state (``h`` and ``z`` may then be None)."""
     if USE:
+        p_h = h + i_bh.to(tl.int64) * E * V
+        p_z = z + i_bh.to(tl.int64) * E
         b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _load_state(
             p_h, p_z, o_k, m_k, o_v, m_v, w, K, V, BK, BV, BKK, TAYLOR
         )
