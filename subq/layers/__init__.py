@@ -1,6 +1,17 @@
 """Sequence mixers, channel mixers and their registries. Importing this package registers them all."""
 
-from subq.layers import attention, base_conv, based, channel, hybrid, hyena, linear_attention, quadratic  # noqa: F401  (registration side effects)
+from subq.layers import (  # noqa: F401  (registration side effects)
+    attention,
+    base_conv,
+    based,
+    channel,
+    combiner,
+    hybrid,
+    hyena,
+    kernelized_rpe,
+    linear_attention,
+    quadratic,
+)
 from subq.layers.base import Mixer, State
 from subq.layers.channel import ChannelMixer
 from subq.layers.config import ChannelMixerConfig, MixerConfig
