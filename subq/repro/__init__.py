@@ -19,6 +19,7 @@ REPRODUCTIONS = {
     "hpoly": "subq.repro.hpoly",
     "quadattack": "subq.repro.quadattack",
     "subgm": "subq.repro.subgm",
+    "lora_limits": "subq.repro.lora_limits",
 }
 """name -> module; every module defines ``run`` and a one-line ``CLAIM`` (the paper's claim)."""
 
