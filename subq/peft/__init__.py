@@ -1,6 +1,18 @@
 """Parameter-efficient fine-tuning for subq and Hugging Face models: LoRA (in peft's adapter format),
-prefix tuning and NTK-Attention. The math is in ``subq/peft/README.md``."""
+prefix tuning and NTK-Attention, and the exact and almost-linear LoRA gradients of one attention head
+(``fast_lora_grad``). The math is in ``subq/peft/README.md``."""
 
+from subq.peft.fast_lora_grad import (
+    LoRAFactors,
+    LoRAGrad,
+    autograd_lora_grad,
+    exact_lora_grad,
+    fast_lora_grad,
+    lora_attention_loss,
+    lora_grad_flops,
+    taylor_exp_features,
+    taylor_feature_dim,
+)
 from subq.peft.lora import (
     LoRAConfig,
     LoRALinear,
@@ -23,6 +35,15 @@ from subq.peft.prefix import (
 )
 
 __all__ = [
+    "LoRAFactors",
+    "LoRAGrad",
+    "autograd_lora_grad",
+    "exact_lora_grad",
+    "fast_lora_grad",
+    "lora_attention_loss",
+    "lora_grad_flops",
+    "taylor_exp_features",
+    "taylor_feature_dim",
     "LoRAConfig",
     "LoRALinear",
     "PrefixAttention",
