@@ -5,7 +5,7 @@ subq zoo                        MQAR recall sweep (the main job)
 subq train --config FILE k=v    one training run
 subq bench                      speed and memory against SDPA
 subq doctor                     versions and available fast paths
-subq repro NAME [--quick]       paper reproductions (quadratic, hpoly, quadattack, subgm, lora_limits)
+subq repro NAME [--quick]       paper reproductions (quadratic, hpoly, quadattack, subgm, lora_limits, lit)
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ REPRODUCTIONS = {
     "quadattack": "subq.repro.quadattack",
     "subgm": "subq.repro.subgm",
     "lora_limits": "subq.repro.lora_limits",
+    "lit": "subq.repro.lit",
 }
 """name -> module; every module defines ``run`` and a one-line ``CLAIM`` (the paper's claim)."""
 
