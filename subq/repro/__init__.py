@@ -19,6 +19,7 @@ REPRODUCTIONS = {
     "hpoly": "subq.repro.hpoly",
     "quadattack": "subq.repro.quadattack",
     "subgm": "subq.repro.subgm",
+    "hyena_dna": "subq.repro.hyena_dna",
     "lora_limits": "subq.repro.lora_limits",
     "lit": "subq.repro.lit",
 }
