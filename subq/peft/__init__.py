@@ -2,6 +2,7 @@
 prefix tuning and NTK-Attention, and the exact and almost-linear LoRA gradients of one attention head
 (``fast_lora_grad``). The math is in ``subq/peft/README.md``."""
 
+from subq.peft.convert import convert_to_linear_attention, hybrid_distillation_loss
 from subq.peft.fast_lora_grad import (
     LoRAFactors,
     LoRAGrad,
@@ -35,6 +36,8 @@ from subq.peft.prefix import (
 )
 
 __all__ = [
+    "convert_to_linear_attention",
+    "hybrid_distillation_loss",
     "LoRAFactors",
     "LoRAGrad",
     "autograd_lora_grad",
