@@ -5,8 +5,8 @@ subq zoo                        MQAR recall sweep (the main job)
 subq train --config FILE k=v    one training run
 subq bench                      speed and memory against SDPA
 subq doctor                     versions and available fast paths
-subq repro NAME [--quick]       paper reproductions (quadratic, hpoly, quadattack, subgm, lora_limits, lit,
-                                hyena_dna)
+subq repro NAME [--quick]       paper reproductions (quadratic, hpoly, quadattack, subgm,
+                                peft_minilm, lora_limits, hyena_dna, lit)
 """
 
 from __future__ import annotations

@@ -19,8 +19,10 @@ REPRODUCTIONS = {
     "hpoly": "subq.repro.hpoly",
     "quadattack": "subq.repro.quadattack",
     "subgm": "subq.repro.subgm",
+    "combiner": "subq.repro.combiner",
     "hyena_dna": "subq.repro.hyena_dna",
     "lora_limits": "subq.repro.lora_limits",
+    "peft_minilm": "subq.repro.peft_minilm",
     "lit": "subq.repro.lit",
 }
 """name -> module; every module defines ``run`` and a one-line ``CLAIM`` (the paper's claim)."""

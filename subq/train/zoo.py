@@ -43,9 +43,14 @@ MIXER_DEFAULTS: dict[str, dict[str, Any]] = {
     "sliding_window": {"num_heads": 1, "window": 8},
     "based": {"num_heads": 1, "feature_dim": 16},
     "linear_attention": {"num_heads": 1},
+    "combiner": {"num_heads": 1, "variant": "axial", "block_size": 8},
+    "kernelized_rpe": {"num_heads": 1, "num_features": 64, "max_seq_len": 512},
+    "performer": {"num_heads": 1, "num_features": 64},
 }
 """Zoo arguments of mixers named on the command line without arguments. Sliding-window attention
-gets a window far below the typical query-key distance of MQAR, so that it shows the recall gap."""
+gets a window far below the typical query-key distance of MQAR, so that it shows the recall gap.
+Combiner gets rows (segments) of 8, about sqrt(L) at the quick lengths (L = 64, 128); the random-
+feature mixers get 64 features and a relative-position bias as long as the longest Zoology L."""
 
 
 class ZooConfig(BaseModel):
@@ -228,6 +233,32 @@ PRESETS: dict[str, dict[str, Any]] = {
         d_models=[128],
         settings=[(64, 4), (128, 8)],
         lrs=[3e-3, 1e-3],
+        vocab_size=1024,
+        num_train_examples=20_000,
+        num_test_examples=1_000,
+        batch_size=64,
+        epochs=4,
+        eval_every=150,
+        cpu_threads=1,
+    ),
+    # Combiner (NeurIPS 2021) and kernelized attention with RPE (NeurIPS 2021) next to attention, as
+    # `quick` but one learning rate (7 mixers): every Combiner variant (blocks of 8), kernelized_rpe
+    # and performer (64 random features). kernelized_rpe runs its explicit-Toeplitz form
+    # (mode="naive", the same function): on a CPU at L <= 128 the FFT form's B*m*(D+1) transform
+    # channels make it far slower.
+    "combiner": dict(
+        mixers=[MixerConfig(name="attention", **MIXER_DEFAULTS["attention"])]
+        + [
+            MixerConfig(name="combiner", **{**MIXER_DEFAULTS["combiner"], "variant": v})
+            for v in ("fixed", "logsparse", "axial", "mixture")
+        ]
+        + [
+            MixerConfig(name="kernelized_rpe", **MIXER_DEFAULTS["kernelized_rpe"], mode="naive"),
+            MixerConfig(name="performer", **MIXER_DEFAULTS["performer"]),
+        ],
+        d_models=[128],
+        settings=[(64, 4), (128, 8)],
+        lrs=[3e-3],
         vocab_size=1024,
         num_train_examples=20_000,
         num_test_examples=1_000,
