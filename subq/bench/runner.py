@@ -18,8 +18,9 @@ For each entry, mode and sequence length, :func:`run_bench`
    ``speedup = sdpa_ms / entry_ms`` (> 1: faster than SDPA).
 
 A measurement that runs out of memory reads ``"OOM"``; any other exception in a timing is kept in
-the row's ``error``. :func:`report` prints a rich table and, as the last stdout line, one JSON
-object ``{"env": ..., "config": ..., "rows": [...]}``.
+the row's ``error``. :func:`report` prints a rich table, the crossover length of every mode against
+SDPA (:mod:`subq.bench.crossover`) and, as the last stdout line, one JSON object
+``{"env": ..., "config": ..., "rows": [...], "crossover": [...]}``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from rich.markup import escape
 from rich.table import Table
 from torch import Tensor
 
+from subq.bench.crossover import crossover_lengths, crossover_table
 from subq.bench.registry import BenchShape, BenchSpec
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -505,8 +507,11 @@ def results_table(rows: Sequence[dict[str, Any]]) -> Table:
 def report(
     rows: Sequence[dict[str, Any]], env: dict[str, Any], config: dict[str, Any], console: Console
 ) -> None:
-    """Print the table, then the JSON record ``{"env", "config", "rows"}`` as the last line."""
+    """Print the table and the crossover lengths (:mod:`subq.bench.crossover`), then the JSON record
+    ``{"env", "config", "rows", "crossover"}`` as the last line."""
     console.print(results_table(rows))
-    console.out(
-        json.dumps({"env": env, "config": config, "rows": list(rows)}, allow_nan=False), highlight=False
-    )
+    crossover = crossover_lengths(rows)
+    if crossover:
+        console.print(crossover_table(crossover))
+    record = {"env": env, "config": config, "rows": list(rows), "crossover": crossover}
+    console.out(json.dumps(record, allow_nan=False), highlight=False)

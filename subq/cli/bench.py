@@ -18,6 +18,7 @@ import torch
 from rich.console import Console
 
 from subq.bench import get_bench, list_benches
+from subq.bench.crossover import crossover_lengths
 from subq.bench.plot import plot_times
 from subq.bench.runner import DEFAULT_TIMING, DTYPES, QUICK_TIMING, environment, report, run_bench
 
@@ -158,8 +159,10 @@ def command(
     min(T, 2048) because the reference is O(T^2)), then median forward and forward+backward
     times, TFLOP/s, GB/s, peak CUDA memory, and the ratio to PyTorch's
     default-dispatch scaled_dot_product_attention (causal) timed in the same
-    run (speedup > 1: faster than SDPA). A failing gate prints no timings
-    and makes the exit status 1. The last stdout line is one JSON object.
+    run (speedup > 1: faster than SDPA), and per mode the crossover length:
+    the smallest T from which it beats SDPA at every larger T benchmarked.
+    A failing gate prints no timings and makes the exit status 1. The last
+    stdout line is one JSON object.
 
     \b
     Examples:
@@ -168,6 +171,8 @@ def command(
       subq bench --entries sliding_window --T 4096,16384,65536 \\
           --param window=256 --plot bench.png
       subq bench --modes torch --dtype fp32 --no-backward --json bench.json
+      subq bench --entries combiner,kernelized_rpe,performer --heads 16 \\
+          --head-dim 64 --T 1024,4096,16384,65536     # crossover vs SDPA
     """
     device = _device(device_name)
     names = _comma_list(entries, "--entries") or list_benches()
@@ -219,7 +224,8 @@ def command(
     out = Console(width=None if sys.stdout.isatty() else 200)
     report(rows, env, config, out)
     if json_path is not None:
-        json_path.write_text(json.dumps({"env": env, "config": config, "rows": rows}, indent=1) + "\n")
+        record = {"env": env, "config": config, "rows": rows, "crossover": crossover_lengths(rows)}
+        json_path.write_text(json.dumps(record, indent=1) + "\n")
     if plot_path is not None:
         plot_times(
             rows,
