@@ -1,0 +1,75 @@
+"""SSD, the state-space dual of Mamba-2: ``naive`` (quadratic and recurrent references), ``chunk``
+(PyTorch) and ``fused_chunk`` (Triton, forward and backward). :func:`ssd` picks the form;
+:func:`ssd_step` is the decoding step.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+from subq.ops.ssd.chunk import chunk_ssd
+from subq.ops.ssd.naive import naive_recurrent_ssd, naive_ssd, segsum, ssd_step
+
+
+def fused_chunk_ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, **kwargs):
+    """:func:`subq.ops.ssd.fused_chunk.fused_chunk_ssd` (imports Triton on first use)."""
+    from subq.ops.ssd.fused_chunk import fused_chunk_ssd as fused
+
+    return fused(x, dt, A, B, C, **kwargs)
+
+
+def triton_form_available(x: Tensor) -> bool:
+    """True when the Triton kernels can run on ``x``: CUDA with Triton installed, or Triton's CPU
+    interpreter (``TRITON_INTERPRET=1``, for tests)."""
+    if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def ssd(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    *,
+    D: Tensor | None = None,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+    mode: str = "auto",
+) -> tuple[Tensor, Tensor | None]:
+    """Dispatch on ``mode``: ``triton`` (the chunked kernels), ``torch`` (chunked PyTorch), ``naive``
+    (quadratic reference) or ``auto`` (Triton on CUDA for float32/float16/bfloat16, else PyTorch).
+    Arguments as in :func:`~subq.ops.ssd.naive.naive_ssd` and
+    :func:`~subq.ops.ssd.chunk.chunk_ssd`."""
+    kw = dict(D=D, initial_state=initial_state, output_final_state=output_final_state)
+    if mode not in ("auto", "triton", "torch", "naive"):
+        raise ValueError(f"mode must be one of auto, triton, torch, naive; got {mode!r}")
+    if mode == "naive":
+        return naive_ssd(x, dt, A, B, C, **kw)
+    if mode == "triton":
+        if not triton_form_available(x):
+            raise RuntimeError("ssd: mode='triton' needs a CUDA tensor and Triton (pip install subq[gpu])")
+        return fused_chunk_ssd(x, dt, A, B, C, chunk_size=chunk_size, **kw)
+    if mode == "auto" and x.is_cuda and x.dtype != torch.float64 and triton_form_available(x):
+        return fused_chunk_ssd(x, dt, A, B, C, chunk_size=chunk_size, **kw)
+    return chunk_ssd(x, dt, A, B, C, chunk_size=chunk_size, **kw)
+
+
+__all__ = [
+    "chunk_ssd",
+    "fused_chunk_ssd",
+    "naive_recurrent_ssd",
+    "naive_ssd",
+    "segsum",
+    "ssd",
+    "ssd_step",
+]

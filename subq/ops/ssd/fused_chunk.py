@@ -1,0 +1,323 @@
+"""Triton chunked SSD, forward and backward: the GPU training path.
+
+The kernels take the discretised inputs ``xbar = dt x`` and the per-step log decays ``a = dt A`` (both
+made by PyTorch around them, so autograd carries ``dt``, ``A`` and ``D``); ``README.md`` has the math.
+
+- ``ssd_fwd_kernel``: one program per (block of ``P``, batch x head) walks the chunks and keeps the
+  state ``h [P, N]`` in registers (float32): inside a chunk the masked quadratic form, across chunks
+  one read and one update of the state. With ``STORE_STATES`` it also writes the state before every
+  chunk (the backward's first launch recomputes them instead of keeping them from the forward).
+- ``ssd_bwd_kernel``: one program per (block of ``P``, batch x head) walks the chunks backwards with
+  ``dh`` in registers and the saved state before the chunk: ``dxbar``, and per block of ``P`` partial
+  ``dB``, ``dC`` and ``da`` (summed by the caller). ``da`` is built from pairs that straddle each
+  position (no difference of large sums), so it stays accurate at long ``T``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from subq.ops.ssd.naive import check_ssd_inputs
+
+
+@triton.jit
+def _load_chunk(p_x, p_a, p_B, p_C, o_t, m_t, o_p, m_p, o_n, m_n, H, G, P: tl.constexpr, N: tl.constexpr):
+    """``xbar [BT, BP]``, the inclusive cumulative log decay from the chunk's start ``[BT]``, the
+    chunk's total log decay, ``B, C [BT, BN]``; padded rows are zero (no decay, no input)."""
+    b_x = tl.load(p_x + o_t[:, None] * H * P + o_p[None, :], mask=m_t[:, None] & m_p[None, :], other=0.0)
+    b_a = tl.load(p_a + o_t * H, mask=m_t, other=0.0).to(tl.float32)
+    m_tn = m_t[:, None] & m_n[None, :]
+    b_B = tl.load(p_B + o_t[:, None] * G * N + o_n[None, :], mask=m_tn, other=0.0)
+    b_C = tl.load(p_C + o_t[:, None] * G * N + o_n[None, :], mask=m_tn, other=0.0)
+    return b_x, tl.cumsum(b_a, 0), tl.sum(b_a, 0), b_B, b_C
+
+
+@triton.jit(do_not_specialize=["T"])
+def ssd_fwd_kernel(
+    x,
+    a,
+    Bm,
+    Cm,
+    y,
+    h0,
+    ht,
+    hs,
+    T,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    P: tl.constexpr,
+    N: tl.constexpr,
+    BT: tl.constexpr,
+    BP: tl.constexpr,
+    BN: tl.constexpr,
+    USE_INITIAL_STATE: tl.constexpr,
+    STORE_Y: tl.constexpr,
+    STORE_FINAL_STATE: tl.constexpr,
+    STORE_STATES: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    i_p, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_g = i_h // (H // G)
+    DT = x.dtype.element_ty
+    o_i = tl.arange(0, BT)
+    o_p = i_p * BP + tl.arange(0, BP)
+    o_n = tl.arange(0, BN)
+    m_p, m_n = o_p < P, o_n < N
+    m_pn = m_p[:, None] & m_n[None, :]
+    m_causal = o_i[:, None] >= o_i[None, :]
+    # [B, T, H, *] rows of this (batch, head): row t of a tensor with last dim K is at t * H * K
+    row0 = i_b.to(tl.int64) * T * H + i_h
+    p_x, p_a = x + row0 * P, a + row0
+    p_B = Bm + (i_b.to(tl.int64) * T * G + i_g) * N
+    p_C = Cm + (i_b.to(tl.int64) * T * G + i_g) * N
+    p_state = o_p[:, None] * N + o_n[None, :]  # [BP, BN] inside one [P, N] state
+
+    if USE_INITIAL_STATE:
+        b_h = tl.load(h0 + i_bh.to(tl.int64) * P * N + p_state, mask=m_pn, other=0.0).to(tl.float32)
+    else:
+        b_h = tl.zeros([BP, BN], dtype=tl.float32)
+
+    NT = tl.cdiv(T, BT)
+    for i_t in range(NT):
+        o_t = i_t * BT + o_i
+        m_t = o_t < T
+        b_x, b_acs, b_last, b_B, b_C = _load_chunk(
+            p_x, p_a, p_B, p_C, o_t, m_t, o_p, m_p, o_n, m_n, H, G, P, N
+        )
+        if STORE_STATES:
+            tl.store(hs + (i_bh.to(tl.int64) * NT + i_t) * P * N + p_state, b_h, mask=m_pn)
+        if STORE_Y:
+            # inside the chunk: (L o C B^T) xbar  [BT, BT] @ [BT, BP]
+            b_s = tl.dot(b_C, tl.trans(b_B), input_precision=PREC)
+            b_s = tl.where(m_causal, b_s * tl.exp(b_acs[:, None] - b_acs[None, :]), 0.0)
+            b_y = tl.dot(b_s.to(DT), b_x, input_precision=PREC)
+            # the state before the chunk, decayed to each position  [BT, BN] @ [BN, BP]
+            b_y += tl.exp(b_acs)[:, None] * tl.dot(b_C, tl.trans(b_h).to(DT), input_precision=PREC)
+            tl.store(
+                y + row0 * P + o_t[:, None] * H * P + o_p[None, :],
+                b_y.to(DT),
+                mask=m_t[:, None] & m_p[None, :],
+            )
+        # h <- exp(sum a) h + sum_j exp(a_cum[end] - a_cum[j]) xbar_j B_j^T  [BP, BT] @ [BT, BN]
+        b_xd = (b_x * tl.exp(b_last - b_acs)[:, None]).to(DT)
+        b_h = tl.exp(b_last) * b_h + tl.dot(tl.trans(b_xd), b_B, input_precision=PREC)
+
+    if STORE_FINAL_STATE:
+        tl.store(ht + i_bh.to(tl.int64) * P * N + p_state, b_h, mask=m_pn)
+
+
+@triton.jit(do_not_specialize=["T"])
+def ssd_bwd_kernel(
+    x,
+    a,
+    Bm,
+    Cm,
+    dy,
+    hs,
+    dht,
+    dx,
+    dB,
+    dC,
+    da,
+    dh0,
+    T,
+    NB: tl.constexpr,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    P: tl.constexpr,
+    N: tl.constexpr,
+    BT: tl.constexpr,
+    BP: tl.constexpr,
+    BN: tl.constexpr,
+    USE_INITIAL_STATE: tl.constexpr,
+    USE_FINAL_STATE_GRAD: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    i_p, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_g = i_h // (H // G)
+    DT = x.dtype.element_ty
+    o_i = tl.arange(0, BT)
+    o_p = i_p * BP + tl.arange(0, BP)
+    o_n = tl.arange(0, BN)
+    m_p, m_n = o_p < P, o_n < N
+    m_pn = m_p[:, None] & m_n[None, :]
+    m_causal = o_i[:, None] >= o_i[None, :]
+    row0 = i_b.to(tl.int64) * T * H + i_h
+    p_x, p_dy, p_a = x + row0 * P, dy + row0 * P, a + row0
+    p_B = Bm + (i_b.to(tl.int64) * T * G + i_g) * N
+    p_C = Cm + (i_b.to(tl.int64) * T * G + i_g) * N
+    p_dx = dx + row0 * P
+    # dB, dC and da: one float32 partial per block of P, per head (the caller sums blocks and groups)
+    p_dB = dB + (i_p.to(tl.int64) * NB * T * H + row0) * N
+    p_dC = dC + (i_p.to(tl.int64) * NB * T * H + row0) * N
+    p_da = da + i_p.to(tl.int64) * NB * T * H + row0
+    p_state = o_p[:, None] * N + o_n[None, :]
+
+    if USE_FINAL_STATE_GRAD:
+        b_dh = tl.load(dht + i_bh.to(tl.int64) * P * N + p_state, mask=m_pn, other=0.0).to(tl.float32)
+    else:
+        b_dh = tl.zeros([BP, BN], dtype=tl.float32)
+
+    NT = tl.cdiv(T, BT)
+    for i in range(NT):
+        i_t = NT - 1 - i
+        o_t = i_t * BT + o_i
+        m_t = o_t < T
+        m_tp = m_t[:, None] & m_p[None, :]
+        m_tn = m_t[:, None] & m_n[None, :]
+        b_x, b_acs, b_last, b_B, b_C = _load_chunk(
+            p_x, p_a, p_B, p_C, o_t, m_t, o_p, m_p, o_n, m_n, H, G, P, N
+        )
+        b_dy = tl.load(p_dy + o_t[:, None] * H * P + o_p[None, :], mask=m_tp, other=0.0)
+        b_h = tl.load(hs + (i_bh.to(tl.int64) * NT + i_t) * P * N + p_state, mask=m_pn, other=0.0)
+        b_decay = tl.exp(b_acs)  # [BT], from the chunk's start
+        b_to_end = tl.exp(b_last - b_acs)  # [BT], to the chunk's end
+        # rows i (outputs), columns j (inputs)  [BT, BT]
+        b_g = tl.where(m_causal, tl.exp(b_acs[:, None] - b_acs[None, :]), 0.0)
+        b_s = tl.dot(b_C, tl.trans(b_B), input_precision=PREC) * b_g  # (L o C B^T)_ij
+        b_dyx = tl.dot(b_dy, tl.trans(b_x), input_precision=PREC)  # dy_i . xbar_j
+        b_M = b_s * b_dyx  # each (i, j) term's share of d(loss) / d(log decay), for da
+        b_dyx = b_dyx * b_g
+
+        b_dhB = tl.dot(b_B, tl.trans(b_dh).to(DT), input_precision=PREC)  # [BT, BP]: dh B_j
+        b_dx = tl.dot(tl.trans(b_s).to(DT), b_dy, input_precision=PREC) + b_to_end[:, None] * b_dhB
+        b_dB = tl.dot(tl.trans(b_dyx).to(DT), b_C, input_precision=PREC)
+        b_dB += b_to_end[:, None] * tl.dot(b_x, b_dh.to(DT), input_precision=PREC)
+        b_dyh = tl.dot(b_dy, b_h.to(DT), input_precision=PREC)  # [BT, BN]: h^T dy_i
+        b_dC = tl.dot(b_dyx.to(DT), b_B, input_precision=PREC) + b_decay[:, None] * b_dyh
+
+        # da_k: every term whose decay spans step k
+        b_Mx = tl.cumsum(b_M, 1) - b_M  # [i, k] = sum_{j < k} M_ij
+        b_da = tl.sum(tl.where(m_causal, b_Mx, 0.0), 0)  # sum_{i >= k}
+        b_off = b_decay * tl.sum(b_C.to(tl.float32) * b_dyh, 1)  # [BT]: dy_i . y_off_i
+        b_da += tl.sum(tl.where(m_causal, b_off[:, None], 0.0), 0)  # sum_{i >= k}
+        b_w = b_to_end * tl.sum(b_x.to(tl.float32) * b_dhB, 1)  # [BT]: xbar_j . (exp(..) dh B_j)
+        b_da += tl.cumsum(b_w, 0) - b_w  # sum_{j < k}
+        b_da += tl.exp(b_last) * tl.sum(b_dh * b_h)  # the state before the chunk decays through all of it
+
+        tl.store(p_dx + o_t[:, None] * H * P + o_p[None, :], b_dx, mask=m_tp)
+        tl.store(p_dB + o_t[:, None] * H * N + o_n[None, :], b_dB, mask=m_tn)
+        tl.store(p_dC + o_t[:, None] * H * N + o_n[None, :], b_dC, mask=m_tn)
+        tl.store(p_da + o_t * H, b_da, mask=m_t)
+        # dh <- exp(sum a) dh + sum_i exp(a_cum[i]) dy_i C_i^T  [BP, BT] @ [BT, BN]
+        b_dyd = (b_dy * b_decay[:, None]).to(DT)
+        b_dh = tl.exp(b_last) * b_dh + tl.dot(tl.trans(b_dyd), b_C, input_precision=PREC)
+
+    if USE_INITIAL_STATE:
+        tl.store(dh0 + i_bh.to(tl.int64) * P * N + p_state, b_dh, mask=m_pn)
+
+
+def _launch_config(P: int, N: int) -> dict:
+    """Chunk ``BT``, block of ``P`` ``BP`` and ``N`` padded to a power of two (the state ``[BP, BN]``
+    stays in registers: ``N`` is not blocked)."""
+    return dict(
+        BT=64,
+        BP=min(32, max(16, triton.next_power_of_2(P))),
+        BN=max(16, triton.next_power_of_2(N)),
+        num_warps=4,
+    )
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _forward(xbar, a, B, C, h0, store_y: bool, store_final: bool, store_states: bool, chunk_size: int):
+    b, T, H, P = xbar.shape
+    G, N = B.shape[2], B.shape[3]
+    cfg = _launch_config(P, N)
+    cfg["BT"] = chunk_size
+    NT = triton.cdiv(T, cfg["BT"])
+    y = torch.empty_like(xbar) if store_y else None
+    ht = xbar.new_empty(b, H, P, N, dtype=torch.float32) if store_final else None
+    hs = xbar.new_empty(b, H, NT, P, N, dtype=torch.float32) if store_states else None
+    grid = (triton.cdiv(P, cfg["BP"]), b * H)
+    ssd_fwd_kernel[grid](
+        xbar, a, B, C, y, h0, ht, hs, T,
+        H=H, G=G, P=P, N=N, BT=cfg["BT"], BP=cfg["BP"], BN=cfg["BN"],
+        USE_INITIAL_STATE=h0 is not None, STORE_Y=store_y, STORE_FINAL_STATE=store_final,
+        STORE_STATES=store_states, PREC=_precision(xbar.dtype), num_warps=cfg["num_warps"],
+    )  # fmt: skip
+    return y, ht, hs
+
+
+class FusedChunkSSD(torch.autograd.Function):
+    """``(xbar, a, B, C, h0) -> (y, h_T)`` without the skip ``D x``: the kernels' gradients for
+    ``xbar``, ``a``, ``B``, ``C`` and ``h0``."""
+
+    @staticmethod
+    def forward(ctx, xbar, a, B, C, h0, output_final_state, chunk_size):
+        y, ht, _ = _forward(xbar, a, B, C, h0, True, output_final_state, False, chunk_size)
+        ctx.save_for_backward(xbar, a, B, C, h0)
+        ctx.chunk_size = chunk_size
+        return y, ht
+
+    @staticmethod
+    def backward(ctx, dy, dht):
+        xbar, a, B, C, h0 = ctx.saved_tensors
+        b, T, H, P = xbar.shape
+        G, N = B.shape[2], B.shape[3]
+        _, _, hs = _forward(xbar, a, B, C, h0, False, False, True, ctx.chunk_size)
+        cfg = _launch_config(P, N)
+        NP = triton.cdiv(P, cfg["BP"])
+        dy = dy.to(xbar.dtype).contiguous()
+        dxbar = torch.empty(b, T, H, P, device=xbar.device, dtype=torch.float32)
+        dB = xbar.new_empty(NP, b, T, H, N, dtype=torch.float32)
+        dC = xbar.new_empty(NP, b, T, H, N, dtype=torch.float32)
+        da = xbar.new_empty(NP, b, T, H, dtype=torch.float32)
+        dh0 = torch.empty_like(h0) if h0 is not None else None
+        ssd_bwd_kernel[(NP, b * H)](
+            xbar, a, B, C, dy, hs, None if dht is None else dht.float().contiguous(),
+            dxbar, dB, dC, da, dh0, T,
+            NB=b, H=H, G=G, P=P, N=N, BT=ctx.chunk_size, BP=cfg["BP"], BN=cfg["BN"],
+            USE_INITIAL_STATE=h0 is not None, USE_FINAL_STATE_GRAD=dht is not None,
+            PREC=_precision(xbar.dtype), num_warps=cfg["num_warps"],
+        )  # fmt: skip
+        dB = dB.sum(0).reshape(b, T, G, H // G, N).sum(3).to(B.dtype)
+        dC = dC.sum(0).reshape(b, T, G, H // G, N).sum(3).to(C.dtype)
+        return dxbar.to(xbar.dtype), da.sum(0), dB, dC, dh0, None, None
+
+
+def fused_chunk_ssd(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    *,
+    D: Tensor | None = None,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+) -> tuple[Tensor, Tensor | None]:
+    """SSD by the Triton kernels; same semantics as :func:`~subq.ops.ssd.naive.naive_ssd`.
+
+    Args:
+        x: `[B, T, H, P]` (float32, float16 or bfloat16; ``B`` and ``C`` are cast to its dtype);
+            dt: `[B, T, H]`; A: `[H]`; B, C: `[B, T, G, N]`; D: `[H]` or None.
+        initial_state: `[B, H, P, N]` or None (used in float32).
+        chunk_size: tokens per chunk (default 64; a power of two >= 16).
+
+    Returns:
+        ``(y: [B, T, H, P] in the dtype of x, final_state: [B, H, P, N] float32 or None)``.
+    """
+    check_ssd_inputs(x, dt, A, B, C, D, initial_state)
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"fused_chunk_ssd takes float32, float16 or bfloat16 x, got {x.dtype}")
+    if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"fused_chunk_ssd: chunk_size must be a power of two >= 16, got {chunk_size!r}")
+    dtf = dt.float()
+    xbar = (x.float() * dtf[..., None]).to(x.dtype).contiguous()
+    a = (dtf * A.float()).contiguous()  # [B, T, H], log decay per step
+    h0 = None if initial_state is None else initial_state.float().contiguous()
+    y, ht = FusedChunkSSD.apply(
+        xbar, a, B.to(x.dtype).contiguous(), C.to(x.dtype).contiguous(), h0, output_final_state, chunk_size
+    )
+    if D is not None:
+        y = y + x * D.to(x.dtype)[:, None]
+    return y, ht

@@ -1,0 +1,87 @@
+"""The Triton chunked SSD kernels (``fused_chunk``) against the float64 quadratic reference: forward,
+final state and every gradient (x, dt, A, B, C, D, initial state), awkward shapes, state chaining.
+Without a GPU the kernels run through Triton's interpreter at small shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from subq.ops.ssd import ssd  # noqa: E402
+from subq.ops.ssd.fused_chunk import fused_chunk_ssd  # noqa: E402
+from tests.conftest import assert_close  # noqa: E402
+from tests.ops.test_ssd import _check, _inputs  # noqa: E402
+
+CPU_CASES = [  # B, T, H, P, G, N, chunk
+    (1, 1, 2, 4, 1, 4, 16),
+    (2, 63, 2, 5, 1, 6, 16),
+    (1, 100, 4, 40, 2, 20, 32),  # two blocks of P, two groups
+    (1, 257, 1, 3, 1, 8, 64),
+]
+GPU_CASES = [
+    (b, T, H, P, G, N, 64)
+    for T in (1, 63, 100, 1000, 4096)
+    for b, H, P, G, N in [(2, 4, 64, 1, 64), (1, 8, 60, 2, 100), (2, 2, 128, 1, 128)]
+]
+
+
+def _ids(case):
+    b, T, H, P, G, N, Q = case
+    return f"B{b}-T{T}-H{H}-P{P}-G{G}-N{N}-Q{Q}"
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", CPU_CASES, ids=_ids)
+def test_triton_fp32(case, one_thread):
+    *shape, Q = case
+    _check(fused_chunk_ssd, shape, torch.float32, 1e-5, chunk_size=Q)
+
+
+@pytest.mark.interpret
+def test_triton_without_state_or_skip(one_thread):
+    _check(fused_chunk_ssd, (1, 40, 2, 3, 2, 4), torch.float32, 1e-5, with_state=False, with_D=False,
+           chunk_size=16)  # fmt: skip
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", CPU_CASES[1:3], ids=_ids)
+def test_triton_fp16(case, one_thread):
+    *shape, Q = case
+    _check(fused_chunk_ssd, shape, torch.float16, 1e-2, chunk_size=Q)
+
+
+@pytest.mark.interpret
+def test_triton_two_halves_equal_the_whole(one_thread):
+    x, dt, A, B, C, D, h0 = _inputs(1, 70, 2, 3, 1, 5)
+    kw = dict(D=D, output_final_state=True, chunk_size=16)
+    y, hT = fused_chunk_ssd(x, dt, A, B, C, initial_state=h0, **kw)
+    y1, h1 = fused_chunk_ssd(x[:, :29], dt[:, :29], A, B[:, :29], C[:, :29], initial_state=h0, **kw)
+    y2, h2 = fused_chunk_ssd(x[:, 29:], dt[:, 29:], A, B[:, 29:], C[:, 29:], initial_state=h1, **kw)
+    assert_close(torch.cat([y1, y2], 1), y, 1e-5, "y")
+    assert_close(h2, hT, 1e-5, "final state")
+
+
+@pytest.mark.interpret
+def test_triton_rejects_bad_chunk_size():
+    with pytest.raises(ValueError, match="power of two >= 16"):
+        fused_chunk_ssd(*_inputs(1, 4, 1, 2, 1, 2)[:5], chunk_size=24)
+    with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
+        fused_chunk_ssd(*(t.double() for t in _inputs(1, 4, 1, 2, 1, 2)[:5]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", GPU_CASES, ids=_ids)
+def test_triton_gpu(case, dtype, tol):
+    *shape, Q = case
+    _check(fused_chunk_ssd, shape, dtype, tol, chunk_size=Q)
+
+
+@pytest.mark.gpu
+def test_auto_uses_triton_on_cuda():
+    x, dt, A, B, C, D, h0 = _inputs(1, 100, 2, 64, 1, 64)
+    y, _ = ssd(x, dt, A, B, C, D=D)
+    y_t, _ = fused_chunk_ssd(x, dt, A, B, C, D=D)
+    assert torch.equal(y, y_t)
