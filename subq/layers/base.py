@@ -44,6 +44,7 @@ class Mixer(nn.Module):
         modes: the forms it implements among ``("torch", "triton", "naive")``.
         supports_decode: True when ``init_state`` / ``prefill`` / ``step`` are implemented (causal only).
         supports_bidirectional: True when ``causal=False`` is allowed.
+        supports_causal: False for bidirectional-only mixers (``causal=True`` is then an error).
         example_kwargs: keyword arguments for a small instance (tests, ``subq list``).
     """
 
@@ -51,6 +52,7 @@ class Mixer(nn.Module):
     modes: ClassVar[tuple[str, ...]] = ("torch", "naive")
     supports_decode: ClassVar[bool] = False
     supports_bidirectional: ClassVar[bool] = True
+    supports_causal: ClassVar[bool] = True
     example_kwargs: ClassVar[dict[str, Any]] = {}
 
     def __init__(
@@ -74,6 +76,8 @@ class Mixer(nn.Module):
             )
         if not causal and not self.supports_bidirectional:
             raise ValueError(f"{type(self).name} is causal only; causal=False is not supported")
+        if causal and not self.supports_causal:
+            raise ValueError(f"{type(self).name} is bidirectional only; causal=True is not supported")
         self.d_model = d_model
         self.causal = causal
         self.layer_idx = layer_idx

@@ -16,14 +16,20 @@ MIXERS = subq.list_mixers()
 D_MODEL = 32
 
 
-def make(name: str, *, causal: bool = True, mode: str = "auto", dtype=torch.float64, **extra) -> Mixer:
+def make(name: str, *, causal: bool | None = None, mode: str = "auto", dtype=torch.float64, **extra) -> Mixer:
+    """A small instance; ``causal=None`` is causal unless the mixer is bidirectional only."""
     cls = subq.get_mixer(name)
+    causal = cls.supports_causal if causal is None else causal
     kwargs = {**cls.example_kwargs, **extra}
     return cls(D_MODEL, causal=causal, mode=mode, dtype=dtype, **kwargs).eval()
 
 
 def directions(name: str) -> list[bool]:
-    return [True, False] if subq.get_mixer(name).supports_bidirectional else [True]
+    cls = subq.get_mixer(name)
+    return [c for c in (True, False) if (cls.supports_causal if c else cls.supports_bidirectional)]
+
+
+CAUSAL_MIXERS = [n for n in MIXERS if subq.get_mixer(n).supports_causal]
 
 
 def test_registry_lists_both_foundation_mixers():
@@ -49,7 +55,7 @@ def test_shape_and_dtype_preserved(name, dtype, T):
         assert torch.isfinite(y).all()
 
 
-@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("name", CAUSAL_MIXERS)
 @pytest.mark.parametrize("t", [0, 17, 62])
 def test_causality(name, t):
     mixer = make(name)
@@ -152,6 +158,9 @@ def test_bad_input_raises_naming_sizes(name):
 def test_mode_validation(name):
     with pytest.raises(ValueError, match="mode must be one of"):
         make(name, mode="fastest")
+    if not subq.get_mixer(name).supports_causal:
+        with pytest.raises(ValueError, match="bidirectional only"):
+            make(name, causal=True)
     cls = subq.get_mixer(name)
     if "triton" in cls.modes and not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="mode='triton' needs CUDA"):
