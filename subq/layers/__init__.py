@@ -10,6 +10,8 @@ from subq.layers import (  # noqa: F401  (registration side effects)
     hyena,
     kernelized_rpe,
     linear_attention,
+    monarch_glu,
+    monarch_mixer,
     quadratic,
 )
 from subq.layers.base import Mixer, State
