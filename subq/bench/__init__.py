@@ -7,6 +7,7 @@ built-in entries; ``runner`` gates, times and reports; ``plot`` draws time versu
 """
 
 from subq.bench import entries  # noqa: F401  (registers the built-in entries)
+from subq.bench import long_conv_entries  # noqa: F401  (long_conv, hyena)
 from subq.bench.registry import (
     BenchShape,
     BenchSpec,

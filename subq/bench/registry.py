@@ -63,6 +63,9 @@ class BenchSpec:
         cuda_only: modes that run only on CUDA (reported as skipped elsewhere).
         gate_max_T: the correctness gate runs at ``min(T, gate_max_T)`` because the naive
             reference usually holds the full ``T x T`` score matrix.
+        sdpa_layers: the SDPA baseline the entry is compared with is this many causal SDPA calls in
+            sequence (a 2-layer stack against 2 attention layers); 0: no SDPA baseline (an op whose
+            comparison is another of its own modes).
     """
 
     name: str
@@ -75,6 +78,7 @@ class BenchSpec:
     backward: bool = True
     cuda_only: tuple[str, ...] = ("triton",)
     gate_max_T: int = 2048
+    sdpa_layers: int = 1
 
 
 BENCHES: dict[str, BenchSpec] = {}
@@ -91,6 +95,7 @@ def register_bench(
     backward: bool = True,
     cuda_only: tuple[str, ...] = ("triton",),
     gate_max_T: int = 2048,
+    sdpa_layers: int = 1,
 ) -> Callable[[Callable[[BenchShape], dict[str, Any]]], Callable[[BenchShape], dict[str, Any]]]:
     """Decorator on an entry's input maker: registers a :class:`BenchSpec` under ``name``.
 
@@ -110,6 +115,8 @@ def register_bench(
             )
     if gate_max_T < 1:
         raise ValueError(f"bench {name!r}: gate_max_T must be >= 1, got {gate_max_T}")
+    if not isinstance(sdpa_layers, int) or sdpa_layers < 0:
+        raise ValueError(f"bench {name!r}: sdpa_layers must be an int >= 0, got {sdpa_layers!r}")
 
     def wrap(make_inputs: Callable[[BenchShape], dict[str, Any]]) -> Callable[[BenchShape], dict[str, Any]]:
         if name in BENCHES and BENCHES[name].make_inputs is not make_inputs:
@@ -125,6 +132,7 @@ def register_bench(
             backward=backward,
             cuda_only=tuple(cuda_only),
             gate_max_T=gate_max_T,
+            sdpa_layers=sdpa_layers,
         )
         return make_inputs
 

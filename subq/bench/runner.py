@@ -9,13 +9,14 @@ For each entry, mode and sequence length, :func:`run_bench`
    dtype-aware tolerance (:data:`GATE_TOL`); a row whose gate does not pass carries no timings;
 2. times the forward (under ``no_grad``) and the forward+backward (backward of a fixed random
    output gradient): medians of ``triton.testing.do_bench`` on CUDA (CUDA events when Triton is
-   missing), synchronized wall-clock medians after warmup on CPU;
+   missing), synchronized wall-clock medians after warmup on CPU; a call slower than
+   ``Timing.single_call_ms`` (judged by the warm-up call) is timed once instead (SDPA at 1M tokens);
 3. records peak memory on CUDA: ``max_memory_allocated`` during one forward+backward (forward
    with ``backward=False``) minus what was allocated before it (the inputs and the output
    gradient), i.e. the extra memory the op needs; ``None`` on CPU;
 4. times ``torch.nn.functional.scaled_dot_product_attention`` with PyTorch's default dispatch
-   (causal, ``[B, H, T, D]``, same B, H, T, D, dtype) in the same run and reports
-   ``speedup = sdpa_ms / entry_ms`` (> 1: faster than SDPA).
+   (causal, ``[B, H, T, D]``, same B, H, T, D, dtype; ``spec.sdpa_layers`` calls in sequence, none
+   when 0) in the same run and reports ``speedup = sdpa_ms / entry_ms`` (> 1: faster than SDPA).
 
 A measurement that runs out of memory reads ``"OOM"``; any other exception in a timing is kept in
 the row's ``error``. :func:`report` prints a rich table, the crossover length of every mode against
@@ -58,12 +59,18 @@ OOM = "OOM"
 
 @dataclass(frozen=True)
 class Timing:
-    """How long to measure: on CUDA the ``do_bench`` budgets in ms, on CPU iteration counts."""
+    """How long to measure: on CUDA the ``do_bench`` budgets in ms, on CPU iteration counts.
+
+    A call whose warm-up run takes longer than ``single_call_ms`` is timed once more, alone, and that
+    time is the result (``None``: never): at lengths where one call takes seconds, a median of many
+    adds nothing but minutes.
+    """
 
     warmup_ms: float = 25.0
     rep_ms: float = 100.0
     cpu_warmup: int = 2
     cpu_reps: int = 5
+    single_call_ms: float | None = 1000.0
 
 
 DEFAULT_TIMING = Timing()
@@ -178,7 +185,14 @@ def check_gate(spec: BenchSpec, mode: str, shape: BenchShape, *, backward: bool)
 def time_ms(
     fn: Callable[[], Any], device: torch.device, timing: Timing, grads: Sequence[Tensor] = ()
 ) -> float:
-    """Median milliseconds of ``fn()``; ``grads``' ``.grad`` is cleared before every call."""
+    """Median milliseconds of ``fn()``; ``grads``' ``.grad`` is cleared before every call.
+
+    The first call is a warm-up; when it takes longer than ``timing.single_call_ms``, one more call is
+    timed and returned instead of a median.
+    """
+    first = _single_call_ms(fn, device, grads)
+    if timing.single_call_ms is not None and first > timing.single_call_ms:
+        return _single_call_ms(fn, device, grads)
     if device.type == "cuda":
         try:
             from triton.testing import do_bench
@@ -193,7 +207,6 @@ def time_ms(
                 return_mode="median",
             )
         )
-    fn()
     for _ in range(timing.cpu_warmup):
         fn()
     times = []
@@ -204,6 +217,17 @@ def time_ms(
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
+
+
+def _single_call_ms(fn: Callable[[], Any], device: torch.device, grads: Sequence[Tensor]) -> float:
+    """Synchronized wall-clock milliseconds of one ``fn()``."""
+    for t in grads:
+        t.grad = None
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return (time.perf_counter() - start) * 1e3
 
 
 def _cuda_event_ms(fn: Callable[[], Any], timing: Timing, grads: Sequence[Tensor]) -> float:
@@ -309,9 +333,13 @@ def sdpa_inputs(s: BenchShape) -> dict[str, Tensor]:
     }
 
 
-def sdpa_baseline(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-    """Causal ``scaled_dot_product_attention`` with PyTorch's default backend choice."""
-    return F.scaled_dot_product_attention(query, key, value, is_causal=True)
+def sdpa_baseline(query: Tensor, key: Tensor, value: Tensor, *, layers: int = 1) -> Tensor:
+    """Causal ``scaled_dot_product_attention`` with PyTorch's default backend choice, ``layers`` times
+    in sequence (each call's output is the next call's query)."""
+    o = query
+    for _ in range(layers):
+        o = F.scaled_dot_product_attention(o, key, value, is_causal=True)
+    return o
 
 
 def _ratio(base: Any, ms: Any) -> float | None:
@@ -354,7 +382,7 @@ def run_bench(
         raise ValueError(f"dtype must be one of {', '.join(map(str, GATE_TOL))}; got {dtype}")
     log = log or (lambda line: None)
     gates: dict[tuple[str, str, int], Gate] = {}
-    baselines: dict[int, dict[str, float | str | None]] = {}
+    baselines: dict[tuple[int, int], dict[str, float | str | None]] = {}
     rows = []
     for spec in specs:
         entry_params = {**spec.params, **(params or {}).get(spec.name, {})}
@@ -377,12 +405,19 @@ def run_bench(
                 row["gate"] = asdict(gate)
                 if not gate.passed:
                     continue
-                if T not in baselines:
-                    log(f"time  sdpa T={T}")
-                    baselines[T] = measure(
-                        sdpa_baseline, sdpa_inputs, shape, backward=backward, timing=timing
+                base_key = (T, spec.sdpa_layers)
+                if spec.sdpa_layers == 0:
+                    baselines[base_key] = {"fwd_ms": None, "fwd_bwd_ms": None}
+                elif base_key not in baselines:
+                    log(f"time  sdpa x{spec.sdpa_layers} T={T}")
+                    baselines[base_key] = measure(
+                        functools.partial(sdpa_baseline, layers=spec.sdpa_layers),
+                        sdpa_inputs,
+                        shape,
+                        backward=backward,
+                        timing=timing,
                     )
-                base = baselines[T]
+                base = baselines[base_key]
                 log(f"time  {spec.name}/{mode} T={T}")
                 try:
                     call = functools.partial(spec.modes[mode], **shape.params)

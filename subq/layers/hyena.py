@@ -255,6 +255,11 @@ class Hyena(Mixer):
         nn.init.uniform_(self.short_filter_weight, -bound, bound)
         nn.init.uniform_(self.short_filter_bias, -bound, bound)
 
+    def _short_filter(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """The short filter's weight and bias in the dtype of the activations (they differ under
+        autocast)."""
+        return self.short_filter_weight.to(like.dtype), self.short_filter_bias.to(like.dtype)
+
     def long_filters(self, length: int, start: int = 0) -> Tensor:
         """Taps at positions ``start .. start + length - 1``: ``[N - 1, d, length]``, or
         ``[N - 1, 2, d, length]`` (forward, reverse) when bidirectional."""
@@ -269,7 +274,7 @@ class Hyena(Mixer):
         T, d = x.shape[1], self.d_model
         p = self.in_proj(x)  # [B, T, (N+1)d]
         conv = naive_short_conv if mode == "naive" else short_conv
-        *xs, v = conv(p, self.short_filter_weight, self.short_filter_bias).split(d, dim=-1)  # [B, T, d] each
+        *xs, v = conv(p, *self._short_filter(p)).split(d, dim=-1)  # [B, T, d] each
         h = self.long_filters(min(T, self.max_seq_len))  # [N-1, (2,) d, L]
         form = "naive" if mode == "naive" else self.long_conv_form
         inputs = []
@@ -313,7 +318,7 @@ class Hyena(Mixer):
     def _step(self, x_t: Tensor, state: HyenaState) -> tuple[Tensor, HyenaState]:
         d = self.d_model
         p = self.in_proj(x_t)  # [B, (N+1)d]
-        c, conv = short_conv_step(p, state.conv.to(p.dtype), self.short_filter_weight, self.short_filter_bias)
+        c, conv = short_conv_step(p, state.conv.to(p.dtype), *self._short_filter(p))
         *xs, v = c.split(d, dim=-1)  # [B, d] each
         filters = state.filters
         if filters.shape[-1] < self.max_seq_len:  # the tap for this position, once

@@ -66,7 +66,8 @@ class _BackboneConfig(BaseModel):
     def from_preset(cls, preset: str, **overrides):
         """A config of a named size (see ``PRESETS``) with any field overridden. ``LMConfig`` also
         takes ``based-<size>``, ``based-attn-<size>`` (see :mod:`subq.models.based`) and
-        ``hyena_dna-<size>`` (see :mod:`subq.models.hyena_dna`)."""
+        ``hyena_dna-<size>`` (see :mod:`subq.models.hyena_dna`); ``EncoderConfig`` takes ``m2_bert-<size>``
+        (see :mod:`subq.models.m2_bert`)."""
         if preset.startswith("based-") and issubclass(cls, LMConfig):
             from subq.models.based import based_preset  # per-layer hybrid patterns live there
 
@@ -75,6 +76,10 @@ class _BackboneConfig(BaseModel):
             from subq.models.hyena_dna import hyena_dna_preset
 
             return hyena_dna_preset(preset, **overrides)
+        if preset.startswith("m2_bert-") and issubclass(cls, EncoderConfig):
+            from subq.models.m2_bert import m2_bert_preset
+
+            return m2_bert_preset(preset, **overrides)
         if preset not in PRESETS:
             raise KeyError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
         return cls(**{**PRESETS[preset], **overrides})
