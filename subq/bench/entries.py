@@ -8,8 +8,9 @@ Combiner, kernelized attention with RPE and Performer.
 ``attention`` times ``sdpa_attention`` (SDPA behind the ``[B, T, H, D]`` layout) and so should run
 at ~1x the SDPA baseline: it is the sanity check of the runner. ``sliding_window`` times the
 chunked PyTorch form (``torch``) and the FlexAttention form (``triton``, CUDA only). ``based`` and
-``linear_attention`` time the chunked PyTorch form (``torch``), our Triton kernels (``triton``: the
-fused chunked kernel the dispatcher uses; ``triton_parallel``: the chunk-parallel kernels) and,
+``linear_attention`` time the chunked PyTorch form (``torch``), our Triton kernels (``triton``: what
+the dispatcher uses for causal inputs, the chunk-parallel kernels; ``triton_fused``: the fused chunked
+kernels, used for bidirectional inputs) and,
 when ``fla-core`` is installed, flash-linear-attention's kernels on the same inputs (``fla_parallel`` /
 ``fla_fused_chunk``: ``fla.ops.based``; ``fla_chunk``: ``fla.ops.linear_attn.chunk_linear_attn``),
 each gated against the same naive reference.
@@ -73,7 +74,12 @@ from subq.ops.kernel_rpe import (
     naive_kernelized_rpe_attention,
     prf_feature_map,
 )
-from subq.ops.linear_attn import chunk_linear_attention, linear_attention, naive_linear_attention
+from subq.ops.linear_attn import (
+    chunk_linear_attention,
+    fused_chunk_linear_attention,
+    linear_attention,
+    naive_linear_attention,
+)
 from subq.ops.sliding_window import (
     chunk_sliding_window_attention,
     flex_sliding_window_attention,
@@ -141,10 +147,8 @@ def triton_based(q: Tensor, k: Tensor, v: Tensor, *, feature_dim: int):
     return linear_attention(q, k, v, feature_map="taylor", mode="triton")
 
 
-def triton_parallel_based(q: Tensor, k: Tensor, v: Tensor, *, feature_dim: int):
-    from subq.ops.linear_attn.chunk_parallel import chunk_parallel_linear_attention
-
-    return chunk_parallel_linear_attention(q, k, v, feature_map="taylor")
+def triton_fused_based(q: Tensor, k: Tensor, v: Tensor, *, feature_dim: int):
+    return fused_chunk_linear_attention(q, k, v, feature_map="taylor")
 
 
 def _fla_modes() -> tuple[dict, dict]:
@@ -176,13 +180,14 @@ FLA_BASED_MODES, FLA_LINEAR_MODES = _fla_modes()
     modes={
         "torch": chunk_based,
         "triton": triton_based,
-        "triton_parallel": triton_parallel_based,
+        "triton_fused": triton_fused_based,
         **FLA_BASED_MODES,
     },
     reference=naive_based,
     flops=based_flops,
     bytes=based_bytes,
     params={"feature_dim": 16},
+    cuda_only=("triton", "triton_fused", *FLA_BASED_MODES),
 )
 def based_inputs(s: BenchShape) -> dict[str, Tensor]:
     """BASED's linear attention: ``q, k: [B, T, H, feature_dim]`` through the Taylor map,
@@ -207,10 +212,8 @@ def triton_relu_linear(q: Tensor, k: Tensor, v: Tensor):
     return linear_attention(q, k, v, feature_map="relu", mode="triton")
 
 
-def triton_parallel_relu_linear(q: Tensor, k: Tensor, v: Tensor):
-    from subq.ops.linear_attn.chunk_parallel import chunk_parallel_linear_attention
-
-    return chunk_parallel_linear_attention(q, k, v, feature_map="relu")
+def triton_fused_relu_linear(q: Tensor, k: Tensor, v: Tensor):
+    return fused_chunk_linear_attention(q, k, v, feature_map="relu")
 
 
 @register_bench(
@@ -218,12 +221,13 @@ def triton_parallel_relu_linear(q: Tensor, k: Tensor, v: Tensor):
     modes={
         "torch": chunk_relu_linear,
         "triton": triton_relu_linear,
-        "triton_parallel": triton_parallel_relu_linear,
+        "triton_fused": triton_fused_relu_linear,
         **FLA_LINEAR_MODES,
     },
     reference=naive_relu_linear,
     flops=relu_linear_flops,
     bytes=qkvo_bytes,
+    cuda_only=("triton", "triton_fused", *FLA_LINEAR_MODES),
 )
 def relu_linear_inputs(s: BenchShape) -> dict[str, Tensor]:
     """LiT's ReLU linear attention: ``q, k, v: [B, T, H, D]``; causal and normalised. ``q`` and ``k``

@@ -37,6 +37,23 @@ def fused_chunk_linear_attention(q: Tensor, k: Tensor, v: Tensor, **kwargs):
     return fused(q, k, v, **kwargs)
 
 
+def chunk_parallel_linear_attention(q: Tensor, k: Tensor, v: Tensor, **kwargs):
+    """:func:`subq.ops.linear_attn.chunk_parallel.chunk_parallel_linear_attention` (imports Triton on first
+    use)."""
+    from subq.ops.linear_attn.chunk_parallel import chunk_parallel_linear_attention as parallel
+
+    return parallel(q, k, v, **kwargs)
+
+
+def _triton_form(q: Tensor, k: Tensor, v: Tensor, causal: bool, **kw):
+    """The faster Triton form: the chunk-parallel kernels when causal (faster in both directions on the
+    H200, see BENCHMARKS.md), the fused chunked kernels when bidirectional (the parallel form is causal
+    only)."""
+    if causal:
+        return chunk_parallel_linear_attention(q, k, v, causal=True, **kw)
+    return fused_chunk_linear_attention(q, k, v, causal=False, **kw)
+
+
 def linear_attention_step(
     q: Tensor,
     k: Tensor,
@@ -126,7 +143,8 @@ def linear_attention(
     output_final_state: bool = False,
     mode: str = "auto",
 ) -> tuple[Tensor, LinearAttentionState | None]:
-    """Dispatch on ``mode``: ``triton`` (fused chunked kernels), ``torch`` (chunked PyTorch), ``naive``
+    """Dispatch on ``mode``: ``triton`` (chunk-parallel kernels when causal, fused chunked kernels when
+    bidirectional), ``torch`` (chunked PyTorch), ``naive``
     (quadratic reference) or ``auto`` (Triton on CUDA for the sizes and maps the kernels take, else
     PyTorch, with a one-time warning when a CUDA input falls back). Arguments as in
     :func:`~subq.ops.linear_attn.naive.naive_linear_attention`."""
@@ -156,7 +174,7 @@ def linear_attention(
             )
         if callable(feature_map):
             raise ValueError("linear_attention: the Triton kernels take a named feature map, not a callable")
-        return fused_chunk_linear_attention(q, k, v, **kw)
+        return _triton_form(q, k, v, **kw)
     if not triton_form_available(q) or not q.is_cuda:
         return chunk_linear_attention(q, k, v, **kw)
     try:
@@ -166,7 +184,7 @@ def linear_attention(
     except ValueError as e:
         _warn_once(f"linear_attention: {e}; falling back to the PyTorch chunked form")
         return chunk_linear_attention(q, k, v, **kw)
-    return fused_chunk_linear_attention(q, k, v, **kw)
+    return _triton_form(q, k, v, **kw)
 
 
 __all__ = [
@@ -175,6 +193,7 @@ __all__ = [
     "chunk_linear_attention",
     "elu_plus_one_feature_map",
     "feature_dim",
+    "chunk_parallel_linear_attention",
     "fused_chunk_linear_attention",
     "get_feature_map",
     "identity_feature_map",

@@ -340,12 +340,14 @@ def chunk_linear_attn_bwd_kernel(
 
 def _launch_config(taylor: bool, K: int, V: int) -> dict:
     """Chunk ``BT``, state-row block ``BR``, ``D_v`` blocks of the state (``BVS``) and chunk (``BVO``)
-    kernels. Untuned: first guesses, to be swept on the GPU (``benchmarks/linear_attn_tune.py``)."""
+    kernels, from ``benchmarks/linear_attn_tune.py --form parallel`` on the H200 (Triton 3.6): the
+    fastest config that passed the correctness gate at BASED's and LiT's benchmark shapes. Smaller row
+    blocks (``BR=32`` with ``BVS=BVO=32``) gave wrong results there for ``D=128``: sweep before changing."""
     BK = max(16, triton.next_power_of_2(K))
     return dict(
         BT=64,
         BR=BK if taylor else min(BK, 64),
-        BVS=64 if taylor else 32,
+        BVS=64,
         BVO=max(16, min(64, triton.next_power_of_2(V))),
         num_warps=4,
         num_warps_bwd=8,
