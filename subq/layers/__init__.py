@@ -7,12 +7,14 @@ from subq.layers import (  # noqa: F401  (registration side effects)
     channel,
     combiner,
     hybrid,
+    hydra,
     hyena,
     kernelized_rpe,
     linear_attention,
     monarch_glu,
     monarch_mixer,
     quadratic,
+    ssd,
 )
 from subq.layers.base import Mixer, State
 from subq.layers.channel import ChannelMixer

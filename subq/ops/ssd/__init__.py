@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from subq.ops.ssd.chunk import chunk_ssd
-from subq.ops.ssd.naive import naive_recurrent_ssd, naive_ssd, segsum, ssd_step
+from subq.ops.ssd.naive import naive_recurrent_ssd, naive_ssd, segsum, ssd_matrix, ssd_step
 
 
 def fused_chunk_ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, **kwargs):
@@ -71,5 +71,6 @@ __all__ = [
     "naive_ssd",
     "segsum",
     "ssd",
+    "ssd_matrix",
     "ssd_step",
 ]

@@ -79,6 +79,15 @@ def segsum(z: Tensor) -> Tensor:
     return out.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=z.device).tril(), float("-inf"))
 
 
+def ssd_matrix(dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+    """The SSD mixing matrix ``M [B, H, T, T]``, ``M_ts = (C_t . B_s) L_ts dt_s``: ``y = M x`` per channel
+    (without the initial state and ``D``). Shapes as :func:`naive_ssd`; computed in the dtype of ``dt``."""
+    H = dt.shape[-1]
+    L = torch.exp(segsum((dt * A).transpose(1, 2)))  # [B, H, T, T]
+    CB = torch.einsum("bthn,bshn->bhts", expand_groups(C, H), expand_groups(B, H))
+    return CB * L * dt.transpose(1, 2)[:, :, None, :]
+
+
 def naive_ssd(
     x: Tensor,
     dt: Tensor,
@@ -108,13 +117,10 @@ def naive_ssd(
     """
     b, T, H, P, G, N = check_ssd_inputs(x, dt, A, B, C, D, initial_state)
     ct = compute_dtype(x)
-    xf, dtf, Af = x.to(ct), dt.to(ct), A.to(ct)
-    Bh, Ch = expand_groups(B.to(ct), H), expand_groups(C.to(ct), H)  # [B, T, H, N]
-    a = (dtf * Af).transpose(1, 2)  # [B, H, T], log decay per step
-    L = torch.exp(segsum(a))  # [B, H, T, T]
-    scores = torch.einsum("bthn,bshn->bhts", Ch, Bh) * L
-    xbar = xf * dtf[..., None]
-    y = torch.einsum("bhts,bshp->bthp", scores, xbar)
+    xf = x.to(ct)
+    y = torch.einsum("bhts,bshp->bthp", ssd_matrix(dt.to(ct), A.to(ct), B.to(ct), C.to(ct)), xf)
+    Ch = expand_groups(C.to(ct), H)
+    a = (dt.to(ct) * A.to(ct)).transpose(1, 2)  # [B, H, T], log decay per step
     cum = a.cumsum(-1)  # [B, H, T]
     if initial_state is not None:
         h0 = initial_state.to(ct)
@@ -123,8 +129,9 @@ def naive_ssd(
         y = y + xf * D.to(ct)[:, None]
     final = None
     if output_final_state:
-        w = torch.exp(cum[..., -1:] - cum)  # [B, H, T], decay from each token to the end
-        final = torch.einsum("bht,bthp,bthn->bhpn", w, xbar, Bh)
+        w = torch.exp(segsum(a)[..., -1, :])  # [B, H, T], decay from each token to the end
+        xbar = xf * dt.to(ct)[..., None]
+        final = torch.einsum("bht,bthp,bthn->bhpn", w, xbar, expand_groups(B.to(ct), H))
         if initial_state is not None:
             final = final + torch.exp(cum[..., -1])[..., None, None] * initial_state.to(ct)
     return y.to(x.dtype), final

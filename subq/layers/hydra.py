@@ -1,0 +1,161 @@
+"""Hydra (``hydra``): the quasiseparable matrix mixer ``shift(SSD(x)) + flip(shift(SSD(flip(x)))) +
+diag(delta) x``, a bidirectional Mamba-2 (arXiv 2407.09941).
+
+As ``Hydra`` in ``goombalab/hydra`` (``hydra/modules/hydra.py``, non-fused path):
+``in_proj: d -> [z (d_inner), xBC (d_inner + 4 G N), dt (2 H)]`` without bias, where ``xBC = [x, B_f,
+C_f, B_b, C_b]``; a **non-causal** depthwise convolution of ``xBC`` (kernel ``d_conv``, centred, with
+bias) and SiLU; one SSD over the batch ``[x, flip x]`` with ``B, C`` of each direction (the backward
+ones flipped), ``dt = softplus([dt_f, flip dt_b] + dt_bias)`` and one ``A = -exp(A_log)`` per head
+shared by both directions, no ``D`` inside the scan; both outputs shifted one step later (zero at the
+first position) so each SSD part is strictly triangular, the backward one flipped back; the diagonal
+``delta = fc_D(x) + D`` per head (data dependent); ``y = y_f + y_b + x * delta``, the gated RMSNorm
+``RMSNorm(y) * SiLU(z)`` (norm before the gate) and ``out_proj: d_inner -> d`` without bias.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from subq.layers.base import Mixer
+from subq.layers.registry import register_mixer
+from subq.layers.ssd import GatedRMSNorm, check_ssm_sizes, init_dt_bias
+from subq.ops.ssd import naive_ssd, ssd
+
+
+def shift(y: Tensor) -> Tensor:
+    """``[B, T, ...]``: move every output one step later, zero at ``t = 0``."""
+    return torch.cat([torch.zeros_like(y[:, :1]), y[:, :-1]], dim=1)
+
+
+@register_mixer("hydra")
+class Hydra(Mixer):
+    """Hydra's quasiseparable mixer: two SSD scans with shared parameters plus a free diagonal.
+    Bidirectional only.
+
+    Args:
+        d_model: model width.
+        d_state: ``N``, state size per head (default 64).
+        d_conv: taps of the centred convolution, odd (default 7).
+        expand: ``d_inner = expand * d_model`` (default 2).
+        headdim: ``P``, channels per head (default 64); ``H = d_inner / headdim``.
+        ngroups: groups of heads sharing ``B, C`` (default 1).
+        dt_min, dt_max, dt_init_floor: the initial step sizes (defaults 1e-3, 0.1, 1e-4).
+        chunk_size: SSD chunk (default 64; a power of two >= 16; Hydra's code uses 256).
+        bias: biases in ``in_proj`` and ``out_proj`` (default False); conv_bias: in the convolution
+            (default True).
+        causal, layer_idx, mode, device, dtype: see :class:`~subq.layers.base.Mixer`; ``causal`` must
+            be False.
+
+    ``A_log = 0`` (``A = -1``) and ``D = 1`` at init; ``dt_bias``, ``A_log`` and ``D`` carry
+    ``_no_weight_decay = True``. ``state_size(L) = L * (d_inner + 4 G N + 2 H) + H * P * N``: a new
+    token changes every output, so the projected inputs of all ``L`` tokens are kept (the backward scan
+    reruns), plus the forward scan's state.
+    """
+
+    modes = ("torch", "triton", "naive")
+    supports_decode = False
+    supports_bidirectional = True
+    supports_causal = False
+    example_kwargs = {"d_state": 8, "headdim": 16, "chunk_size": 16}
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 64,
+        d_conv: int = 7,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        chunk_size: int = 64,
+        bias: bool = False,
+        conv_bias: bool = True,
+        causal: bool = False,
+        layer_idx: int | None = None,
+        mode: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(d_model, causal=causal, layer_idx=layer_idx, mode=mode, device=device, dtype=dtype)
+        self.nheads = check_ssm_sizes(d_model, expand, headdim, d_state, ngroups, chunk_size)
+        if not isinstance(d_conv, int) or d_conv < 1 or d_conv % 2 == 0:
+            raise ValueError(f"d_conv must be an odd positive int (a centred convolution), got {d_conv!r}")
+        self.d_state, self.d_conv, self.headdim, self.ngroups = d_state, d_conv, headdim, ngroups
+        self.chunk_size = chunk_size
+        self.d_inner = expand * d_model
+        self.conv_dim = self.d_inner + 4 * ngroups * d_state
+        fk = self.factory_kwargs
+        self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + 2 * self.nheads, bias=bias, **fk)
+        self.conv_weight = nn.Parameter(torch.empty(self.conv_dim, d_conv, **fk))  # [conv_dim, k]
+        self.conv_bias = nn.Parameter(torch.empty(self.conv_dim, **fk)) if conv_bias else None
+        bound = 1 / math.sqrt(d_conv)  # nn.Conv1d's default for a depthwise filter
+        nn.init.uniform_(self.conv_weight, -bound, bound)
+        if self.conv_bias is not None:
+            nn.init.uniform_(self.conv_bias, -bound, bound)
+        self.dt_bias = nn.Parameter(init_dt_bias(self.nheads, dt_min, dt_max, dt_init_floor, **fk))
+        self.A_log = nn.Parameter(torch.zeros(self.nheads, **fk))
+        self.D = nn.Parameter(torch.ones(self.nheads, **fk))
+        for p in (self.dt_bias, self.A_log, self.D):
+            p._no_weight_decay = True
+        self.fc_D = nn.Linear(self.d_inner, self.nheads, bias=False, **fk)
+        self.norm = GatedRMSNorm(self.d_inner, norm_before_gate=True, **fk)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **fk)
+
+    def project(self, u: Tensor) -> dict[str, Tensor]:
+        """The per-token parameters of the mixing matrix for ``u: [B, T, d_model]``: ``z [B, T, d_inner]``
+        (the gate), ``x [B, T, H, P]``, ``B_f, C_f, B_b, C_b [B, T, G, N]``, ``dt_f, dt_b [B, T, H]``
+        (after softplus), ``delta [B, T, H]`` (the diagonal) and ``A [H]``."""
+        z, xBC, dt = self.in_proj(u).split([self.d_inner, self.conv_dim, 2 * self.nheads], dim=-1)
+        w = self.conv_weight.to(xBC.dtype)[:, None, :]
+        b = None if self.conv_bias is None else self.conv_bias.to(xBC.dtype)
+        xBC = F.conv1d(xBC.transpose(1, 2), w, b, padding=self.d_conv // 2, groups=self.conv_dim)
+        xBC = F.silu(xBC.transpose(1, 2))  # [B, T, conv_dim]
+        GN = self.ngroups * self.d_state
+        x, B_f, C_f, B_b, C_b = xBC.split([self.d_inner, GN, GN, GN, GN], dim=-1)
+        ct = torch.float64 if u.dtype == torch.float64 else torch.float32
+        dt = F.softplus(dt.to(ct) + self.dt_bias.to(ct).repeat(2))
+        delta = F.linear(x, self.fc_D.weight, self.D.to(x.dtype))
+        out = dict(
+            z=z, x=x.unflatten(-1, (self.nheads, self.headdim)), delta=delta, A=-torch.exp(self.A_log.to(ct))
+        )
+        out.update(
+            {
+                k: m.unflatten(-1, (self.ngroups, self.d_state))
+                for k, m in zip(("B_f", "C_f", "B_b", "C_b"), (B_f, C_f, B_b, C_b), strict=True)
+            }
+        )
+        out["dt_f"], out["dt_b"] = dt.split(self.nheads, dim=-1)
+        return out
+
+    def _forward(self, u: Tensor) -> Tensor:
+        p = self.project(u)
+        b = u.shape[0]
+        # both directions in one scan over the batch [forward, flipped backward]
+        x = torch.cat([p["x"], p["x"].flip(1)])
+        dt = torch.cat([p["dt_f"], p["dt_b"].flip(1)])
+        B = torch.cat([p["B_f"], p["B_b"].flip(1)])
+        C = torch.cat([p["C_f"], p["C_b"].flip(1)])
+        mode = self.resolve_mode(u)
+        if mode == "naive":
+            y, _ = naive_ssd(x, dt, p["A"], B, C)
+        else:
+            y, _ = ssd(x, dt, p["A"], B, C, chunk_size=self.chunk_size, mode=mode)
+        y = shift(y)
+        y = y[:b] + y[b:].flip(1) + p["x"] * p["delta"][..., None]  # [B, T, H, P]
+        return self.out_proj(self.norm(y.flatten(-2), p["z"]))
+
+    def state_size(self, seq_len: int) -> int:
+        return seq_len * (self.conv_dim + 2 * self.nheads) + self.nheads * self.headdim * self.d_state
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, d_state={self.d_state}, d_conv={self.d_conv}, "
+            f"nheads={self.nheads}, headdim={self.headdim}, ngroups={self.ngroups}"
+        )

@@ -1,0 +1,248 @@
+"""Mamba-2's block as a causal sequence mixer (``ssd``), and the pieces it shares with Hydra.
+
+As ``Mamba2`` in ``state-spaces/mamba`` (``mamba_ssm/modules/mamba2.py``, non-fused path):
+``in_proj: d -> [z (d_inner), xBC (d_inner + 2 G N), dt (H)]`` without bias, a causal depthwise
+convolution of ``xBC`` (kernel ``d_conv``, with bias) and SiLU, split into ``x, B, C``,
+``dt = softplus(dt + dt_bias)``, ``A = -exp(A_log)``, the SSD scan with the skip ``D``, the gated
+RMSNorm ``RMSNorm(y * SiLU(z))`` (gate before the norm, one norm per group of heads) and
+``out_proj: d_inner -> d`` without bias. ``d_inner = expand * d``, ``H = d_inner / headdim``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from subq.layers.base import Mixer
+from subq.layers.registry import register_mixer
+from subq.ops.short_conv import (
+    MAX_KERNEL_SIZE,
+    MIN_KERNEL_SIZE,
+    naive_short_conv,
+    short_conv,
+    short_conv_state,
+    short_conv_step,
+)
+from subq.ops.ssd import naive_ssd, ssd, ssd_step
+
+
+class GatedRMSNorm(nn.Module):
+    """``RMSNorm(y) * SiLU(z)`` (``norm_before_gate=True``, Hydra) or ``RMSNorm(y * SiLU(z))``
+    (Mamba-2), normalised over groups of ``group_size`` channels, in float32 (float64 for float64)."""
+
+    def __init__(
+        self, d: int, *, eps: float = 1e-5, norm_before_gate: bool, group_size: int | None = None,
+        device=None, dtype=None,
+    ):  # fmt: skip
+        super().__init__()
+        self.group_size = d if group_size is None else group_size
+        if d % self.group_size:
+            raise ValueError(f"group_size={self.group_size} must divide the width {d}")
+        self.eps, self.norm_before_gate = eps, norm_before_gate
+        self.weight = nn.Parameter(torch.ones(d, device=device, dtype=dtype))
+
+    def forward(self, y: Tensor, z: Tensor) -> Tensor:  # (..., d), (..., d)
+        ct = torch.float64 if y.dtype == torch.float64 else torch.float32
+        yf, gate = y.to(ct), F.silu(z.to(ct))
+        if not self.norm_before_gate:
+            yf = yf * gate
+        g = yf.unflatten(-1, (-1, self.group_size))
+        yf = (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2) * self.weight.to(ct)
+        if self.norm_before_gate:
+            yf = yf * gate
+        return yf.to(y.dtype)
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def init_dt_bias(nheads: int, dt_min: float, dt_max: float, dt_init_floor: float, **fk) -> Tensor:
+    """Mamba-2's ``dt_bias``: the inverse softplus of ``dt`` log-uniform in ``[dt_min, dt_max]``
+    (floored at ``dt_init_floor``), so that ``softplus(dt_bias)`` starts there."""
+    dt = torch.exp(torch.rand(nheads, **fk) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+def check_ssm_sizes(
+    d_model: int, expand: int, headdim: int, d_state: int, ngroups: int, chunk_size: int
+) -> int:
+    """Validate the SSM layer sizes; return ``nheads``."""
+    for name, v in (("expand", expand), ("headdim", headdim), ("d_state", d_state), ("ngroups", ngroups)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a power of two >= 16, got {chunk_size!r}")
+    d_inner = expand * d_model
+    if d_inner % headdim:
+        raise ValueError(f"expand * d_model = {d_inner} must be divisible by headdim={headdim}")
+    nheads = d_inner // headdim
+    if nheads % ngroups:
+        raise ValueError(
+            f"heads {nheads} (expand * d_model / headdim) must be a multiple of ngroups={ngroups}"
+        )
+    return nheads
+
+
+@dataclass
+class SSDState:
+    """``conv: [B, conv_dim, d_conv]`` (the last ``d_conv`` inputs of the convolution, model dtype) and
+    ``ssm: [B, H, headdim, d_state]`` (float32, float64 for float64 models)."""
+
+    conv: Tensor
+    ssm: Tensor
+
+
+@register_mixer("ssd")
+class SSDMixer(Mixer):
+    """Mamba-2: a selective state-space layer computed by the SSD algorithm. Causal.
+
+    Args:
+        d_model: model width.
+        d_state: ``N``, state size per head (default 128, Mamba-2's default).
+        d_conv: causal convolution taps, 2..8 (default 4).
+        expand: ``d_inner = expand * d_model`` (default 2).
+        headdim: ``P``, channels per head (default 64); ``H = d_inner / headdim``.
+        ngroups: groups of heads sharing ``B, C`` (default 1).
+        A_init_range: ``A = -U(A_init_range)`` at init (default ``(1, 16)``).
+        dt_min, dt_max, dt_init_floor: the initial step sizes (defaults 1e-3, 0.1, 1e-4).
+        chunk_size: SSD chunk (default 64; a power of two >= 16).
+        bias: biases in ``in_proj`` and ``out_proj`` (default False); conv_bias: in the convolution
+            (default True).
+        causal, layer_idx, mode, device, dtype: see :class:`~subq.layers.base.Mixer`.
+
+    ``state_size(L) = H * headdim * d_state + (d_inner + 2 ngroups d_state) * d_conv`` for every ``L``.
+    ``dt_bias``, ``A_log`` and ``D`` carry ``_no_weight_decay = True`` (as in Mamba-2).
+    """
+
+    modes = ("torch", "triton", "naive")
+    supports_decode = True
+    supports_bidirectional = False
+    example_kwargs = {"d_state": 8, "headdim": 16, "ngroups": 2, "chunk_size": 16}
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 128,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        A_init_range: tuple[float, float] = (1.0, 16.0),
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        chunk_size: int = 64,
+        bias: bool = False,
+        conv_bias: bool = True,
+        causal: bool = True,
+        layer_idx: int | None = None,
+        mode: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(d_model, causal=causal, layer_idx=layer_idx, mode=mode, device=device, dtype=dtype)
+        self.nheads = check_ssm_sizes(d_model, expand, headdim, d_state, ngroups, chunk_size)
+        if not isinstance(d_conv, int) or not MIN_KERNEL_SIZE <= d_conv <= MAX_KERNEL_SIZE:
+            raise ValueError(
+                f"d_conv must be an int in [{MIN_KERNEL_SIZE}, {MAX_KERNEL_SIZE}], got {d_conv!r}"
+            )
+        if not 0 < A_init_range[0] <= A_init_range[1]:
+            raise ValueError(f"A_init_range must be 0 < low <= high, got {A_init_range!r}")
+        self.d_state, self.d_conv, self.headdim, self.ngroups = d_state, d_conv, headdim, ngroups
+        self.chunk_size = chunk_size
+        self.d_inner = expand * d_model
+        self.conv_dim = self.d_inner + 2 * ngroups * d_state
+        fk = self.factory_kwargs
+        self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.nheads, bias=bias, **fk)
+        self.conv_weight = nn.Parameter(torch.empty(self.conv_dim, d_conv, **fk))  # [conv_dim, k]
+        self.conv_bias = nn.Parameter(torch.empty(self.conv_dim, **fk)) if conv_bias else None
+        bound = 1 / math.sqrt(d_conv)  # nn.Conv1d's default for a depthwise filter
+        nn.init.uniform_(self.conv_weight, -bound, bound)
+        if self.conv_bias is not None:
+            nn.init.uniform_(self.conv_bias, -bound, bound)
+        self.dt_bias = nn.Parameter(init_dt_bias(self.nheads, dt_min, dt_max, dt_init_floor, **fk))
+        A = torch.empty(self.nheads, **fk).uniform_(*A_init_range)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(self.nheads, **fk))
+        for p in (self.dt_bias, self.A_log, self.D):
+            p._no_weight_decay = True
+        self.norm = GatedRMSNorm(
+            self.d_inner, norm_before_gate=False, group_size=self.d_inner // ngroups, **fk
+        )
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **fk)
+
+    # ---- pieces ------------------------------------------------------------------------------------
+    def _conv_params(self, like: Tensor) -> tuple[Tensor, Tensor | None]:
+        bias = None if self.conv_bias is None else self.conv_bias.to(like.dtype)
+        return self.conv_weight.to(like.dtype), bias
+
+    def _split(self, xBC: Tensor, dt: Tensor):
+        """Post-convolution ``xBC [..., conv_dim]`` and raw ``dt [..., H]`` -> ``x [..., H, P]``,
+        ``B, C [..., G, N]``, ``dt [..., H]`` after softplus."""
+        x, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
+        x = x.unflatten(-1, (self.nheads, self.headdim))
+        B, C = (m.unflatten(-1, (self.ngroups, self.d_state)) for m in (B, C))
+        ct = _compute_dtype(x)
+        return x, B, C, F.softplus(dt.to(ct) + self.dt_bias.to(ct))
+
+    def _A(self, like: Tensor) -> Tensor:
+        return -torch.exp(self.A_log.to(_compute_dtype(like)))
+
+    def _scan(self, x: Tensor, initial_state: Tensor | None = None, output_final_state: bool = False):
+        """``[B, T, d_model]`` -> ``(y [B, T, d_model], SSDState or None)``."""
+        z, xBC, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        mode = self.resolve_mode(x)
+        conv = naive_short_conv if mode == "naive" else short_conv
+        xBC_act = F.silu(conv(xBC, *self._conv_params(xBC)))
+        xs, B, C, dt = self._split(xBC_act, dt)
+        A = self._A(xs)
+        kw = dict(D=self.D, initial_state=initial_state, output_final_state=output_final_state)
+        if mode == "naive":
+            y, h = naive_ssd(xs, dt, A, B, C, **kw)
+        else:
+            y, h = ssd(xs, dt, A, B, C, chunk_size=self.chunk_size, mode=mode, **kw)
+        out = self.out_proj(self.norm(y.flatten(-2), z))
+        state = SSDState(short_conv_state(xBC, self.d_conv), h) if output_final_state else None
+        return out, state
+
+    # ---- the contract ------------------------------------------------------------------------------
+    def _forward(self, x: Tensor) -> Tensor:
+        return self._scan(x)[0]
+
+    def state_size(self, seq_len: int) -> int:
+        return self.nheads * self.headdim * self.d_state + self.conv_dim * self.d_conv
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> SSDState:
+        self._require_decode("init_state")
+        device = device if device is not None else self.conv_weight.device
+        dtype = dtype if dtype is not None else self.conv_weight.dtype
+        ssm_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        return SSDState(
+            conv=torch.zeros(batch_size, self.conv_dim, self.d_conv, device=device, dtype=dtype),
+            ssm=torch.zeros(
+                batch_size, self.nheads, self.headdim, self.d_state, device=device, dtype=ssm_dtype
+            ),
+        )
+
+    def _prefill(self, x: Tensor) -> tuple[Tensor, SSDState]:
+        return self._scan(x, output_final_state=True)
+
+    def _step(self, x_t: Tensor, state: SSDState) -> tuple[Tensor, SSDState]:
+        z, xBC, dt = self.in_proj(x_t).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        c, conv_state = short_conv_step(xBC, state.conv.to(xBC.dtype), *self._conv_params(xBC))
+        xs, B, C, dt = self._split(F.silu(c), dt)
+        y, h = ssd_step(xs, dt, self._A(xs), B, C, state.ssm, D=self.D)
+        return self.out_proj(self.norm(y.flatten(-2), z)), SSDState(conv_state, h)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, d_state={self.d_state}, d_conv={self.d_conv}, "
+            f"nheads={self.nheads}, headdim={self.headdim}, ngroups={self.ngroups}"
+        )
