@@ -67,7 +67,8 @@ class _BackboneConfig(BaseModel):
         """A config of a named size (see ``PRESETS``) with any field overridden. ``LMConfig`` also
         takes ``based-<size>``, ``based-attn-<size>`` (see :mod:`subq.models.based`) and
         ``hyena_dna-<size>`` (see :mod:`subq.models.hyena_dna`); ``EncoderConfig`` takes ``m2_bert-<size>``
-        (see :mod:`subq.models.m2_bert`)."""
+        (see :mod:`subq.models.m2_bert`) and ``hydra_bert`` / ``hydra_bert-<size>`` (see
+        :mod:`subq.models.hydra_bert`)."""
         if preset.startswith("based-") and issubclass(cls, LMConfig):
             from subq.models.based import based_preset  # per-layer hybrid patterns live there
 
@@ -80,6 +81,10 @@ class _BackboneConfig(BaseModel):
             from subq.models.m2_bert import m2_bert_preset
 
             return m2_bert_preset(preset, **overrides)
+        if preset.split("-")[0] == "hydra_bert" and issubclass(cls, EncoderConfig):
+            from subq.models.hydra_bert import hydra_bert_preset
+
+            return hydra_bert_preset(preset, **overrides)
         if preset not in PRESETS:
             raise KeyError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
         return cls(**{**PRESETS[preset], **overrides})
