@@ -6,6 +6,7 @@ from subq.layers import (  # noqa: F401  (registration side effects)
     based,
     channel,
     combiner,
+    hip,
     hybrid,
     hydra,
     hyena,

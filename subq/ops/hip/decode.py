@@ -1,0 +1,160 @@
+"""One decoding step of HiP attention: split-K over ``sinks | selected blocks | window``.
+
+The query is the token at position ``T_k - 1``. Program ``(batch x head, split)`` runs the online
+softmax over its share of the key chunks and writes a partial ``(max, sum, acc)``; the partials are
+merged by log-sum-exp in PyTorch. The block mask comes from a (possibly earlier) search; ``window``
+is the effective window, widened by the caller to cover every token since that search.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from subq.ops.hip.block_sparse import block_sparse_attention
+from subq.ops.hip.checks import check_hip_inputs, check_indices
+from subq.ops.hip.common import _chunk_keys, _key_mask
+
+
+@triton.jit(do_not_specialize=["T_k", "sink", "window", "stride_kb", "stride_kt", "stride_vb", "stride_vt"])
+def hip_decode_kernel(
+    q,
+    k,
+    v,
+    m_out,
+    l_out,
+    acc_out,
+    indices,
+    counts,
+    scale,
+    T_k,
+    sink,
+    window,
+    stride_kb,
+    stride_kt,
+    stride_vb,
+    stride_vt,
+    H: tl.constexpr,
+    H_KV: tl.constexpr,
+    D: tl.constexpr,
+    DV: tl.constexpr,
+    G: tl.constexpr,
+    S: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    BDV: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    i_bh, i_s = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_hk = i_h // (H // H_KV)
+    o_d, o_dv = tl.arange(0, BD), tl.arange(0, BDV)
+    m_d, m_dv = o_d < D, o_dv < DV
+    b_q = tl.load(q + i_bh.to(tl.int64) * D + o_d, mask=m_d, other=0.0).to(tl.float32)  # [BD]
+    t = tl.full([1], T_k - 1, dtype=tl.int32)
+    count = tl.load(counts + i_bh)
+    p_idx = indices + i_bh.to(tl.int64) * G
+    w_lo = tl.maximum(T_k - window, sink)
+    n_sink = tl.cdiv(tl.minimum(sink, T_k), BN)
+    n_sel = tl.cdiv(count * BLOCK_K, BN)
+    n_chunks = n_sink + n_sel + tl.cdiv(tl.maximum(T_k - w_lo, 0), BN)
+    per = tl.cdiv(n_chunks, S)
+    p_k = k + i_b.to(tl.int64) * stride_kb + i_hk * D
+    p_v = v + i_b.to(tl.int64) * stride_vb + i_hk * DV
+
+    b_m = tl.full([1], -1.0e30, dtype=tl.float32)
+    b_l = tl.zeros([1], dtype=tl.float32)
+    b_acc = tl.zeros([BDV], dtype=tl.float32)
+    for c in range(i_s * per, tl.minimum((i_s + 1) * per, n_chunks)):
+        pos, exists, kind = _chunk_keys(c, n_sink, n_sel, p_idx, count, w_lo, BLOCK_K, BN)
+        m_n = exists & (pos >= 0) & (pos < T_k)
+        b_k = tl.load(p_k + pos[:, None] * stride_kt + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
+        b_v = tl.load(p_v + pos[:, None] * stride_vt + o_dv[None, :], mask=m_n[:, None] & m_dv[None, :], other=0.0)
+        b_s = tl.sum(b_q[None, :] * b_k.to(tl.float32), 1)[None, :] * scale  # [1, BN]
+        b_s = tl.where(_key_mask(t, pos, exists, kind, T_k, sink, window, True), b_s, float("-inf"))
+        b_mn = tl.maximum(b_m, tl.max(b_s, 1))
+        b_p = tl.exp(b_s - b_mn[:, None])  # [1, BN]
+        alpha = tl.exp(b_m - b_mn)
+        b_l = b_l * alpha + tl.sum(b_p, 1)
+        b_acc = b_acc * alpha + tl.sum(tl.trans(b_p) * b_v.to(tl.float32), 0)
+        b_m = b_mn
+    o_s = i_bh * S + i_s
+    tl.store(m_out + o_s + tl.arange(0, 1), b_m)
+    tl.store(l_out + o_s + tl.arange(0, 1), b_l)
+    tl.store(acc_out + o_s.to(tl.int64) * DV + o_dv, b_acc, mask=m_dv)
+
+
+def _hip_decode_triton(q, k, v, indices, counts, *, scale, block_size_k, sink, window, num_splits):
+    B, _, H, D = q.shape
+    DV = v.shape[-1]
+    if k.stride(-1) != 1 or v.stride(-1) != 1 or k.stride(2) != D or v.stride(2) != DV:
+        k, v = k.contiguous(), v.contiguous()
+    S = num_splits
+    m = torch.empty(B * H, S, device=q.device, dtype=torch.float32)
+    l = torch.empty_like(m)
+    acc = torch.empty(B * H, S, DV, device=q.device, dtype=torch.float32)
+    hip_decode_kernel[(B * H, S)](
+        q.contiguous(), k, v.to(k.dtype), m, l, acc, indices.to(torch.int32).contiguous(),
+        counts.to(torch.int32).contiguous(), scale, k.shape[1], sink, window,
+        k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        H=H, H_KV=k.shape[2], D=D, DV=DV, G=indices.shape[-1], S=S, BN=max(16, block_size_k, 64),
+        BD=max(16, triton.next_power_of_2(D)), BDV=max(16, triton.next_power_of_2(DV)), BLOCK_K=block_size_k,
+    )  # fmt: skip
+    w = torch.exp(m - m.amax(1, keepdim=True))  # [B * H, S]
+    o = (w[..., None] * acc).sum(1) / (w * l).sum(1, keepdim=True)
+    return o.view(B, 1, H, DV).to(q.dtype)
+
+
+def hip_decode_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    indices: Tensor,
+    counts: Tensor,
+    *,
+    block_size_k: int = 2,
+    sink_size: int = 16,
+    window: int = 256,
+    scale: float | None = None,
+    num_splits: int | None = None,
+    mode: str = "auto",
+) -> tuple[Tensor, None]:
+    """Attention of the newest token over its HiP key set.
+
+    Args:
+        q: `[B, 1, H, D]`, the token at position ``T_k - 1``; k: `[B, T_k, H_kv, D]`; v: `[B, T_k, H_kv, D_v]`
+            (views into a larger cache are fine).
+        indices, counts: `[B, H, 1, G]`, `[B, H, 1]`: a block mask for one query.
+        window: effective window; num_splits: split-K factor (default from the key count).
+        mode: ``auto`` (Triton on CUDA, gather form elsewhere), ``triton``, ``torch`` or ``naive``.
+
+    Returns:
+        ``(o: [B, 1, H, D_v], None)``.
+    """
+    check_hip_inputs(q, k, v, causal=True, q_offset=None)
+    B, T_q, H, D = q.shape
+    if T_q != 1:
+        raise ValueError(f"decode takes one query per sequence, got q {tuple(q.shape)}")
+    check_indices(indices, counts, B, H, 1)
+    scale = D**-0.5 if scale is None else float(scale)
+    if mode == "auto":
+        mode = "triton" if q.is_cuda else "torch"
+    if mode == "triton":
+        if not (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+            raise RuntimeError(f"mode='triton' needs CUDA tensors, got device {q.device}")
+        if num_splits is None:
+            keys = min(sink_size, k.shape[1]) + indices.shape[-1] * block_size_k + window
+            num_splits = max(1, min(64, keys // 512))
+        o = _hip_decode_triton(
+            q, k, v, indices, counts, scale=scale, block_size_k=block_size_k, sink=sink_size,
+            window=window, num_splits=num_splits,
+        )  # fmt: skip
+        return o, None
+    return block_sparse_attention(
+        q, k, v, indices, counts, block_size_q=1, block_size_k=block_size_k, sink_size=sink_size,
+        window=window, causal=True, scale=scale, mode=mode,
+    )  # fmt: skip
