@@ -6,8 +6,11 @@
 built-in entries; ``runner`` gates, times and reports; ``plot`` draws time versus T.
 """
 
-from subq.bench import entries  # noqa: F401  (registers the built-in entries)
-from subq.bench import long_conv_entries  # noqa: F401  (long_conv, hyena)
+from subq.bench import (
+    entries,  # noqa: F401  (registers the built-in entries)
+    long_conv_entries,  # noqa: F401  (long_conv, hyena)
+    ssd_entries,  # noqa: F401  (ssd)
+)
 from subq.bench.registry import (
     BenchShape,
     BenchSpec,
