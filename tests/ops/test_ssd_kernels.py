@@ -64,6 +64,25 @@ def test_triton_two_halves_equal_the_whole(one_thread):
 
 
 @pytest.mark.interpret
+@pytest.mark.parametrize("form", ["triton", "torch"])
+def test_long_memory_gradients(form, one_thread):
+    """Small steps (dt ~ U(0, 0.01)) keep ~1000 tokens in the state: ``dA`` and ``ddt`` sum over
+    pairs far apart, where a difference of running sums would lose float32 precision."""
+    x, dt, A, B, C, _, _ = _inputs(1, 1000, 1, 16, 1, 16)
+    dt = torch.rand_like(dt) * 0.01
+    leaves = [t.requires_grad_() for t in (x, dt, A, B, C)]
+    ref = [t.detach().double().requires_grad_() for t in leaves]
+    y, _ = ssd(*leaves, chunk_size=64, mode=form)
+    y_r, _ = ssd(*ref, mode="naive")
+    assert_close(y, y_r, 1e-5, "y")
+    dy = torch.randn_like(y_r)
+    g = torch.autograd.grad((y * dy.float()).sum(), leaves)
+    g_r = torch.autograd.grad((y_r * dy).sum(), ref)
+    for name, a, b in zip(("x", "dt", "A", "B", "C"), g, g_r, strict=True):
+        assert_close(a, b, 1e-5, f"d{name}")
+
+
+@pytest.mark.interpret
 def test_triton_rejects_bad_chunk_size():
     with pytest.raises(ValueError, match="power of two >= 16"):
         fused_chunk_ssd(*_inputs(1, 4, 1, 2, 1, 2)[:5], chunk_size=24)
