@@ -44,7 +44,8 @@ class Hydra(Mixer):
         headdim: ``P``, channels per head (default 64); ``H = d_inner / headdim``.
         ngroups: groups of heads sharing ``B, C`` (default 1).
         dt_min, dt_max, dt_init_floor: the initial step sizes (defaults 1e-3, 0.1, 1e-4).
-        chunk_size: SSD chunk (default 64; a power of two >= 16; Hydra's code uses 256).
+        chunk_size: SSD chunk (default 64; a power of two >= 16, at most 128 for the Triton kernels;
+            Hydra's code uses 256).
         bias: biases in ``in_proj`` and ``out_proj`` (default False); conv_bias: in the convolution
             (default True).
         causal, layer_idx, mode, device, dtype: see :class:`~subq.layers.base.Mixer`; ``causal`` must

@@ -111,7 +111,7 @@ class SSDMixer(Mixer):
         ngroups: groups of heads sharing ``B, C`` (default 1).
         A_init_range: ``A = -U(A_init_range)`` at init (default ``(1, 16)``).
         dt_min, dt_max, dt_init_floor: the initial step sizes (defaults 1e-3, 0.1, 1e-4).
-        chunk_size: SSD chunk (default 64; a power of two >= 16).
+        chunk_size: SSD chunk (default 64; a power of two >= 16, at most 128 for the Triton kernels).
         bias: biases in ``in_proj`` and ``out_proj`` (default False); conv_bias: in the convolution
             (default True).
         causal, layer_idx, mode, device, dtype: see :class:`~subq.layers.base.Mixer`.

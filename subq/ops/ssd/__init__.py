@@ -47,7 +47,8 @@ def ssd(
     mode: str = "auto",
 ) -> tuple[Tensor, Tensor | None]:
     """Dispatch on ``mode``: ``triton`` (the chunked kernels), ``torch`` (chunked PyTorch), ``naive``
-    (quadratic reference) or ``auto`` (Triton on CUDA for float32/float16/bfloat16, else PyTorch).
+    (quadratic reference) or ``auto`` (Triton on CUDA for float32/float16/bfloat16 and a
+    ``chunk_size`` the kernels take, a power of two in [16, 128]; else PyTorch).
     Arguments as in :func:`~subq.ops.ssd.naive.naive_ssd` and
     :func:`~subq.ops.ssd.chunk.chunk_ssd`."""
     kw = dict(D=D, initial_state=initial_state, output_final_state=output_final_state)
@@ -60,7 +61,10 @@ def ssd(
             raise RuntimeError("ssd: mode='triton' needs a CUDA tensor and Triton (pip install subq[gpu])")
         return fused_chunk_ssd(x, dt, A, B, C, chunk_size=chunk_size, **kw)
     if mode == "auto" and x.is_cuda and x.dtype != torch.float64 and triton_form_available(x):
-        return fused_chunk_ssd(x, dt, A, B, C, chunk_size=chunk_size, **kw)
+        from subq.ops.ssd.fused_chunk import triton_chunk_size_ok
+
+        if triton_chunk_size_ok(chunk_size):
+            return fused_chunk_ssd(x, dt, A, B, C, chunk_size=chunk_size, **kw)
     return chunk_ssd(x, dt, A, B, C, chunk_size=chunk_size, **kw)
 
 

@@ -212,6 +212,11 @@ def ssd_bwd_kernel(
         tl.store(dh0 + i_bh.to(tl.int64) * P * N + p_state, b_dh, mask=m_pn)
 
 
+def triton_chunk_size_ok(chunk_size) -> bool:
+    """The kernels take chunks of a power of two in [16, 128] tokens."""
+    return isinstance(chunk_size, int) and 16 <= chunk_size <= 128 and not chunk_size & (chunk_size - 1)
+
+
 def _launch_config(P: int, N: int) -> dict:
     """Chunk ``BT``, block of ``P`` ``BP`` and ``N`` padded to a power of two (the state ``[BP, BN]``
     stays in registers: ``N`` is not blocked)."""
@@ -301,7 +306,8 @@ def fused_chunk_ssd(
         x: `[B, T, H, P]` (float32, float16 or bfloat16; ``B`` and ``C`` are cast to its dtype);
             dt: `[B, T, H]`; A: `[H]`; B, C: `[B, T, G, N]`; D: `[H]` or None.
         initial_state: `[B, H, P, N]` or None (used in float32).
-        chunk_size: tokens per chunk (default 64; a power of two >= 16).
+        chunk_size: tokens per chunk (default 64; a power of two in [16, 128]: the chunk's ``[Q, Q]``
+            blocks live in registers).
 
     Returns:
         ``(y: [B, T, H, P] in the dtype of x, final_state: [B, H, P, N] float32 or None)``.
@@ -309,8 +315,10 @@ def fused_chunk_ssd(
     check_ssd_inputs(x, dt, A, B, C, D, initial_state)
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"fused_chunk_ssd takes float32, float16 or bfloat16 x, got {x.dtype}")
-    if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size & (chunk_size - 1):
-        raise ValueError(f"fused_chunk_ssd: chunk_size must be a power of two >= 16, got {chunk_size!r}")
+    if not triton_chunk_size_ok(chunk_size):
+        raise ValueError(
+            f"fused_chunk_ssd: chunk_size must be a power of two in [16, 128], got {chunk_size!r}"
+        )
     dtf = dt.float()
     xbar = (x.float() * dtf[..., None]).to(x.dtype).contiguous()
     a = (dtf * A.float()).contiguous()  # [B, T, H], log decay per step
