@@ -1,0 +1,146 @@
+"""``attn_implementation="subq_hip"``: HiP attention as a ``transformers`` attention function.
+
+The model computes queries, keys and values (RoPE already applied, keys and values from its own KV
+cache); this function replaces only the softmax attention. Causal models (Llama, Qwen, Mistral, ...)
+and encoders (BERT family) are told apart by the attention module's ``is_causal``. The mask function
+registered beside it hands over the 2-D padding mask (as for FlashAttention); padded sequences are
+attended row by row over their unpadded tokens, so left (decoders) and right (encoders) padding are
+both exact. The first ``dense_layers`` layers stay dense. In decoding (one query) each layer caches
+its block mask and searches again every ``refresh_interval`` steps, widening the window in between.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from subq.ops.hip import hierarchical_mask, hip_attention, hip_decode_attention
+from subq.ops.hip.checks import check_hip_args
+
+NAME = "subq_hip"
+HIP_DEFAULTS = dict(
+    mask_k=512,
+    block_size_q=64,
+    block_stride_q=2,
+    block_size_k=2,
+    block_stride_k=1,
+    sink_size=16,
+    window=256,
+    dense_layers=3,
+    refresh_interval=8,
+    mode="auto",
+)
+
+
+def configure_hip(model, **kwargs) -> dict:
+    """Set HiP hyperparameters on ``model.config.subq_hip`` (unknown names raise); returns them all."""
+    unknown = set(kwargs) - set(HIP_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown HiP arguments {sorted(unknown)}; valid: {sorted(HIP_DEFAULTS)}")
+    cfg = {**HIP_DEFAULTS, **getattr(model.config, "subq_hip", {}), **kwargs}
+    check_hip_args(**{k: cfg[k] for k in ("mask_k", "block_size_q", "block_stride_q", "block_size_k",
+                                            "block_stride_k", "sink_size", "window")})  # fmt: skip
+    model.config.subq_hip = cfg
+    return cfg
+
+
+def _layer_index(module) -> int | None:
+    idx = getattr(module, "layer_idx", None)
+    return idx if isinstance(idx, int) else None
+
+
+def _dense(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
+    """``[1, T, H, D]`` layout; queries aligned to the last keys."""
+    qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    group = qh.shape[1] // kh.shape[1]
+    kh, vh = kh.repeat_interleave(group, 1), vh.repeat_interleave(group, 1)
+    T_q, T_k = qh.shape[2], kh.shape[2]
+    mask = None
+    if causal and T_q > 1:
+        mask = torch.ones(T_q, T_k, dtype=torch.bool, device=q.device).tril(T_k - T_q)
+    return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale).transpose(1, 2)
+
+
+def _hip_rows(module, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, cfg: dict, cache_ok: bool):
+    """HiP over unpadded ``q: [B, T_q, H, D]``, ``k, v: [B, T_k, H_kv, D]``."""
+    hip = {n: cfg[n] for n in ("mask_k", "block_size_q", "block_stride_q", "block_size_k", "block_stride_k",
+                               "sink_size", "window")}  # fmt: skip
+    if q.shape[1] != 1 or not causal:
+        return hip_attention(q, k, v, causal=causal, scale=scale, mode=cfg["mode"], **hip)[0]
+    p = k.shape[1] - 1
+    state = getattr(module, "_subq_hip_mask", None) if cache_ok else None
+    stale = (
+        state is None
+        or state["batch"] != q.shape[0]
+        or p < state["searched_at"]
+        or p - state["searched_at"] >= cfg["refresh_interval"]
+    )
+    if stale:
+        indices, counts = hierarchical_mask(
+            q, k, mask_k=hip["mask_k"], block_size_q=1, block_stride_q=1, block_size_k=hip["block_size_k"],
+            block_stride_k=hip["block_stride_k"], sink_size=hip["sink_size"], window=hip["window"],
+            mode=cfg["mode"],
+        )  # fmt: skip
+        state = dict(indices=indices, counts=counts, searched_at=p, batch=q.shape[0])
+        if cache_ok:
+            module._subq_hip_mask = state
+    return hip_decode_attention(
+        q, k, v, state["indices"], state["counts"], block_size_k=hip["block_size_k"],
+        sink_size=hip["sink_size"], window=hip["window"] + p - state["searched_at"], scale=scale,
+        mode=cfg["mode"],
+    )[0]  # fmt: skip
+
+
+def hip_attention_forward(
+    module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[Tensor, None]:
+    """The ``transformers`` attention function: ``query [B, H, T_q, D]``, ``key, value [B, H_kv, T_k, D]``
+    -> ``([B, T_q, H, D], None)``. ``attention_mask``: ``None`` or the 2-D ``[B, T_k]`` padding mask."""
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise ValueError(
+            f"subq_hip expects the 2-D padding mask of its registered mask function, got shape "
+            f"{tuple(attention_mask.shape)} from {type(module).__name__}; load the model with "
+            f"attn_implementation='subq_hip' after importing subq.hf"
+        )
+    cfg = {**HIP_DEFAULTS, **getattr(getattr(module, "config", None), "subq_hip", {})}
+    causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
+    scale = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
+    q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # [B, T, H, D]
+    layer = _layer_index(module)
+    dense = layer is not None and layer < cfg["dense_layers"]
+
+    def attend(qb, kb, vb, cache_ok):
+        if dense:
+            return _dense(qb, kb, vb, causal=causal, scale=scale)
+        return _hip_rows(module, qb, kb, vb, causal=causal, scale=scale, cfg=cfg, cache_ok=cache_ok)
+
+    if attention_mask is None or bool(attention_mask.all()):
+        return attend(q, k, v, cache_ok=True).to(query.dtype), None
+    # padded batch: every row over its own tokens (keys kept by the mask; queries are the last T_q)
+    keep = attention_mask[:, -k.shape[1] :].bool()
+    T_q = q.shape[1]
+    out = q.new_zeros(*q.shape[:3], v.shape[-1])
+    for b in range(q.shape[0]):
+        keep_q = keep[b, -T_q:]
+        if not keep_q.any():
+            continue
+        o = attend(q[b : b + 1, keep_q], k[b : b + 1, keep[b]], v[b : b + 1, keep[b]], cache_ok=False)
+        out[b, keep_q] = o[0].to(out.dtype)
+    return out, None
+
+
+def register() -> None:
+    """Register ``subq_hip`` with ``AttentionInterface`` and its (2-D padding) mask function."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+    AttentionInterface.register(NAME, hip_attention_forward)
+    AttentionMaskInterface.register(NAME, flash_attention_mask)
