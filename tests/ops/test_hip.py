@@ -23,6 +23,8 @@ from subq.ops.hip.checks import candidate_ranges
 from tests.conftest import assert_close
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+# Triton forms: on the GPU when there is one, else through the interpreter
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _qkv(B, T, H, H_kv, D, dtype=torch.float64, T_k=None):
@@ -188,7 +190,7 @@ def test_triton_mask_equals_reference(case, causal, dtype):
         if not causal:
             pytest.skip("one query: decoding is causal")
     ref = naive_hip_mask(q, k, **kw)
-    out = hierarchical_mask(q, k, mode="triton", **kw)
+    out = [x.cpu() for x in hierarchical_mask(q.to(DEVICE), k.to(DEVICE), mode="triton", **kw)]
     assert torch.equal(out[1], ref[1]), "counts"
     assert torch.equal(out[0], ref[0]), f"indices\n{out[0]}\n{ref[0]}"
 
@@ -209,7 +211,8 @@ def test_triton_attention_forward_backward(case, causal, dtype):
     geo = dict(block_size_q=16, block_size_k=bk, sink_size=sink, window=W, causal=causal)
     q, k, v = _qkv(B, T, H, H_kv, D, dtype=torch.float32)
     indices, counts = naive_hip_mask(q, k, mask_k=mk, block_stride_q=2, **geo)
-    qd, kd, vd = (x.detach().to(dtype).requires_grad_() for x in (q, k, v))
+    qd, kd, vd = (x.detach().to(DEVICE, dtype).requires_grad_() for x in (q, k, v))
+    indices, counts = indices.to(DEVICE), counts.to(DEVICE)
     o_ref, _ = naive_block_sparse_attention(*(x.double() for x in (qd, kd, vd)), indices, counts, **geo)
     o, _ = block_sparse_attention(qd, kd, vd, indices, counts, mode="triton", **geo)
     tol = 1e-5 if dtype == torch.float32 else 5e-3
@@ -223,7 +226,7 @@ def test_triton_attention_forward_backward(case, causal, dtype):
 
 @pytest.mark.interpret
 def test_triton_full_budget_equals_dense():
-    q, k, v = _qkv(1, 48, 2, 1, 16, dtype=torch.float32)
+    q, k, v = (x.detach().to(DEVICE).requires_grad_() for x in _qkv(1, 48, 2, 1, 16, dtype=torch.float32))
     o, _ = hip_attention(q, k, v, mask_k=64, block_size_q=16, sink_size=2, window=4, mode="triton")
     o_ref, _ = naive_attention(q, k, v)
     assert_close(o, o_ref, 1e-5, "o")
@@ -247,8 +250,10 @@ def test_decode_matches_reference(mode, dtype, splits):
     o_ref, _ = naive_block_sparse_attention(
         q.double(), k.double(), v.double(), indices, counts, block_size_q=1, window=9, **geo
     )
+    dev = DEVICE if mode == "triton" else "cpu"
+    q, k, v, indices, counts = (x.to(dev) for x in (q, k, v, indices, counts))
     o, _ = hip_decode_attention(q, k, v, indices, counts, window=9, mode=mode, num_splits=splits, **geo)
-    assert_close(o, o_ref, 1e-5 if dtype == torch.float32 else 2e-3, "o")
+    assert_close(o.cpu(), o_ref, 1e-5 if dtype == torch.float32 else 2e-3, "o")
 
 
 def test_bad_arguments_raise():
