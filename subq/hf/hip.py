@@ -67,6 +67,8 @@ def _hip_rows(module, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: f
     hip = {n: cfg[n] for n in ("mask_k", "block_size_q", "block_stride_q", "block_size_k", "block_stride_k",
                                "sink_size", "window")}  # fmt: skip
     if q.shape[1] != 1 or not causal:
+        if cache_ok:  # a new prompt: the next decode step searches again
+            module._subq_hip_mask = None
         return hip_attention(q, k, v, causal=causal, scale=scale, mode=cfg["mode"], **hip)[0]
     p = k.shape[1] - 1
     state = getattr(module, "_subq_hip_mask", None) if cache_ok else None
