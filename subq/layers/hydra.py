@@ -10,6 +10,23 @@ shared by both directions, no ``D`` inside the scan; both outputs shifted one st
 first position) so each SSD part is strictly triangular, the backward one flipped back; the diagonal
 ``delta = fc_D(x) + D`` per head (data dependent); ``y = y_f + y_b + x * delta``, the gated RMSNorm
 ``RMSNorm(y) * SiLU(z)`` (norm before the gate) and ``out_proj: d_inner -> d`` without bias.
+
+``variant`` selects the matrix of Hydra's ablation of its bidirectional construction (the paper's
+~70M GLUE study: "Add" 80.6, "Add + Shift" 80.7, "Add + Diag" 80.7, "Quasi" 81.7); everything else
+(projections, convolution, shared ``A`` and ``dt_bias``, gated norm) is unchanged. With ``M_f``,
+``M_b`` the semiseparable SSD matrices of the two directions, ``S`` the one-step shift and ``J`` the
+time reversal:
+
+- ``"quasiseparable"`` (default, Hydra): ``S M_f + J S M_b J + diag(delta)``;
+- ``"additive"``: ``M_f + J M_b J``, two SSMs added: both scans include the diagonal, which is
+  ``dt_f C_f . B_f + dt_b C_b . B_b`` (counted once per direction), tied to the scans' parameters;
+- ``"shift_only"`` (Add + Shift): ``S M_f + J S M_b J``, both parts strictly triangular and no
+  diagonal term (``fc_D`` and ``D`` are not built), so no token mixes with itself;
+- ``"diag_only"`` (Add + Diag): ``M_f + J M_b J + diag(delta)``, the added SSMs plus Hydra's
+  data-dependent diagonal ``delta = fc_D(x) + D``.
+
+The paper names the ablations without code (``goombalab/hydra`` ships only the quasiseparable mixer);
+this reading takes Quasi = Add + Shift + Diag, each ablation dropping one of the two changes.
 """
 
 from __future__ import annotations
@@ -24,6 +41,9 @@ from subq.layers.base import Mixer
 from subq.layers.registry import register_mixer
 from subq.layers.ssd import GatedRMSNorm, check_ssm_sizes, init_dt_bias
 from subq.ops.ssd import naive_ssd, ssd
+
+HYDRA_VARIANTS = ("quasiseparable", "additive", "shift_only", "diag_only")
+"""Matrix-mixer variants of :class:`Hydra` (see the module docstring)."""
 
 
 def shift(y: Tensor) -> Tensor:
@@ -48,13 +68,16 @@ class Hydra(Mixer):
             Hydra's code uses 256).
         bias: biases in ``in_proj`` and ``out_proj`` (default False); conv_bias: in the convolution
             (default True).
+        variant: the mixing matrix, one of :data:`HYDRA_VARIANTS` (default ``"quasiseparable"``,
+            Hydra; the others are the paper's ablations, see the module docstring).
         causal, layer_idx, mode, device, dtype: see :class:`~subq.layers.base.Mixer`; ``causal`` must
             be False.
 
     ``A_log = 0`` (``A = -1``) and ``D = 1`` at init; ``dt_bias``, ``A_log`` and ``D`` carry
     ``_no_weight_decay = True``. ``state_size(L) = L * (d_inner + 4 G N + 2 H) + H * P * N``: a new
     token changes every output, so the projected inputs of all ``L`` tokens are kept (the backward scan
-    reruns), plus the forward scan's state.
+    reruns), plus the forward scan's state. Variants without the diagonal (``additive``,
+    ``shift_only``) have no ``fc_D`` and no ``D``.
     """
 
     modes = ("torch", "triton", "naive")
@@ -78,6 +101,7 @@ class Hydra(Mixer):
         chunk_size: int = 64,
         bias: bool = False,
         conv_bias: bool = True,
+        variant: str = "quasiseparable",
         causal: bool = False,
         layer_idx: int | None = None,
         mode: str = "auto",
@@ -88,6 +112,11 @@ class Hydra(Mixer):
         self.nheads = check_ssm_sizes(d_model, expand, headdim, d_state, ngroups, chunk_size)
         if not isinstance(d_conv, int) or d_conv < 1 or d_conv % 2 == 0:
             raise ValueError(f"d_conv must be an odd positive int (a centred convolution), got {d_conv!r}")
+        if variant not in HYDRA_VARIANTS:
+            raise ValueError(f"variant must be one of {HYDRA_VARIANTS}, got {variant!r}")
+        self.variant = variant
+        self.shifted = variant in ("quasiseparable", "shift_only")
+        self.has_diagonal = variant in ("quasiseparable", "diag_only")
         self.d_state, self.d_conv, self.headdim, self.ngroups = d_state, d_conv, headdim, ngroups
         self.chunk_size = chunk_size
         self.d_inner = expand * d_model
@@ -102,17 +131,19 @@ class Hydra(Mixer):
             nn.init.uniform_(self.conv_bias, -bound, bound)
         self.dt_bias = nn.Parameter(init_dt_bias(self.nheads, dt_min, dt_max, dt_init_floor, **fk))
         self.A_log = nn.Parameter(torch.zeros(self.nheads, **fk))
-        self.D = nn.Parameter(torch.ones(self.nheads, **fk))
-        for p in (self.dt_bias, self.A_log, self.D):
-            p._no_weight_decay = True
-        self.fc_D = nn.Linear(self.d_inner, self.nheads, bias=False, **fk)
+        self.A_log._no_weight_decay = self.dt_bias._no_weight_decay = True
+        if self.has_diagonal:
+            self.D = nn.Parameter(torch.ones(self.nheads, **fk))
+            self.D._no_weight_decay = True
+            self.fc_D = nn.Linear(self.d_inner, self.nheads, bias=False, **fk)
         self.norm = GatedRMSNorm(self.d_inner, norm_before_gate=True, **fk)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **fk)
 
     def project(self, u: Tensor) -> dict[str, Tensor]:
         """The per-token parameters of the mixing matrix for ``u: [B, T, d_model]``: ``z [B, T, d_inner]``
         (the gate), ``x [B, T, H, P]``, ``B_f, C_f, B_b, C_b [B, T, G, N]``, ``dt_f, dt_b [B, T, H]``
-        (after softplus), ``delta [B, T, H]`` (the diagonal) and ``A [H]``."""
+        (after softplus), ``delta [B, T, H]`` (the diagonal; only for the variants that have one) and
+        ``A [H]``."""
         z, xBC, dt = self.in_proj(u).split([self.d_inner, self.conv_dim, 2 * self.nheads], dim=-1)
         w = self.conv_weight.to(xBC.dtype)[:, None, :]
         b = None if self.conv_bias is None else self.conv_bias.to(xBC.dtype)
@@ -122,10 +153,9 @@ class Hydra(Mixer):
         x, B_f, C_f, B_b, C_b = xBC.split([self.d_inner, GN, GN, GN, GN], dim=-1)
         ct = torch.float64 if u.dtype == torch.float64 else torch.float32
         dt = F.softplus(dt.to(ct) + self.dt_bias.to(ct).repeat(2))
-        delta = F.linear(x, self.fc_D.weight, self.D.to(x.dtype))
-        out = dict(
-            z=z, x=x.unflatten(-1, (self.nheads, self.headdim)), delta=delta, A=-torch.exp(self.A_log.to(ct))
-        )
+        out = dict(z=z, x=x.unflatten(-1, (self.nheads, self.headdim)), A=-torch.exp(self.A_log.to(ct)))
+        if self.has_diagonal:
+            out["delta"] = F.linear(x, self.fc_D.weight, self.D.to(x.dtype))
         out.update(
             {
                 k: m.unflatten(-1, (self.ngroups, self.d_state))
@@ -148,8 +178,11 @@ class Hydra(Mixer):
             y, _ = naive_ssd(x, dt, p["A"], B, C)
         else:
             y, _ = ssd(x, dt, p["A"], B, C, chunk_size=self.chunk_size, mode=mode)
-        y = shift(y)
-        y = y[:b] + y[b:].flip(1) + p["x"] * p["delta"][..., None]  # [B, T, H, P]
+        if self.shifted:
+            y = shift(y)
+        y = y[:b] + y[b:].flip(1)  # [B, T, H, P]
+        if self.has_diagonal:
+            y = y + p["x"] * p["delta"][..., None]
         return self.out_proj(self.norm(y.flatten(-2), p["z"]))
 
     def state_size(self, seq_len: int) -> int:
@@ -158,5 +191,5 @@ class Hydra(Mixer):
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, d_state={self.d_state}, d_conv={self.d_conv}, "
-            f"nheads={self.nheads}, headdim={self.headdim}, ngroups={self.ngroups}"
+            f"nheads={self.nheads}, headdim={self.headdim}, ngroups={self.ngroups}, variant={self.variant!r}"
         )
