@@ -34,6 +34,7 @@ from pydantic import (
 
 from subq.models import LMConfig
 from subq.tasks import TaskConfig, get_task, list_tasks
+from subq.train.seqlen_warmup import SeqLenWarmup, SeqLenWarmupConfig
 
 DEFAULT_TASK = "mqar"
 
@@ -66,6 +67,46 @@ class OptimConfig(BaseModel):
         return round(self.warmup_fraction * total_steps)
 
 
+class SeqLenWarmupOptions(BaseModel):
+    """Sequence-length warm-up of a training run (HyenaDNA; :mod:`subq.train.seqlen_warmup`).
+
+    Stages start at ``start_len`` tokens and double up to the task's ``seq_len``; each stage before the
+    last lasts ``steps_per_stage`` optimizer steps (one number, or one per stage) and the last runs to
+    the end. Tokens per step stay ``batch_size * seq_len``: a stage of length ``L`` cuts each of the
+    step's ``batch_size`` sequences into ``seq_len / L`` pieces, so a step holds
+    ``batch_size * seq_len / L`` sequences of ``L`` tokens. Every stage length must divide ``seq_len``
+    (a power-of-two ``seq_len`` and ``start_len`` always do). Evaluation stays at ``seq_len``. Meant
+    for next-token tasks, where every piece of a sequence is itself a training example.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    start_len: PositiveInt = 64
+    steps_per_stage: PositiveInt | tuple[PositiveInt, ...]
+
+    def schedule(self, batch_size: int, seq_len: int) -> SeqLenWarmup:
+        """The stages for ``batch_size`` sequences of ``seq_len`` tokens per step (``ValueError`` when
+        the stages do not fit ``seq_len``)."""
+        try:
+            warmup = SeqLenWarmup(
+                SeqLenWarmupConfig(
+                    start_len=self.start_len,
+                    max_len=seq_len,
+                    steps_per_stage=self.steps_per_stage,
+                    tokens_per_batch=batch_size * seq_len,
+                )
+            )
+        except ValidationError as e:
+            raise ValueError(format_validation_error(e, indent="")) from None
+        uneven = [s.seq_len for s in warmup.stages if seq_len % s.seq_len]
+        if uneven:
+            raise ValueError(
+                f"stage lengths {uneven} do not divide seq_len={seq_len}: each step's sequences are cut "
+                "into whole pieces of the stage length (pick start_len * 2^k dividing seq_len)"
+            )
+        return warmup
+
+
 class TrainConfig(BaseModel):
     """One training run: model, task, optimizer, schedule length, evaluation, checkpoints, device.
 
@@ -75,7 +116,8 @@ class TrainConfig(BaseModel):
     evenly over the ranks under ``torchrun``. ``eval_every`` defaults to once per epoch; the run is
     evaluated at the end too. ``checkpoint_every=None`` saves only at the end (when ``out_dir`` is set).
     ``cpu_threads`` sets ``torch.set_num_threads`` for the run (None keeps torch's default); 1 is
-    fastest for tiny models, whose ops are too small to split.
+    fastest for tiny models, whose ops are too small to split. ``seqlen_warmup`` (default off) trains
+    on shorter pieces of the sequences first, at constant tokens per step (:class:`SeqLenWarmupOptions`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -99,6 +141,7 @@ class TrainConfig(BaseModel):
     keep_checkpoints: PositiveInt = 2
     log_every: PositiveInt = 10
     progress: bool = True
+    seqlen_warmup: SeqLenWarmupOptions | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -142,6 +185,13 @@ class TrainConfig(BaseModel):
             raise ValueError(f"model.vocab_size={m.vocab_size} is smaller than the task's vocab_size={vocab}")
         if m.pos_emb == "learned" and None not in (m.max_seq_len, seq_len) and m.max_seq_len < seq_len:
             raise ValueError(f"model.max_seq_len={m.max_seq_len} is below the task's seq_len={seq_len}")
+        if self.seqlen_warmup is not None:
+            if seq_len is None:
+                raise ValueError(f"seqlen_warmup needs a task with a seq_len; {self.task.name} has none")
+            try:
+                self.seqlen_warmup.schedule(self.batch_size, seq_len)
+            except ValueError as e:
+                raise ValueError(f"seqlen_warmup: {e}") from None
         return self
 
 

@@ -15,6 +15,11 @@ every rank draws the same permutation and takes its own contiguous ``batch_size 
 of each global batch; evaluation is sharded the same way and all-reduced, so all ranks take the same
 early-stop decision. Only rank 0 writes files, logs and shows progress.
 
+Sequence-length warm-up (``cfg.seqlen_warmup``, off by default): at a stage of ``L`` tokens the
+step's batch of ``(b, T)`` sequences is cut into ``(b T / L, L)`` pieces (same data order, same
+tokens per step); train rows of ``metrics.jsonl`` then also carry ``seq_len`` and ``batch_size``
+(global sequences per step).
+
 Non-finite loss: on CPU the loss (and gradient norm) is read every step, so the run stops before the
 optimizer applies a NaN update; on CUDA it is read every ``log_every`` steps and before every
 evaluation and checkpoint, so a NaN state is never saved. Either way the last good checkpoint stays.
@@ -71,7 +76,7 @@ log = logging.getLogger(__name__)
 
 StopReason = Literal["max_steps", "target_accuracy", "nan"]
 
-_RESUME_MUST_MATCH = ("model", "task", "batch_size", "seed", "data_seed")
+_RESUME_MUST_MATCH = ("model", "task", "batch_size", "seed", "data_seed", "seqlen_warmup")
 
 
 @dataclass
@@ -196,6 +201,10 @@ class Trainer:
                 f"batch_size={cfg.batch_size} exceeds the {n} training examples of {cfg.task.describe()}"
             )
         self.total_steps = resolve_total_steps(cfg, self.steps_per_epoch)
+        self.seqlen_warmup = (
+            cfg.seqlen_warmup.schedule(cfg.batch_size, self.train_data.inputs.shape[1])
+            if cfg.seqlen_warmup is not None else None
+        )
         self.eval_every = cfg.eval_every or self.steps_per_epoch
         self.warmup_steps = cfg.optim.num_warmup_steps(self.total_steps)
         o = cfg.optim
@@ -237,6 +246,13 @@ class Trainer:
         idx = self._perm[start : start + local]
         self.batch_in_epoch += 1
         return self.train_data.inputs[idx], self.train_data.labels[idx]
+
+    def _warmup_pieces(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``(b, T)`` -> ``(b T / L, L)`` at a warm-up stage of ``L`` tokens (unchanged without warm-up)."""
+        if self.seqlen_warmup is None:
+            return x, y
+        L = self.seqlen_warmup.at_step(self.step)[0]
+        return x.reshape(-1, L), y.reshape(-1, L)
 
     # ---- evaluation ----------------------------------------------------------------------------------
 
@@ -365,7 +381,7 @@ class Trainer:
         try:
             with progress:
                 while stop == "max_steps" and self.step < self.total_steps:
-                    x, y = self._next_batch()  # (b, T)
+                    x, y = self._warmup_pieces(*self._next_batch())  # (b, T), or (b T / L, L)
                     sel = y != IGNORE_INDEX  # (b, T): the head runs only where there is a label
                     with self.autocast():
                         logits = self.ddp_model(x, positions=sel)  # (N, V)
@@ -392,13 +408,16 @@ class Trainer:
                         group["lr"] = lr
                     self.optimizer.step()
                     self.step = nxt
-                    self.tokens += cfg.batch_size * x.shape[1]
+                    self.tokens += x.numel() * self.dist.world_size
                     self.elapsed = elapsed0 + time.perf_counter() - t0
 
                     if nxt % cfg.log_every == 0 or nxt == self.total_steps:
                         mean_loss = totals[0].item() / (window * self.dist.world_size)
-                        self._write(metrics, {"step": nxt, "epoch": self.epoch, "loss": mean_loss, "lr": lr,
-                                              "tokens": self.tokens, "elapsed": self.elapsed})
+                        row = {"step": nxt, "epoch": self.epoch, "loss": mean_loss, "lr": lr,
+                               "tokens": self.tokens, "elapsed": self.elapsed}
+                        if self.seqlen_warmup is not None:
+                            row["seq_len"], row["batch_size"] = x.shape[1], x.shape[0] * self.dist.world_size
+                        self._write(metrics, row)
                         progress.update(bar, completed=nxt, loss=f"{mean_loss:.4f}")
                         loss_sum, gnorm_sum, window = zero(), zero(), 0
                     if nxt % self.eval_every == 0 or nxt == self.total_steps:
