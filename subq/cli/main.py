@@ -6,7 +6,8 @@ subq train --config FILE k=v    one training run
 subq bench                      speed and memory against SDPA
 subq doctor                     versions and available fast paths
 subq repro NAME [--quick]       paper reproductions (quadratic, hpoly, quadattack, subgm,
-                                peft_minilm, lora_limits, hyena_dna, lit)
+                                peft_minilm, lora_limits, hyena_dna, lit,
+                                matrix_mixers)
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ REPRODUCTIONS = {
     "lora_limits": "subq.repro.lora_limits",
     "peft_minilm": "subq.repro.peft_minilm",
     "lit": "subq.repro.lit",
+    "matrix_mixers": "subq.repro.matrix_mixers",
 }
 """name -> module; every module defines ``run`` and a one-line ``CLAIM`` (the paper's claim)."""
 
