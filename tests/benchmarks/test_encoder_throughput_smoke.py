@@ -1,0 +1,70 @@
+"""Smoke test of ``benchmarks/encoder_throughput.py`` on tiny encoders on CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "encoder_throughput.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("encoder_throughput_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_run_prints_table_and_json(bench, tmp_path, capsys, one_thread):
+    out = tmp_path / "enc.json"
+    argv = ["--device", "cpu", "--size", "tiny", "--lengths", "32,64", "--tokens", "128", "--iters", "1",
+            "--warmup", "0", "--out", str(out)]  # fmt: skip
+    assert bench.main(argv) == 0
+    stdout = capsys.readouterr().out
+    record = json.loads(stdout.strip().splitlines()[-1])
+    assert json.loads(out.read_text()) == record
+    assert "T=64 x attn" in stdout
+    rows = record["rows"]
+    assert [(r["model"], r["T"], r["batch"]) for r in rows] == [
+        (m, T, 128 // T) for T in (32, 64) for m in ("attention", "m2", "hydra")
+    ]
+    assert all(r["status"] == "ok" and r["tokens_per_ms"] > 0 and r["params"] > 0 for r in rows)
+    assert set(record["speedup_over_attention"]) == {"m2", "hydra"}
+    assert all(v > 0 for sp in record["speedup_over_attention"].values() for v in sp.values())
+
+
+def test_models_share_width_and_depth(bench):
+    for model in bench.MODELS:
+        cfg = bench.encoder_config(model, "mini", 1024)
+        assert (cfg.d_model, cfg.n_layers, cfg.vocab_size) == (256, 4, 30522)
+        assert cfg.max_seq_len == 1024
+    attn, m2, hydra = (bench.encoder_config(m, "mini", 1024) for m in bench.MODELS)
+    assert attn.mixer.name == "attention" and attn.mixer.kwargs["num_heads"] == 4
+    assert m2.mixer.name == "monarch_mixer" and m2.mixer.kwargs["max_seq_len"] == 1024
+    assert hydra.mixer.name == "hydra" and hydra.channel_mixer.name == "none" and hydra.pos_emb == "none"
+    assert bench.encoder_config("hydra", "base", 512, hydra_layers=23).n_layers == 23
+
+
+def test_oom_is_a_result_not_a_crash(bench, monkeypatch):
+    def boom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64 GiB")
+
+    monkeypatch.setattr(bench, "_forward_ms", boom)
+    args = bench.parse_args(["--device", "cpu", "--size", "tiny"])
+    row = bench.measure("attention", 32768, args, torch.device("cpu"))
+    assert row["status"] == "OOM" and row["tokens_per_ms"] is None and row["batch"] == 1
+    assert bench.speedups([row, {**row, "model": "m2", "status": "ok", "tokens_per_ms": 3.0}]) == {
+        "m2": {"32768": None}
+    }
+
+
+def test_bad_options_exit(bench):
+    for argv in (["--lengths", "1"], ["--lengths", "a,b"], ["--models", "bert"], ["--tokens", "0"],
+                 ["--hydra-layers", "0"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
