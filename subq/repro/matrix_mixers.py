@@ -90,7 +90,7 @@ class ReproConfig(BaseModel):
     num_test_examples: PositiveInt = 512
     max_files: PositiveInt | None = None
     models: tuple[str, ...] = tuple(MODELS)
-    seeds: PositiveInt = 1
+    seeds: PositiveInt = 2
     steps: PositiveInt = 400
     batch_size: PositiveInt = 32
     lr: float = Field(2e-3, gt=0)
@@ -119,8 +119,8 @@ FULL = ReproConfig(
     m2_filter_order=64,
     num_test_examples=2048,
     seeds=2,
-    steps=3000,
-    batch_size=64,
+    steps=2000,
+    batch_size=128,
     lr=1e-3,
     eval_every=500,
 )
@@ -310,13 +310,19 @@ def verdicts(rows: list[dict]) -> list[str]:
     lines = []
     family = [m for m in HYDRA_FAMILY if m in by]
     if "hydra" in by and len(family) > 1:
-        best = max(family, key=lambda m: by[m]["accuracy"])
+        ranked = sorted(family, key=lambda m: by[m]["accuracy"], reverse=True)
         spread = max(by[m]["accuracy_std"] for m in family)
         margins = ", ".join(
             f"{m} {100 * (by['hydra']['accuracy'] - by[m]['accuracy']):+.2f}" for m in family if m != "hydra"
         )
+        if ranked[0] == "hydra":
+            lead = by["hydra"]["accuracy"] - by[ranked[1]]["accuracy"]
+            verdict = "reproduced"
+            if spread > 0 and lead <= spread:
+                verdict += f" (but its lead over {ranked[1]} is within the seed spread)"
+        else:
+            verdict = f"not reproduced (best: {ranked[0]})"
         noise = f"; largest seed std {100 * spread:.2f} points" if spread > 0 else " (one seed: no spread)"
-        verdict = "reproduced" if best == "hydra" else f"not reproduced (best: {best})"
         lines.append(
             f"quasiseparable best among the matrix-mixer variants: {verdict}; hydra minus each variant "
             f"(accuracy points): {margins}{noise}"

@@ -109,6 +109,8 @@ def test_verdicts():
     lines = repro.verdicts(rows)
     assert "reproduced" in lines[0] and "not reproduced" not in lines[0]
     assert "hydra_additive +5.00" in lines[0] and "hydra - attention: +10.00" in lines[1]
+    rows[3]["accuracy_std"] = 0.05
+    assert "within the seed spread" in repro.verdicts(rows)[0]
     rows[2]["accuracy"] = 0.55
     assert "not reproduced (best: hydra_additive)" in repro.verdicts(rows)[0]
 
