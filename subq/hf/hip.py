@@ -62,7 +62,9 @@ def _dense(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Te
     return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale).transpose(1, 2)
 
 
-def _hip_rows(module, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, cfg: dict, cache_ok: bool):
+def _hip_rows(
+    module, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, cfg: dict, cache_ok: bool
+):
     """HiP over unpadded ``q: [B, T_q, H, D]``, ``k, v: [B, T_k, H_kv, D]``."""
     hip = {n: cfg[n] for n in ("mask_k", "block_size_q", "block_stride_q", "block_size_k", "block_stride_k",
                                "sink_size", "window")}  # fmt: skip

@@ -113,9 +113,15 @@ class HiPAttention(Attention):
                 causal=True, mode="torch" if mode == "naive" else mode,
             )  # fmt: skip
             state.searched_at = p
-        geo = dict(block_size_k=hp["block_size_k"], sink_size=hp["sink_size"], window=hp["window"] + p - state.searched_at)
+        geo = dict(
+            block_size_k=hp["block_size_k"],
+            sink_size=hp["sink_size"],
+            window=hp["window"] + p - state.searched_at,
+        )
         if mode == "naive":
-            return naive_block_sparse_attention(q, k, v, state.indices, state.counts, block_size_q=1, **geo)[0]
+            return naive_block_sparse_attention(q, k, v, state.indices, state.counts, block_size_q=1, **geo)[
+                0
+            ]
         return hip_decode_attention(q, k, v, state.indices, state.counts, mode=mode, **geo)[0]
 
     def _step(self, x_t: Tensor, state: HiPCache) -> tuple[Tensor, HiPCache]:

@@ -20,7 +20,9 @@ def _llama_pair():
     )  # fmt: skip
     # separate configs: the attention implementation is stored on the config
     eager = transformers.LlamaForCausalLM._from_config(copy.deepcopy(cfg), attn_implementation="eager").eval()
-    hip = transformers.LlamaForCausalLM._from_config(copy.deepcopy(cfg), attn_implementation="subq_hip").eval()
+    hip = transformers.LlamaForCausalLM._from_config(
+        copy.deepcopy(cfg), attn_implementation="subq_hip"
+    ).eval()
     hip.load_state_dict(eager.state_dict())
     return eager, hip
 

@@ -73,7 +73,9 @@ def test_mask_properties(case, causal):
         sink_size=kw["sink_size"], window=kw["window"], causal=causal,
     )  # fmt: skip
     for n in range(n_qb):
-        cand = set(range(int(lo[n]), int(lo[n] + n_left[n]))) | set(range(int(rs[n]), int(rs[n] + n_right[n])))
+        cand = set(range(int(lo[n]), int(lo[n] + n_left[n]))) | set(
+            range(int(rs[n]), int(rs[n] + n_right[n]))
+        )
         for b in range(2):
             for h in range(4):
                 c = int(counts[b, h, n])
@@ -156,7 +158,9 @@ def test_torch_gather_attention_matches_naive(case, causal):
     o, _ = block_sparse_attention(q, k, v, indices, counts, causal=causal, mode="torch", **geo)
     assert_close(o, o_ref, 1e-12, "o")
     do = torch.randn_like(o)
-    for name, a, b in zip("qkv", torch.autograd.grad(o, (q, k, v), do), torch.autograd.grad(o_ref, (q, k, v), do)):
+    for name, a, b in zip(
+        "qkv", torch.autograd.grad(o, (q, k, v), do), torch.autograd.grad(o_ref, (q, k, v), do), strict=False
+    ):
         assert_close(a, b, 1e-12, f"d{name}")
 
 
@@ -203,7 +207,9 @@ TRITON_ATTN_CASES = [
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("case", TRITON_ATTN_CASES, ids=lambda c: "B{}-T{}-H{}-Hkv{}-D{}-k{}-bk{}-sink{}-W{}".format(*c))
+@pytest.mark.parametrize(
+    "case", TRITON_ATTN_CASES, ids=lambda c: "B{}-T{}-H{}-Hkv{}-D{}-k{}-bk{}-sink{}-W{}".format(*c)
+)
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_triton_attention_forward_backward(case, causal, dtype):
@@ -220,7 +226,7 @@ def test_triton_attention_forward_backward(case, causal, dtype):
     do = torch.randn_like(o_ref)
     grads = torch.autograd.grad(o, (qd, kd, vd), do.to(dtype))
     grads_ref = torch.autograd.grad(o_ref, (qd, kd, vd), do)
-    for name, a, b in zip("qkv", grads, grads_ref):
+    for name, a, b in zip("qkv", grads, grads_ref, strict=False):
         assert_close(a, b, tol * 2, f"d{name}")
 
 
@@ -231,7 +237,9 @@ def test_triton_full_budget_equals_dense():
     o_ref, _ = naive_attention(q, k, v)
     assert_close(o, o_ref, 1e-5, "o")
     do = torch.randn_like(o)
-    for name, a, b in zip("qkv", torch.autograd.grad(o, (q, k, v), do), torch.autograd.grad(o_ref, (q, k, v), do)):
+    for name, a, b in zip(
+        "qkv", torch.autograd.grad(o, (q, k, v), do), torch.autograd.grad(o_ref, (q, k, v), do), strict=False
+    ):
         assert_close(a, b, 1e-5, f"d{name}")
 
 
@@ -267,9 +275,15 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="window must be a positive int"):
         hip_attention(q, k, v, window=0)
     with pytest.raises(ValueError, match="multiple of key/value heads"):
-        hip_attention(q, torch.randn(1, 40, 3, 8, dtype=torch.float64), torch.randn(1, 40, 3, 8, dtype=torch.float64))
+        hip_attention(
+            q, torch.randn(1, 40, 3, 8, dtype=torch.float64), torch.randn(1, 40, 3, 8, dtype=torch.float64)
+        )
     with pytest.raises(ValueError, match="indices must be"):
-        block_sparse_attention(q, k, v, torch.zeros(1, 2, 3, 4, dtype=torch.int32), torch.zeros(1, 2, 3, dtype=torch.int32))
+        block_sparse_attention(
+            q, k, v, torch.zeros(1, 2, 3, 4, dtype=torch.int32), torch.zeros(1, 2, 3, dtype=torch.int32)
+        )
     with pytest.raises(ValueError, match="block_size_q >= 16"):
-        idx, cnt = naive_hip_mask(q, k, block_size_q=8, mask_k=8, **{x: GEO[x] for x in ("sink_size", "window")})
+        idx, cnt = naive_hip_mask(
+            q, k, block_size_q=8, mask_k=8, **{x: GEO[x] for x in ("sink_size", "window")}
+        )
         block_sparse_attention(q.float(), k.float(), v.float(), idx, cnt, block_size_q=8, mode="triton")

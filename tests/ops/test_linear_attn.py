@@ -201,7 +201,9 @@ def test_step_forms_agree(fm, one_thread):
     pytest.importorskip("triton")
     B, H, D, Dv = 2, 3, 4, 5
     q, k, v, (S0, z0) = _inputs(B, 1, H, D, Dv, fm, dtype=torch.float32)
-    q, k, v, S0, z0 = (x.detach() for x in (q, k, v, S0, z0))
+    # the kernel runs on the GPU when there is one, through the interpreter otherwise
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    q, k, v, S0, z0 = (x.detach().to(device) for x in (q, k, v, S0, z0))
     o_ref, (S_ref, z_ref) = naive_recurrent_linear_attention(
         q, k, v, feature_map=fm, initial_state=(S0, z0), output_final_state=True
     )

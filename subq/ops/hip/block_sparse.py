@@ -93,8 +93,12 @@ def hip_attn_fwd_kernel(
     for c in range(n_chunks):
         pos, exists, kind = _chunk_keys(c, n_sink, n_sel, p_idx, count, w_lo, BLOCK_K, BN)
         m_n = exists & (pos >= 0) & (pos < T_k)
-        b_k = tl.load(p_k + pos[:, None] * H_KV * D + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
-        b_v = tl.load(p_v + pos[:, None] * H_KV * DV + o_dv[None, :], mask=m_n[:, None] & m_dv[None, :], other=0.0)
+        b_k = tl.load(
+            p_k + pos[:, None] * H_KV * D + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0
+        )
+        b_v = tl.load(
+            p_v + pos[:, None] * H_KV * DV + o_dv[None, :], mask=m_n[:, None] & m_dv[None, :], other=0.0
+        )
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * scale  # [BM, BN]
         m_s = _key_mask(t, pos, exists, kind, T_k, sink, window, CAUSAL) & m_m[:, None]
         b_s = tl.where(m_s, b_s, float("-inf"))
@@ -107,7 +111,11 @@ def hip_attn_fwd_kernel(
     b_l = tl.where(b_l > 0, b_l, 1.0)
     b_o = b_o / b_l[:, None]
     p_o = o + (i_b.to(tl.int64) * T_q * H + i_h) * DV
-    tl.store(p_o + o_m[:, None] * H * DV + o_dv[None, :], b_o.to(o.dtype.element_ty), mask=m_m[:, None] & m_dv[None, :])
+    tl.store(
+        p_o + o_m[:, None] * H * DV + o_dv[None, :],
+        b_o.to(o.dtype.element_ty),
+        mask=m_m[:, None] & m_dv[None, :],
+    )
     tl.store(lse + i_bh.to(tl.int64) * T_q + o_m, b_m + tl.log(b_l), mask=m_m)
 
 
@@ -185,7 +193,9 @@ def hip_attn_bwd_kernel(
         b_dv = tl.dot(tl.trans(b_p.to(DT)), b_do, input_precision=PREC)  # [BN, BDV]
         tl.atomic_add(dk + row[:, None] * D + o_d[None, :], b_dk, mask=m_nd)
         tl.atomic_add(dv + row[:, None] * DV + o_dv[None, :], b_dv, mask=m_ndv)
-    tl.store(dq + row_q[:, None] * D + o_d[None, :], b_dq.to(dq.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
+    tl.store(
+        dq + row_q[:, None] * D + o_d[None, :], b_dq.to(dq.dtype.element_ty), mask=m_m[:, None] & m_d[None, :]
+    )
 
 
 def _launch_dims(q: Tensor, k: Tensor, v: Tensor, block_size_q: int) -> dict:
@@ -254,7 +264,14 @@ def _block_sparse_attention_triton(q, k, v, indices, counts, *, scale, q_offset,
     k, v = k.to(q.dtype), v.to(q.dtype)
     q, k, v = (x.contiguous() for x in (q, k, v))
     return BlockSparseAttention.apply(
-        q, k, v, indices.to(torch.int32).contiguous(), counts.to(torch.int32).contiguous(), scale, q_offset, geo
+        q,
+        k,
+        v,
+        indices.to(torch.int32).contiguous(),
+        counts.to(torch.int32).contiguous(),
+        scale,
+        q_offset,
+        geo,
     )
 
 
@@ -275,7 +292,9 @@ def _block_sparse_attention_torch(q, k, v, indices, counts, *, scale, q_offset, 
     parts = (sink_pos.expand(B, H, n_qb, -1), sel_pos, win_pos.expand(B, H, n_qb, -1))
     pos = torch.cat(parts, dim=-1)
     kind = torch.cat([torch.full((p.shape[-1],), i, device=dev) for i, p in enumerate(parts)])
-    exists = torch.cat((torch.ones_like(parts[0], dtype=torch.bool), sel_ok, torch.ones_like(parts[2], dtype=torch.bool)), -1)
+    exists = torch.cat(
+        (torch.ones_like(parts[0], dtype=torch.bool), sel_ok, torch.ones_like(parts[2], dtype=torch.bool)), -1
+    )
     exists &= (pos >= 0) & (pos < T_k)
 
     rows = torch.arange(n_qb * block_size_q, device=dev).view(n_qb, block_size_q)
@@ -284,7 +303,9 @@ def _block_sparse_attention_torch(q, k, v, indices, counts, *, scale, q_offset, 
     d = t - s_pos
     in_win = (d >= 0) & (d < window) if causal else d.abs() <= window
     is_sink = s_pos < sink
-    m = exists[..., None, :] & torch.where(kind == 0, is_sink, ~is_sink & torch.where(kind == 1, ~in_win, in_win))
+    m = exists[..., None, :] & torch.where(
+        kind == 0, is_sink, ~is_sink & torch.where(kind == 1, ~in_win, in_win)
+    )
     if causal:
         m &= d >= 0
     m |= (rows >= T_q)[None, None, :, :, None]  # padded rows attend everything: finite, discarded
@@ -339,11 +360,16 @@ def block_sparse_attention(
     if mode == "auto":
         mode = "triton" if q.is_cuda else "torch"
     if mode == "triton":
+        _launch_dims(q, k, v, block_size_q)  # the kernel's size limits first: they hold on any device
         if not q.is_cuda and not _interpreting():
             raise RuntimeError(f"mode='triton' needs CUDA tensors, got device {q.device}")
-        return _block_sparse_attention_triton(q, k, v, indices, counts, scale=scale, q_offset=q_offset, geo=geo), None
+        return _block_sparse_attention_triton(
+            q, k, v, indices, counts, scale=scale, q_offset=q_offset, geo=geo
+        ), None
     if mode == "torch":
-        return _block_sparse_attention_torch(q, k, v, indices, counts, scale=scale, q_offset=q_offset, geo=geo), None
+        return _block_sparse_attention_torch(
+            q, k, v, indices, counts, scale=scale, q_offset=q_offset, geo=geo
+        ), None
     if mode == "naive":
         from subq.ops.hip.naive import naive_block_sparse_attention
 

@@ -40,7 +40,12 @@ def check_hip_args(
     ):
         if not _is_pow2(val) or val > size:
             raise ValueError(f"{name} must be a power of two <= its block size {size}, got {val!r}")
-    if not isinstance(mask_k, int) or isinstance(mask_k, bool) or mask_k < block_size_k or mask_k % block_size_k:
+    if (
+        not isinstance(mask_k, int)
+        or isinstance(mask_k, bool)
+        or mask_k < block_size_k
+        or mask_k % block_size_k
+    ):
         raise ValueError(
             f"mask_k must be a positive multiple of block_size_k={block_size_k} (at least one key block), "
             f"got {mask_k!r}"
@@ -72,7 +77,9 @@ def check_indices(indices: Tensor, counts: Tensor, B: int, H: int, n_qblocks: in
             f"indices must be [B, H, n_qblocks, G] = [{B}, {H}, {n_qblocks}, G], got {tuple(indices.shape)}"
         )
     if tuple(counts.shape) != (B, H, n_qblocks):
-        raise ValueError(f"counts must be [B, H, n_qblocks] = [{B}, {H}, {n_qblocks}], got {tuple(counts.shape)}")
+        raise ValueError(
+            f"counts must be [B, H, n_qblocks] = [{B}, {H}, {n_qblocks}], got {tuple(counts.shape)}"
+        )
 
 
 def candidate_ranges(
@@ -87,7 +94,8 @@ def candidate_ranges(
     causal: bool,
     device=None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Candidate key blocks of every query block: ``(lo, n_left, right_start, n_right)``, each ``[n_qblocks]``.
+    """Candidate key blocks of every query block: ``(lo, n_left, right_start, n_right)``, each
+    ``[n_qblocks]``.
 
     The candidates are the key blocks ``[lo, lo + n_left)`` followed by ``[right_start, right_start +
     n_right)``; branch index ``v`` of the search maps to block ``lo + v`` for ``v < n_left`` and

@@ -43,4 +43,3 @@ def _key_mask(t, pos, exists, kind, T_k, sink, window, CAUSAL: tl.constexpr):
     if CAUSAL:
         m = m & (d >= 0)
     return m
-

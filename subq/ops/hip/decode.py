@@ -72,8 +72,12 @@ def hip_decode_kernel(
     for c in range(i_s * per, tl.minimum((i_s + 1) * per, n_chunks)):
         pos, exists, kind = _chunk_keys(c, n_sink, n_sel, p_idx, count, w_lo, BLOCK_K, BN)
         m_n = exists & (pos >= 0) & (pos < T_k)
-        b_k = tl.load(p_k + pos[:, None] * stride_kt + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
-        b_v = tl.load(p_v + pos[:, None] * stride_vt + o_dv[None, :], mask=m_n[:, None] & m_dv[None, :], other=0.0)
+        b_k = tl.load(
+            p_k + pos[:, None] * stride_kt + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0
+        )
+        b_v = tl.load(
+            p_v + pos[:, None] * stride_vt + o_dv[None, :], mask=m_n[:, None] & m_dv[None, :], other=0.0
+        )
         b_s = tl.sum(b_q[None, :] * b_k.to(tl.float32), 1)[None, :] * scale  # [1, BN]
         b_s = tl.where(_key_mask(t, pos, exists, kind, T_k, sink, window, True), b_s, float("-inf"))
         b_mn = tl.maximum(b_m, tl.max(b_s, 1))
@@ -95,17 +99,17 @@ def _hip_decode_triton(q, k, v, indices, counts, *, scale, block_size_k, sink, w
         k, v = k.contiguous(), v.contiguous()
     S = num_splits
     m = torch.empty(B * H, S, device=q.device, dtype=torch.float32)
-    l = torch.empty_like(m)
+    den = torch.empty_like(m)
     acc = torch.empty(B * H, S, DV, device=q.device, dtype=torch.float32)
     hip_decode_kernel[(B * H, S)](
-        q.contiguous(), k, v.to(k.dtype), m, l, acc, indices.to(torch.int32).contiguous(),
+        q.contiguous(), k, v.to(k.dtype), m, den, acc, indices.to(torch.int32).contiguous(),
         counts.to(torch.int32).contiguous(), scale, k.shape[1], sink, window,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         H=H, H_KV=k.shape[2], D=D, DV=DV, G=indices.shape[-1], S=S, BN=max(16, block_size_k, 64),
         BD=max(16, triton.next_power_of_2(D)), BDV=max(16, triton.next_power_of_2(DV)), BLOCK_K=block_size_k,
     )  # fmt: skip
     w = torch.exp(m - m.amax(1, keepdim=True))  # [B * H, S]
-    o = (w[..., None] * acc).sum(1) / (w * l).sum(1, keepdim=True)
+    o = (w[..., None] * acc).sum(1) / (w * den).sum(1, keepdim=True)
     return o.view(B, 1, H, DV).to(q.dtype)
 
 

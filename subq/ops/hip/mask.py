@@ -135,7 +135,9 @@ def hip_mask_kernel(
         tl.store(counts + i_bh.to(tl.int64) * NQB + i_m, G)
 
 
-def _hip_mask_triton(q, k, *, G, block_size_q, block_stride_q, block_size_k, block_stride_k, sink, window, causal, q_offset):
+def _hip_mask_triton(
+    q, k, *, G, block_size_q, block_stride_q, block_size_k, block_stride_k, sink, window, causal, q_offset
+):
     B, T_q, H, D = q.shape
     k = k.to(q.dtype).contiguous()
     q = q.contiguous()

@@ -280,7 +280,9 @@ def topk_oracle_mask(
     scores = torch.einsum("bthd,bhsd->bhts", q.to(acc), _heads(k.to(acc), H))
     allowed = torch.ones(T_q, T_k, dtype=torch.bool, device=q.device)
     if causal:
-        allowed = (q_offset + torch.arange(T_q, device=q.device))[:, None] >= torch.arange(T_k, device=q.device)
+        allowed = (q_offset + torch.arange(T_q, device=q.device))[:, None] >= torch.arange(
+            T_k, device=q.device
+        )
     scores = scores.masked_fill(~allowed, float("-inf"))
     top = scores.topk(min(mask_k, T_k), dim=-1).indices
     mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, top, True)

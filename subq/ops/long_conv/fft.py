@@ -59,9 +59,11 @@ def fft_long_conv(u: Tensor, h: Tensor, bias: Tensor | None = None, *, causal: b
         # lags 0 .. L-1 at the front, lags -1 .. -L at the back: kernel[n - 1 - j] = h_rev[j]
         gap = torch.zeros(C, n - 2 * L, dtype=acc, device=u.device)
         kernel = torch.cat([h[0].to(acc), gap, h[1].to(acc).flip(-1)], dim=-1)  # [C, n]
-    u_f = torch.fft.rfft(uf, n=n, dim=1)  # [B, n // 2 + 1, C]
-    k_f = torch.fft.rfft(kernel, n=n, dim=-1).transpose(0, 1)  # [n // 2 + 1, C]
-    y = torch.fft.irfft(u_f * k_f, n=n, dim=1)[:, :T]  # [B, T, C]
+    # transforms along the contiguous last axis: cuFFT's strided transforms along T of [B, T, C] are
+    # 1.4x (T = 64k) to 2.5x (T = 1M) slower on the H200 than the two transposing copies
+    u_f = torch.fft.rfft(uf.transpose(1, 2).contiguous(), n=n)  # [B, C, n // 2 + 1]
+    k_f = torch.fft.rfft(kernel, n=n)  # [C, n // 2 + 1]
+    y = torch.fft.irfft(u_f * k_f, n=n)[..., :T].transpose(1, 2).contiguous()  # [B, T, C]
     if bias is not None:
         y = y + bias.to(acc) * uf
     return y.to(u.dtype)

@@ -217,14 +217,16 @@ def triton_chunk_size_ok(chunk_size) -> bool:
     return isinstance(chunk_size, int) and 16 <= chunk_size <= 128 and not chunk_size & (chunk_size - 1)
 
 
-def _launch_config(P: int, N: int) -> dict:
+def _launch_config(P: int, N: int, dtype: torch.dtype) -> dict:
     """Chunk ``BT``, block of ``P`` ``BP`` and ``N`` padded to a power of two (the state ``[BP, BN]``
-    stays in registers: ``N`` is not blocked)."""
+    stays in registers: ``N`` is not blocked). float32 tiles are not software-pipelined: at ``N = 128``
+    and chunk 64 the pipelined fp32 kernels need 246 KB of shared memory, more than the H200's 227 KB."""
     return dict(
         BT=64,
         BP=min(32, max(16, triton.next_power_of_2(P))),
         BN=max(16, triton.next_power_of_2(N)),
         num_warps=4,
+        num_stages=1 if dtype == torch.float32 else 3,
     )
 
 
@@ -235,7 +237,7 @@ def _precision(dtype: torch.dtype) -> str:
 def _forward(xbar, a, B, C, h0, store_y: bool, store_final: bool, store_states: bool, chunk_size: int):
     b, T, H, P = xbar.shape
     G, N = B.shape[2], B.shape[3]
-    cfg = _launch_config(P, N)
+    cfg = _launch_config(P, N, xbar.dtype)
     cfg["BT"] = chunk_size
     NT = triton.cdiv(T, cfg["BT"])
     y = torch.empty_like(xbar) if store_y else None
@@ -247,6 +249,7 @@ def _forward(xbar, a, B, C, h0, store_y: bool, store_final: bool, store_states: 
         H=H, G=G, P=P, N=N, BT=cfg["BT"], BP=cfg["BP"], BN=cfg["BN"],
         USE_INITIAL_STATE=h0 is not None, STORE_Y=store_y, STORE_FINAL_STATE=store_final,
         STORE_STATES=store_states, PREC=_precision(xbar.dtype), num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )  # fmt: skip
     return y, ht, hs
 
@@ -268,7 +271,7 @@ class FusedChunkSSD(torch.autograd.Function):
         b, T, H, P = xbar.shape
         G, N = B.shape[2], B.shape[3]
         _, _, hs = _forward(xbar, a, B, C, h0, False, False, True, ctx.chunk_size)
-        cfg = _launch_config(P, N)
+        cfg = _launch_config(P, N, xbar.dtype)
         NP = triton.cdiv(P, cfg["BP"])
         dy = dy.to(xbar.dtype).contiguous()
         dxbar = torch.empty(b, T, H, P, device=xbar.device, dtype=torch.float32)
@@ -281,7 +284,7 @@ class FusedChunkSSD(torch.autograd.Function):
             dxbar, dB, dC, da, dh0, T,
             NB=b, H=H, G=G, P=P, N=N, BT=ctx.chunk_size, BP=cfg["BP"], BN=cfg["BN"],
             USE_INITIAL_STATE=h0 is not None, USE_FINAL_STATE_GRAD=dht is not None,
-            PREC=_precision(xbar.dtype), num_warps=cfg["num_warps"],
+            PREC=_precision(xbar.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
         dB = dB.sum(0).reshape(b, T, G, H // G, N).sum(3).to(B.dtype)
         dC = dC.sum(0).reshape(b, T, G, H // G, N).sum(3).to(C.dtype)
