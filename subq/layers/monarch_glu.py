@@ -54,7 +54,11 @@ class BlockdiagLinear(nn.Module):
             nn.init.uniform_(self.bias, -1 / math.sqrt(self.in_features), 1 / math.sqrt(self.in_features))
 
     def forward(self, x: Tensor) -> Tensor:  # [..., in] -> [..., out]
-        y = blockdiag_multiply(x, self.weight)
+        w = self.weight
+        if torch.is_autocast_enabled(x.device.type):  # run the bmm in the autocast dtype, as nn.Linear
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, w = x.to(dtype), w.to(dtype)
+        y = blockdiag_multiply(x, w)
         return y + self.bias if self.bias is not None else y
 
     def extra_repr(self) -> str:

@@ -152,7 +152,9 @@ class MonarchMixer(Mixer):
         T, d = u.shape[1], self.d_model
         p = self.in_linear(u)  # [B, T, 3d]
         conv = naive_short_conv if mode == "naive" else short_conv
-        x1, x2, v = conv(p, self.short_filter_weight, self.short_filter_bias).split(d, dim=-1)
+        # the short filter in the activations' dtype (they differ under autocast)
+        w, b = self.short_filter_weight.to(p.dtype), self.short_filter_bias.to(p.dtype)
+        x1, x2, v = conv(p, w, b).split(d, dim=-1)
         L = min(T, self.max_seq_len)
         v = self.dropout(v * x1)
         y = self._conv(v, self._taps(self.filter, L), self.filter_bias, mode) * x2  # [B, T, d]

@@ -36,3 +36,13 @@ def test_tiny_encoder_heads_and_bidirectional():
     ids2[:, 15] = (ids2[:, 15] + 1) % 100
     h, h2 = enc(ids), enc(ids2)
     assert not torch.allclose(h[:, 5], h2[:, 5]), "a later token must reach an earlier position"
+
+
+def test_m2_bert_runs_under_bf16_autocast():
+    """The block-diagonal GLU and the short filter follow the activations' dtype under autocast, as
+    ``nn.Linear`` does (an fp32 weight against bf16 activations used to raise)."""
+    model = Encoder.from_preset("m2_bert-tiny")
+    ids = torch.randint(0, 100, (2, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(ids)
+    assert torch.isfinite(y.float()).all()
