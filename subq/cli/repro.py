@@ -34,8 +34,13 @@ Examples:
     help="Folder for NAME.json and NAME.png.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=int, default=1, show_default=True,
-              help="torch CPU threads (these models are small: one thread is fastest).")
+@click.option(
+    "--threads",
+    type=int,
+    default=1,
+    show_default=True,
+    help="torch CPU threads (these models are small: one thread is fastest).",
+)
 def command(name, quick, out_dir, seed, threads):
     """Reproduce a paper's claim at small scale: quadratic, hpoly, quadattack or subgm."""
     console = Console(width=None if sys.stdout.isatty() else 140)

@@ -1,8 +1,8 @@
 """``subq train``: one training run from a YAML/JSON config plus dotted ``key=value`` overrides.
 
-    subq train --config configs/mqar-attention.yaml optim.lr=1e-3 model.d_model=64
-    subq train --config configs/mqar-attention.yaml --resume
-    torchrun --nproc_per_node=2 -m subq.cli.main train --config configs/mqar-attention.yaml
+subq train --config configs/mqar-attention.yaml optim.lr=1e-3 model.d_model=64
+subq train --config configs/mqar-attention.yaml --resume
+torchrun --nproc_per_node=2 -m subq.cli.main train --config configs/mqar-attention.yaml
 """
 
 from __future__ import annotations
@@ -50,8 +50,13 @@ Overrides are parsed as YAML: numbers, true/false, null and [lists] work.
 
 
 @click.command("train", epilog=EPILOG)
-@click.option("--config", "-c", "config_path", type=click.Path(exists=True, dir_okay=False),
-              help="YAML or JSON training config (TrainConfig); defaults are used when omitted.")
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="YAML or JSON training config (TrainConfig); defaults are used when omitted.",
+)
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in out_dir.")
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
@@ -87,8 +92,11 @@ def command(config_path: str | None, resume: bool, print_config: bool, overrides
     finally:
         logger.removeHandler(handler)
     if main_rank:
-        out.print(summary_table(cfg.task.describe(), "+".join(m.name for m in cfg.model.mixers), result,
-                                cfg.out_dir))
+        out.print(
+            summary_table(
+                cfg.task.describe(), "+".join(m.name for m in cfg.model.mixers), result, cfg.out_dir
+            )
+        )
     if result.stop_reason == "nan":
         raise click.ClickException(result.message)
 

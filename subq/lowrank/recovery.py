@@ -202,6 +202,11 @@ def subgradient_method(
 def recover(cfg: RecoveryConfig, seed: int = 0) -> RecoveryResult:
     """``subgradient_method(make_problem(cfg, seed), ...)`` with the solver settings of ``cfg``."""
     return subgradient_method(
-        make_problem(cfg, seed), r_prime=cfg.r_prime, alpha=cfg.alpha, eta0=cfg.eta0, rho=cfg.rho,
-        iters=cfg.iters, seed=seed,
+        make_problem(cfg, seed),
+        r_prime=cfg.r_prime,
+        alpha=cfg.alpha,
+        eta0=cfg.eta0,
+        rho=cfg.rho,
+        iters=cfg.iters,
+        seed=seed,
     )

@@ -67,18 +67,35 @@ class SubGMSweep(BaseModel):
     def cell(self, m: int, outlier_fraction: float, r_prime: int, alpha: float) -> RecoveryConfig:
         """The validated :class:`RecoveryConfig` of one cell (raises naming the bad field)."""
         return RecoveryConfig(
-            d=self.d, r=self.r, r_prime=r_prime, m=m, outlier_fraction=outlier_fraction,
-            outlier_scale=self.outlier_scale, alpha=alpha, eta0=self.eta0, rho=self.rho, iters=self.iters,
+            d=self.d,
+            r=self.r,
+            r_prime=r_prime,
+            m=m,
+            outlier_fraction=outlier_fraction,
+            outlier_scale=self.outlier_scale,
+            alpha=alpha,
+            eta0=self.eta0,
+            rho=self.rho,
+            iters=self.iters,
         )
 
 
 QUICK = SubGMSweep(
-    d=30, r=2, ms=(400, 1200), r_primes=(2, 4, 30), alphas=(1.0, 1e-2, 1e-4, 1e-7),
+    d=30,
+    r=2,
+    ms=(400, 1200),
+    r_primes=(2, 4, 30),
+    alphas=(1.0, 1e-2, 1e-4, 1e-7),
     outlier_fractions=(0.0, 0.2),
 )
 FULL = SubGMSweep(
-    d=30, r=2, ms=(400, 1200), r_primes=(2, 4, 30), alphas=(1.0, 1e-1, 1e-2, 1e-3, 1e-5, 1e-7),
-    outlier_fractions=(0.0, 0.2), seeds=3,
+    d=30,
+    r=2,
+    ms=(400, 1200),
+    r_primes=(2, 4, 30),
+    alphas=(1.0, 1e-1, 1e-2, 1e-3, 1e-5, 1e-7),
+    outlier_fractions=(0.0, 0.2),
+    seeds=3,
 )
 
 
@@ -99,18 +116,25 @@ def _sweep(sweep: SubGMSweep, seed: int) -> list[dict]:
                 problem = make_problem(configs[0][2], seed + k)  # (m, p) set the problem, r' and alpha SubGM
                 for rp, a, cfg in configs:
                     res = subgradient_method(
-                        problem, r_prime=rp, alpha=a, eta0=cfg.eta0, rho=cfg.rho, iters=cfg.iters,
+                        problem,
+                        r_prime=rp,
+                        alpha=a,
+                        eta0=cfg.eta0,
+                        rho=cfg.rho,
+                        iters=cfg.iters,
                         seed=seed + k,
                     )
                     cell = cells.setdefault(
                         (m, p, rp, a), {"m": m, "outlier_fraction": p, "r_prime": rp, "alpha": a, "runs": []}
                     )
-                    cell["runs"].append({
-                        "seed": seed + k,
-                        "final_error": res.final_error,
-                        "iters_to_hit": _first_hit(res.errors, HIT),
-                        "outliers": int(problem.outliers.sum()),
-                    })
+                    cell["runs"].append(
+                        {
+                            "seed": seed + k,
+                            "final_error": res.final_error,
+                            "iters_to_hit": _first_hit(res.errors, HIT),
+                            "outliers": int(problem.outliers.sum()),
+                        }
+                    )
                     if k == 0:
                         cell["curve"] = res.errors[:: sweep.curve_stride]
     for cell in cells.values():
@@ -127,7 +151,10 @@ def _tables(cells: list[dict], sweep: SubGMSweep) -> tuple[Table, Table]:
     agg = f"median of {sweep.seeds} seeds" if sweep.seeds > 1 else "one seed"
     alpha_cols = [f"{a:g}" for a in sweep.alphas]
     errors = Table(
-        "m", "outliers", "r'", *alpha_cols,
+        "m",
+        "outliers",
+        "r'",
+        *alpha_cols,
         title=f"final ||UU^T-X*||_F/||X*||_F after {sweep.iters} steps, by alpha ({agg})",
     )
     hits = Table(

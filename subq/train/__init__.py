@@ -1,7 +1,7 @@
 """Training: typed configs, the trainer loop, checkpoints and DDP plumbing (``subq train``).
 
-    from subq.train import load_config, train
-    result = train(load_config("configs/mqar-attention.yaml", ["optim.lr=1e-3"]))
+from subq.train import load_config, train
+result = train(load_config("configs/mqar-attention.yaml", ["optim.lr=1e-3"]))
 """
 
 from subq.train.checkpoint import (

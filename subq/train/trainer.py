@@ -110,8 +110,9 @@ def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, min_lr_r
 
 def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Mean cross-entropy over supervised positions: ``logits (..., V)``, ``labels (...)``, -100 ignored."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                           ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX
+    )
 
 
 def example_accuracy(
@@ -190,7 +191,8 @@ class Trainer:
         self.num_params = count_params(self.model)
         self.ddp_model = (
             DistributedDataParallel(self.model, device_ids=[index] if index is not None else None)
-            if self.dist.enabled else self.model
+            if self.dist.enabled
+            else self.model
         )
         self.train_data = cfg.task.build("train", cfg.data_seed).to(self.device)
         self.test_data = cfg.task.build("test", cfg.data_seed).to(self.device)
@@ -203,7 +205,8 @@ class Trainer:
         self.total_steps = resolve_total_steps(cfg, self.steps_per_epoch)
         self.seqlen_warmup = (
             cfg.seqlen_warmup.schedule(cfg.batch_size, self.train_data.inputs.shape[1])
-            if cfg.seqlen_warmup is not None else None
+            if cfg.seqlen_warmup is not None
+            else None
         )
         self.eval_every = cfg.eval_every or self.steps_per_epoch
         self.warmup_steps = cfg.optim.num_warmup_steps(self.total_steps)
@@ -300,8 +303,14 @@ class Trainer:
             "optimizer": optim_state,
             "config": self.cfg.model_dump(mode="json"),
         }
-        return save_checkpoint(self.checkpoint_root, self.step, weights=self.model.state_dict(),
-                               tensors=tensors, state=state, keep=self.cfg.keep_checkpoints)
+        return save_checkpoint(
+            self.checkpoint_root,
+            self.step,
+            weights=self.model.state_dict(),
+            tensors=tensors,
+            state=state,
+            keep=self.cfg.keep_checkpoints,
+        )
 
     def load_checkpoint(self, ckpt: Checkpoint) -> None:
         """Restore weights, optimizer, RNG states and data position from a loaded checkpoint."""
@@ -345,8 +354,13 @@ class Trainer:
     def _is_sync_step(self, step: int) -> bool:
         """Steps after which the loss is read back (and checked) before the optimizer step."""
         ckpt = self.cfg.checkpoint_every
-        return (self.device.type == "cpu" or step % self.cfg.log_every == 0 or step % self.eval_every == 0
-                or step == self.total_steps or (ckpt is not None and step % ckpt == 0))
+        return (
+            self.device.type == "cpu"
+            or step % self.cfg.log_every == 0
+            or step % self.eval_every == 0
+            or step == self.total_steps
+            or (ckpt is not None and step % ckpt == 0)
+        )
 
     def fit(self, *, resume: bool = False) -> TrainResult:
         """Train to ``total_steps``, the target accuracy or a non-finite loss; ``resume`` first loads the
@@ -362,9 +376,16 @@ class Trainer:
         elapsed0 = self.elapsed
         metrics = self._open_metrics(resume) if main and self.out_dir is not None else None
         if main:
-            log.info("training %s on %s: %d parameters, %d steps (%d per epoch), %s x %d",
-                     "+".join(m.name for m in cfg.model.mixers), cfg.task.describe(), self.num_params,
-                     self.total_steps, self.steps_per_epoch, self.device, self.dist.world_size)
+            log.info(
+                "training %s on %s: %d parameters, %d steps (%d per epoch), %s x %d",
+                "+".join(m.name for m in cfg.model.mixers),
+                cfg.task.describe(),
+                self.num_params,
+                self.total_steps,
+                self.steps_per_epoch,
+                self.device,
+                self.dist.world_size,
+            )
 
         stop: StopReason = "max_steps"
         message = f"reached {self.total_steps} steps"
@@ -397,13 +418,20 @@ class Trainer:
                         totals = all_reduce_sum(torch.stack([loss_sum, gnorm_sum]).double(), self.dist)
                         if not torch.isfinite(totals).all():
                             stop = "nan"
-                            message = (f"non-finite loss or gradient norm at step {nxt}: stopped before "
-                                       f"applying it; the last good checkpoint is kept")
+                            message = (
+                                f"non-finite loss or gradient norm at step {nxt}: stopped before "
+                                f"applying it; the last good checkpoint is kept"
+                            )
                             if main:
                                 log.error(message)
                             break
-                    lr = lr_at(self.step, lr=cfg.optim.lr, warmup_steps=self.warmup_steps,
-                               total_steps=self.total_steps, min_lr_ratio=cfg.optim.min_lr_ratio)
+                    lr = lr_at(
+                        self.step,
+                        lr=cfg.optim.lr,
+                        warmup_steps=self.warmup_steps,
+                        total_steps=self.total_steps,
+                        min_lr_ratio=cfg.optim.min_lr_ratio,
+                    )
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
                     self.optimizer.step()
@@ -413,16 +441,27 @@ class Trainer:
 
                     if nxt % cfg.log_every == 0 or nxt == self.total_steps:
                         mean_loss = totals[0].item() / (window * self.dist.world_size)
-                        row = {"step": nxt, "epoch": self.epoch, "loss": mean_loss, "lr": lr,
-                               "tokens": self.tokens, "elapsed": self.elapsed}
+                        row = {
+                            "step": nxt,
+                            "epoch": self.epoch,
+                            "loss": mean_loss,
+                            "lr": lr,
+                            "tokens": self.tokens,
+                            "elapsed": self.elapsed,
+                        }
                         if self.seqlen_warmup is not None:
                             row["seq_len"], row["batch_size"] = x.shape[1], x.shape[0] * self.dist.world_size
                         self._write(metrics, row)
                         progress.update(bar, completed=nxt, loss=f"{mean_loss:.4f}")
                         loss_sum, gnorm_sum, window = zero(), zero(), 0
                     if nxt % self.eval_every == 0 or nxt == self.total_steps:
-                        row = {"step": nxt, "epoch": self.epoch, **self.evaluate(), "tokens": self.tokens,
-                               "elapsed": self.elapsed}
+                        row = {
+                            "step": nxt,
+                            "epoch": self.epoch,
+                            **self.evaluate(),
+                            "tokens": self.tokens,
+                            "elapsed": self.elapsed,
+                        }
                         self.history.append(row)
                         self._write(metrics, row)
                         acc = row["test_accuracy"]
@@ -432,8 +471,10 @@ class Trainer:
                             message = f"test accuracy {acc:.4f} >= target {target} at step {nxt}"
                     every = cfg.checkpoint_every
                     periodic = every is not None and nxt % every == 0
-                    if main and self.out_dir is not None and (
-                        stop != "max_steps" or nxt == self.total_steps or periodic
+                    if (
+                        main
+                        and self.out_dir is not None
+                        and (stop != "max_steps" or nxt == self.total_steps or periodic)
                     ):
                         self.save_checkpoint()
                     if stop != "max_steps":
@@ -466,10 +507,15 @@ class Trainer:
     def _progress(self) -> Progress:
         enabled = self.cfg.progress and self.dist.is_main and self.console.is_terminal
         return Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("acc {task.fields[acc]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(),
-            console=self.console, disable=not enabled,
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("acc {task.fields[acc]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not enabled,
         )
 
     def _open_metrics(self, resume: bool) -> IO[str]:

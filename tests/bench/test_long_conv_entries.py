@@ -126,8 +126,14 @@ def test_sdpa_layers_sets_the_baseline(monkeypatch, one_thread):
     # output-gradient forward, then warm-up + 1 rep of the forward and of the forward+backward
     assert len(calls) == 5 * (1 + 3)
     with pytest.raises(ValueError, match="sdpa_layers"):
-        register_bench("bad", modes={"torch": sdpa_attention}, reference=naive_attention,
-                       flops=lambda s: 1.0, bytes=qkvo_bytes, sdpa_layers=-1)
+        register_bench(
+            "bad",
+            modes={"torch": sdpa_attention},
+            reference=naive_attention,
+            flops=lambda s: 1.0,
+            bytes=qkvo_bytes,
+            sdpa_layers=-1,
+        )
 
 
 @pytest.mark.parametrize(

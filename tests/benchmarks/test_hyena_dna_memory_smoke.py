@@ -20,8 +20,9 @@ def memory_bench():
     return module
 
 
-@pytest.mark.parametrize("extra", [[], ["--checkpoint-blocks", "--long-conv-form", "chunk"]],
-                         ids=["fft", "checkpointed-chunk"])
+@pytest.mark.parametrize(
+    "extra", [[], ["--checkpoint-blocks", "--long-conv-form", "chunk"]], ids=["fft", "checkpointed-chunk"]
+)
 def test_tiny_step_runs_and_writes_json(memory_bench, tmp_path, capsys, one_thread, extra):
     out = tmp_path / "memory.json"
     argv = ["--device", "cpu", "--T", "64", "--steps", "2", "--out", str(out), *extra]
@@ -36,8 +37,9 @@ def test_tiny_step_runs_and_writes_json(memory_bench, tmp_path, capsys, one_thre
 
 
 def test_model_has_sequence_long_filters_and_the_chosen_form(memory_bench):
-    args = memory_bench.parse_args(["--device", "cpu", "--T", "96", "--long-conv-form", "chunk",
-                                    "--checkpoint-blocks"])
+    args = memory_bench.parse_args(
+        ["--device", "cpu", "--T", "96", "--long-conv-form", "chunk", "--checkpoint-blocks"]
+    )
     model = memory_bench.build_model(args, torch.device("cpu"))
     blocks = model.backbone.blocks
     assert len(blocks) == 8 and all(isinstance(b, memory_bench.CheckpointedBlock) for b in blocks)

@@ -13,8 +13,14 @@ from subq.cli.main import main
 from subq.cli.train import command
 
 TINY = {
-    "task": {"name": "mqar", "vocab_size": 64, "seq_len": 16, "num_kv_pairs": 2, "num_train_examples": 256,
-             "num_test_examples": 64},
+    "task": {
+        "name": "mqar",
+        "vocab_size": 64,
+        "seq_len": 16,
+        "num_kv_pairs": 2,
+        "num_train_examples": 256,
+        "num_test_examples": 64,
+    },
     "model": {"d_model": 32, "mixer": {"name": "attention"}, "channel_mixer": "none"},
     "batch_size": 32,
     "max_steps": 8,

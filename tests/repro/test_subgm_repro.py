@@ -13,8 +13,16 @@ from subq.repro import get_reproduction
 from subq.repro.subgm import CLAIM, FULL, QUICK, SubGMSweep, run
 
 TINY = SubGMSweep(
-    d=6, r=1, ms=(60,), r_primes=(1, 6), alphas=(1.0, 1e-3), outlier_fractions=(0.0, 0.2),
-    iters=300, rho=0.98, curve_stride=50, seeds=2,
+    d=6,
+    r=1,
+    ms=(60,),
+    r_primes=(1, 6),
+    alphas=(1.0, 1e-3),
+    outlier_fractions=(0.0, 0.2),
+    iters=300,
+    rho=0.98,
+    curve_stride=50,
+    seeds=2,
 )
 
 

@@ -10,8 +10,14 @@ from subq.train import TrainConfig
 def tiny_config(**overrides) -> TrainConfig:
     """Attention (d_model 32, 2 layers) on MQAR with V=64, L=16, K=2, one CPU thread."""
     data = dict(
-        task=dict(name="mqar", vocab_size=64, seq_len=16, num_kv_pairs=2, num_train_examples=512,
-                  num_test_examples=128),
+        task=dict(
+            name="mqar",
+            vocab_size=64,
+            seq_len=16,
+            num_kv_pairs=2,
+            num_train_examples=512,
+            num_test_examples=128,
+        ),
         model=dict(d_model=32, n_layers=2, mixer={"name": "attention"}, channel_mixer="none"),
         optim=dict(lr=3e-3),
         batch_size=32,

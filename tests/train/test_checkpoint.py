@@ -21,8 +21,14 @@ from subq.train.checkpoint import optimizer_state_from_json, optimizer_state_to_
 
 
 def _save(root, step, value=0.0, **kw):
-    return save_checkpoint(root, step, weights={"w": torch.full((3, 2), value)},
-                           tensors={"t": torch.arange(4)}, state={"note": "x"}, **kw)
+    return save_checkpoint(
+        root,
+        step,
+        weights={"w": torch.full((3, 2), value)},
+        tensors={"t": torch.arange(4)},
+        state={"note": "x"},
+        **kw,
+    )
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -48,10 +48,18 @@ def test_defaults_and_task_name_default():
 @pytest.mark.parametrize("suffix", ["yaml", "json"])
 def test_load_file_with_overrides(tmp_path, suffix):
     path = _write(tmp_path, f"cfg.{suffix}", BASE)
-    cfg = load_config(str(path), [
-        "optim.lr=3e-4", "model.mixer.name=sliding_window", "model.mixer.window=8", "task.seq_len=64",
-        "optim.betas=[0.8, 0.9]", "progress=false", "out_dir=null",
-    ])
+    cfg = load_config(
+        str(path),
+        [
+            "optim.lr=3e-4",
+            "model.mixer.name=sliding_window",
+            "model.mixer.window=8",
+            "task.seq_len=64",
+            "optim.betas=[0.8, 0.9]",
+            "progress=false",
+            "out_dir=null",
+        ],
+    )
     assert cfg.optim.lr == 3e-4 and isinstance(cfg.optim.lr, float)
     assert cfg.model.mixer.name == "sliding_window"
     assert cfg.model.mixer.kwargs == {"num_heads": 2, "window": 8}  # kept from the file

@@ -34,8 +34,13 @@ def _spawn(nprocs: int, *args) -> None:
 
 
 def _worker(rank: int, world: int, port: int, out: str, cfg_json: str) -> None:
-    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        WORLD_SIZE=str(world),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     trainer = Trainer(TrainConfig.model_validate_json(cfg_json))
     try:
         result = trainer.fit()

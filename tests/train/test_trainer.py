@@ -122,8 +122,13 @@ def _crash_on_call(monkeypatch, n: int):
 
 def test_resume_is_bit_exact(tiny, tmp_path, monkeypatch):
     # 4 steps per epoch so the run crosses epochs; dropout so the torch RNG state matters
-    kw = dict(task={"num_train_examples": 128}, model={"embed_dropout": 0.1}, max_steps=10, eval_every=3,
-              log_every=2)
+    kw = dict(
+        task={"num_train_examples": 128},
+        model={"embed_dropout": 0.1},
+        max_steps=10,
+        eval_every=3,
+        log_every=2,
+    )
     straight = Trainer(tiny(**kw))
     straight_result = straight.fit()
 

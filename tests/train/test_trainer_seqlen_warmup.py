@@ -23,10 +23,21 @@ def hyena_dna_run(**overrides) -> TrainConfig:
     """A one-block Hyena LM (HyenaDNA's layer, narrow) on next-base prediction of 64 bases, warm-up from
     16 tokens, two steps per warm-up stage."""
     data = dict(
-        task=dict(name="dna_markov_copy", seq_len=SEQ_LEN, copy_distance=16, segment_len=4, copy_period=8,
-                  num_train_examples=64, num_test_examples=8),
-        model=dict(d_model=16, n_layers=1, channel_mixer="none",
-                   mixer=dict(name="hyena", filter_order=8, emb_dim=5, w=10.0, max_seq_len=SEQ_LEN + 2)),
+        task=dict(
+            name="dna_markov_copy",
+            seq_len=SEQ_LEN,
+            copy_distance=16,
+            segment_len=4,
+            copy_period=8,
+            num_train_examples=64,
+            num_test_examples=8,
+        ),
+        model=dict(
+            d_model=16,
+            n_layers=1,
+            channel_mixer="none",
+            mixer=dict(name="hyena", filter_order=8, emb_dim=5, w=10.0, max_seq_len=SEQ_LEN + 2),
+        ),
         seqlen_warmup=dict(start_len=16, steps_per_stage=2),
         batch_size=BATCH,
         max_steps=7,
@@ -107,8 +118,9 @@ def test_resume_inside_the_warmup_is_exact(tmp_path, monkeypatch):
     resumed = Trainer(cfg)
     resumed.fit(resume=True)  # from step 3: the middle of the 32-token stage
     resumed.close()
-    for (name, want), got in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(),
-                                  strict=True):
+    for (name, want), got in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
         assert torch.equal(want, got), name
 
 
@@ -132,6 +144,10 @@ def test_example_config_is_hyena_dna_tiny_with_a_warmup():
     assert cfg.model == LMConfig.from_preset("hyena_dna-tiny-1k")
     stages = cfg.seqlen_warmup.schedule(cfg.batch_size, cfg.task.seq_len).stages
     assert [(s.seq_len, s.batch_size, s.first_step) for s in stages] == [
-        (64, 256, 0), (128, 128, 100), (256, 64, 200), (512, 32, 300), (1024, 16, 400)
+        (64, 256, 0),
+        (128, 128, 100),
+        (256, 64, 200),
+        (512, 32, 300),
+        (1024, 16, 400),
     ]
     assert load_config(path, ["seqlen_warmup=null"]).seqlen_warmup is None
