@@ -8,6 +8,7 @@ built-in entries; ``runner`` gates, times and reports; ``plot`` draws time versu
 
 from subq.bench import (
     entries,  # noqa: F401  (registers the built-in entries)
+    hip_entries,  # noqa: F401  (hip, hip_mask)
     long_conv_entries,  # noqa: F401  (long_conv, hyena)
     monarch_entries,  # noqa: F401  (monarch, monarch_dense)
     ssd_entries,  # noqa: F401  (ssd)
