@@ -8,6 +8,7 @@ subq doctor                     versions and available fast paths
 subq repro NAME [--quick]       paper reproductions (quadratic, hpoly, quadattack, subgm,
                                 peft_minilm, lora_limits, hyena_dna, lit,
                                 matrix_mixers)
+subq hf generate|bench          HiP attention on a local Hugging Face causal LM
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ _COMMANDS = {
     "bench": "subq.cli.bench",
     "doctor": "subq.cli.doctor",
     "repro": "subq.cli.repro",
+    "hf": "subq.cli.hf",
 }
 
 

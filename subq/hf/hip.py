@@ -33,8 +33,38 @@ HIP_DEFAULTS = dict(
 )
 
 
+def attention_classes(model) -> list[str]:
+    """Names of the module classes in ``model`` whose name contains ``Attention``, in order of first use."""
+    names: list[str] = []
+    for module in model.modules():
+        name = type(module).__name__
+        if "Attention" in name and name not in names:
+            names.append(name)
+    return names
+
+
+def check_hip_support(model) -> None:
+    """Raise ``ValueError`` unless ``model`` routes its attention through ``AttentionInterface``.
+
+    Models that do not (``_supports_attention_backend = False``: Bloom, Falcon, GPT-Neo, MPT, ...)
+    hard-code their attention, so ``attn_implementation="subq_hip"`` would be ignored or fail deep
+    inside ``transformers``; the message names the attention class found."""
+    cls = type(model)
+    if getattr(cls, "_supports_attention_backend", False):
+        return
+    found = attention_classes(model)
+    raise ValueError(
+        f"subq_hip cannot run in {cls.__name__}: its attention ("
+        f"{', '.join(found) if found else 'no *Attention* module found'}) does not go through "
+        f"transformers' AttentionInterface (_supports_attention_backend is False). Supported are models "
+        f"whose attention does, e.g. Llama, Qwen2/3, Mistral, Gemma, Phi-3 and the BERT family."
+    )
+
+
 def configure_hip(model, **kwargs) -> dict:
-    """Set HiP hyperparameters on ``model.config.subq_hip`` (unknown names raise); returns them all."""
+    """Set HiP hyperparameters on ``model.config.subq_hip`` (unknown names raise); returns them all.
+    Raises ``ValueError`` for a model whose attention cannot be replaced (:func:`check_hip_support`)."""
+    check_hip_support(model)
     unknown = set(kwargs) - set(HIP_DEFAULTS)
     if unknown:
         raise ValueError(f"unknown HiP arguments {sorted(unknown)}; valid: {sorted(HIP_DEFAULTS)}")
