@@ -42,7 +42,7 @@ Examples:
     help="torch CPU threads (these models are small: one thread is fastest).",
 )
 def command(name, quick, out_dir, seed, threads):
-    """Reproduce a paper's claim at small scale: quadratic, hpoly, quadattack or subgm."""
+    """Reproduce a paper's claim at small scale (NAME: any of the choices above; `--quick` for a CPU)."""
     console = Console(width=None if sys.stdout.isatty() else 140)
     if threads < 1:
         raise click.BadParameter(f"must be >= 1, got {threads}", param_hint="--threads")
