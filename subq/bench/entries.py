@@ -16,8 +16,9 @@ when ``fla-core`` is installed, flash-linear-attention's kernels on the same inp
 each gated against the same naive reference.
 
 ``combiner`` times the blocked PyTorch form of Combiner attention (``torch``,
-``subq/ops/combiner/blocked.py``), variant ``axial`` by default (``--param variant=fixed|logsparse|
-axial|mixture``) with max-pooled row keys (the op's default; the ``combiner`` layer's learned ``proj``
+``subq/ops/combiner/blocked.py``) and the Triton kernels (``triton``, ``subq/ops/combiner/fused.py``,
+CUDA only, variant ``axial`` only; its backward recomputes through the blocked pieces), variant
+``axial`` by default (``--param variant=fixed|logsparse|axial|mixture``) with max-pooled row keys (the op's default; the ``combiner`` layer's learned ``proj``
 keys add two small matmuls per token). ``block_size=0`` means ``ceil(sqrt(T))`` (32, 64, 128, 256 at
 T = 1k, 4k, 16k, 64k), which balances the ``s`` direct logits against the ``T / s`` span logits and
 makes the op O(T sqrt(T) D); a fixed ``--param block_size=128`` is O(T (128 + T / 128) D) instead.
@@ -67,7 +68,7 @@ from torch import Tensor
 
 from subq.bench.registry import BenchShape, qkv_inputs, qkvo_bytes, register_bench
 from subq.ops.attention import naive_attention, sdpa_attention
-from subq.ops.combiner import blocked_combiner_attention, naive_combiner_attention
+from subq.ops.combiner import blocked_combiner_attention, combiner_attention, naive_combiner_attention
 from subq.ops.kernel_rpe import (
     draw_random_features,
     fft_kernelized_rpe_attention,
@@ -266,7 +267,10 @@ def _combiner(fn, q: Tensor, k: Tensor, v: Tensor, *, variant: str, block_size: 
 
 @register_bench(
     "combiner",
-    modes={"torch": functools.partial(_combiner, blocked_combiner_attention)},
+    modes={
+        "torch": functools.partial(_combiner, blocked_combiner_attention),
+        "triton": functools.partial(_combiner, functools.partial(combiner_attention, mode="triton")),
+    },
     reference=functools.partial(_combiner, naive_combiner_attention),
     flops=combiner_flops,
     bytes=qkvo_bytes,
