@@ -3,7 +3,7 @@
 ``hierarchical_mask`` estimates each query block's top key blocks in O(T log T);
 ``block_sparse_attention`` attends over ``sinks | selected blocks | window``;
 ``hip_decode_attention`` does one decoding step over a (cached) mask; ``hip_attention`` chains the
-first two.
+first two; ``OffloadedKVCache`` decodes over a KV cache kept in host memory.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from subq.ops.hip.naive import (
     naive_hip_mask,
     topk_oracle_mask,
 )
+from subq.ops.hip.offload import OffloadedKVCache
 
 
 def hip_attention(
@@ -74,6 +75,7 @@ def hip_attention(
 
 
 __all__ = [
+    "OffloadedKVCache",
     "attention_mass_recall",
     "block_sparse_attention",
     "hierarchical_mask",
