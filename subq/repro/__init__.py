@@ -25,6 +25,7 @@ REPRODUCTIONS = {
     "peft_minilm": "subq.repro.peft_minilm",
     "lit": "subq.repro.lit",
     "matrix_mixers": "subq.repro.matrix_mixers",
+    "hip_quality": "subq.repro.hip_quality",
 }
 """name -> module; every module defines ``run`` and a one-line ``CLAIM`` (the paper's claim)."""
 
