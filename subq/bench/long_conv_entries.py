@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from subq.bench.registry import BenchShape, register_bench
 from subq.layers import get_mixer
 from subq.models.hyena_dna import HYENA_LAYER
-from subq.ops.long_conv import chunk_long_conv, fft_long_conv, naive_long_conv
+from subq.ops.long_conv import chunk_long_conv, fft_long_conv, naive_long_conv, triton_long_conv
 
 HYENA_BENCH_LAYERS = 2
 
@@ -81,6 +81,7 @@ LONG_CONV_MODES = {
     "torch_fft": torch_fft_long_conv,
     "fft": fft_long_conv,
     "chunk": chunk_long_conv,
+    "triton": triton_long_conv,
 }
 """Mode name -> ``fn(u: [B, T, C], h: [C, L]) -> y: [B, T, C]`` of the ``long_conv`` entry."""
 

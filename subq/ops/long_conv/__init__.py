@@ -3,7 +3,8 @@
 Layout ``u: [B, T, C]``, filter ``h: [C, L]`` with ``L <= T`` (``[2, C, L]``, forward and reverse
 halves, when ``causal=False``), ``bias: [C]``. Forms: ``naive_long_conv`` (the tap-by-tap reference),
 ``fft_long_conv`` (one FFT, O(T log T)), ``chunk_long_conv`` (dyadic blocks, O(T log^2 T), bitwise
-causal) and ``long_conv_step`` (one decoding step on the input history). See ``README.md``.
+causal), ``triton_long_conv`` (Triton Monarch FFTs, the GPU form) and ``long_conv_step`` (one decoding
+step on the input history). See ``README.md``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from torch import Tensor
 from subq.ops.long_conv.chunk import chunk_long_conv
 from subq.ops.long_conv.fft import fft_long_conv, fft_size
 from subq.ops.long_conv.naive import check_filter, check_tensor, compute_dtype, naive_long_conv
+from subq.ops.long_conv.triton_fft import triton_long_conv
 
-LONG_CONV_MODES = ("auto", "fft", "chunk", "naive")
+LONG_CONV_MODES = ("auto", "fft", "chunk", "naive", "triton")
 
 
 def long_conv(
@@ -30,7 +32,8 @@ def long_conv(
         bias: `[C]` or None (default None): adds ``bias * u`` (Hyena's ``D``).
         causal: default True.
         mode: ``"fft"`` (:func:`fft_long_conv`), ``"chunk"`` (:func:`chunk_long_conv`, bitwise
-            causal), ``"naive"`` (:func:`naive_long_conv`) or ``"auto"`` (default: ``"fft"``).
+            causal), ``"naive"`` (:func:`naive_long_conv`), ``"triton"`` (:func:`triton_long_conv`,
+            CUDA, float32 and half inputs) or ``"auto"`` (default: ``"fft"``).
 
     Returns:
         ``y: [B, T, C]`` in the dtype of ``u``.
@@ -41,6 +44,8 @@ def long_conv(
         return naive_long_conv(u, h, bias, causal)
     if mode == "chunk":
         return chunk_long_conv(u, h, bias, causal=causal)
+    if mode == "triton":
+        return triton_long_conv(u, h, bias, causal=causal)
     return fft_long_conv(u, h, bias, causal=causal)
 
 
@@ -97,4 +102,5 @@ __all__ = [
     "long_conv",
     "long_conv_step",
     "naive_long_conv",
+    "triton_long_conv",
 ]

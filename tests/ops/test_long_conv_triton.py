@@ -1,0 +1,144 @@
+"""The Triton Monarch-FFT long convolution against the tap-by-tap reference: forward and both
+gradients, causal and bidirectional, padded lengths, strided inputs, the GPU plan (every DFT factor
+16) run in the interpreter, causality to rounding, bad input. On CPU the kernels run in Triton's
+interpreter, which computes ``tl.dot`` in float32 whatever ``precision`` says: these tests check the
+algorithm; the ``gpu`` tests check the tensor-core precisions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from subq.ops.long_conv import fft_long_conv, long_conv, naive_long_conv, triton_long_conv
+from subq.ops.long_conv.triton_fft import fft_plan
+from tests.conftest import assert_close
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# (B, T, C, L, min_factor): powers of two, a padded length, short filters, balanced plans
+SHAPES = [
+    (2, 16, 3, 16, 2),
+    (1, 64, 3, 64, 2),
+    (2, 100, 3, 100, 2),
+    (1, 100, 2, 37, 2),
+    (2, 256, 3, 256, 4),
+    (1, 1024, 2, 1024, 4),
+    (1, 1000, 2, 333, 4),
+]
+SHAPE_IDS = [f"B{B}-T{T}-C{C}-L{L}-f{f}" for B, T, C, L, f in SHAPES]
+
+
+def inputs(B: int, T: int, C: int, L: int, causal: bool = True, dtype=torch.float32):
+    u = torch.randn(B, T, C, dtype=dtype, device=DEVICE, requires_grad=True)
+    h = (torch.randn(C, L) if causal else torch.randn(2, C, L)) / L**0.5
+    h = h.to(dtype=dtype, device=DEVICE).requires_grad_()
+    return u, h
+
+
+def check_against_naive(u, h, y, g, causal, tol, bias=None, reference=naive_long_conv):
+    """``y`` and the gradients of ``(y * g).sum()`` against ``reference`` in float64."""
+    leaves = (u, h) if bias is None else (u, h, bias)
+    ref = [t.detach().double().requires_grad_() for t in leaves]
+    y_ref = reference(ref[0], ref[1], None if bias is None else ref[2], causal=causal)
+    assert y.dtype == u.dtype
+    assert_close(y, y_ref, tol, "y")
+    got = torch.autograd.grad(y, leaves, g.to(y.dtype))
+    want = torch.autograd.grad(y_ref, ref, g.double())
+    for name, a, b in zip(("du", "dh", "dbias"), got, want, strict=False):
+        assert_close(a, b, tol, name)
+
+
+@pytest.mark.parametrize("B,T,C,L,f", SHAPES, ids=SHAPE_IDS)
+def test_matches_naive_fp32(B, T, C, L, f, one_thread):
+    u, h = inputs(B, T, C, L)
+    y = triton_long_conv(u, h, min_factor=f)
+    check_against_naive(u, h, y, torch.randn_like(y), True, 1e-4)
+
+
+@pytest.mark.parametrize("T", [60, 256])
+def test_bidirectional_and_bias(T, one_thread):
+    u, h = inputs(2, T, 3, T // 2, causal=False)
+    bias = torch.randn(3, device=DEVICE, requires_grad=True)
+    y = long_conv(u, h, bias, causal=False, mode="triton")
+    check_against_naive(u, h, y, torch.randn_like(y), False, 1e-4, bias)
+
+
+def test_gpu_plan_in_interpreter(one_thread):
+    """Every factor 16 (what CUDA runs): T = 4096 padded to 32768, FFT size 65536, plan (16, 16, 16, 16).
+    The largest plan the interpreter runs in seconds; the error is float32 rounding, ~2e-7."""
+    assert fft_plan(4096, 16) == (16, 16, 16, 16)
+    u, h = inputs(1, 4096, 1, 4096)
+    y = triton_long_conv(u, h, min_factor=16)
+    check_against_naive(u, h, y, torch.randn_like(y), True, 1e-5)
+
+
+def test_strided_inputs_channels_first(one_thread):
+    """``u`` as the ``[B, T, C]`` view of channels-first storage (the benchmark's layout)."""
+    u_bct = torch.randn(2, 3, 128, device=DEVICE, requires_grad=True)
+    h = (torch.randn(3, 128, device=DEVICE) / 128**0.5).requires_grad_()
+    u = u_bct.transpose(1, 2)
+    y = triton_long_conv(u, h, min_factor=4)
+    check_against_naive(u, h, y, torch.randn(2, 3, 128, device=DEVICE).transpose(1, 2), True, 1e-5)
+
+
+def test_half_inputs_out_in_their_dtype(one_thread):
+    u, h = (t.detach() for t in inputs(1, 128, 2, 128, dtype=torch.float64))
+    y = triton_long_conv(u.half(), h.half(), min_factor=4)
+    assert y.dtype == torch.float16
+    assert_close(y, naive_long_conv(u, h), 2e-3, "fp16")
+
+
+@pytest.mark.parametrize("t", [0, 37, 99])
+def test_causal_to_rounding(t, one_thread):
+    """Output ``t`` moves by rounding only (float32, relative ~1e-7) when inputs after ``t`` change."""
+    u, h = (x.detach() for x in inputs(1, 100, 2, 100))
+    u2 = u.clone()
+    u2[:, t + 1 :] = 100 * torch.randn_like(u2[:, t + 1 :])
+    y, y2 = triton_long_conv(u, h), triton_long_conv(u2, h)
+    scale = y2.abs().max()
+    assert (y[:, : t + 1] - y2[:, : t + 1]).abs().max() <= 1e-5 * scale
+    if t + 1 < 100:
+        assert not torch.allclose(y[:, t + 1 :], y2[:, t + 1 :])
+
+
+def test_fft_plan():
+    assert fft_plan(1_048_576) == (16, 32, 64, 64)  # N = 2^21: columns 512, rows 4096
+    assert fft_plan(65_536) == (16, 16, 16, 32)  # N = 2^17
+    assert fft_plan(100, 16) == (16, 16, 16, 16)  # padded to 32768
+    assert fft_plan(100, 2) == (2, 2, 8, 8)  # N = 256
+    for T in (1, 7, 100, 5000, 1 << 20):
+        P, Q, R1, R2 = fft_plan(T, 2)
+        assert P * Q * R1 * R2 >= 2 * T and R1 * R2 <= 4096 and min(P, Q, R1, R2) >= 2
+    with pytest.raises(ValueError, match="min_factor must be a power of two >= 2, got 12"):
+        fft_plan(100, 12)
+
+
+def test_bad_input():
+    u, h = (t.detach() for t in inputs(1, 16, 2, 16))
+    with pytest.raises(ValueError, match="precision must be one of tf32x3, tf32, ieee; got 'fp8'"):
+        triton_long_conv(u, h, precision="fp8")
+    with pytest.raises(TypeError, match="computes in float32; got float64"):
+        triton_long_conv(u.double(), h.double())
+    with pytest.raises(ValueError, match=r"L=17 exceeds the sequence length T=16"):
+        triton_long_conv(u, torch.randn(2, 17, device=DEVICE))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision,tol", [("tf32x3", 1e-5), ("tf32", 1e-3), ("ieee", 1e-5)])
+@pytest.mark.parametrize("T", [1000, 8192, 65536])
+def test_gpu_precisions(precision, tol, T):
+    """The tensor-core precisions on CUDA, forward and gradients, 128 channels as the benchmark; the
+    reference is the float64 FFT form (pinned to naive at 1e-12 in ``test_long_conv.py``)."""
+    u, h = inputs(1, T, 128, T)
+    y = triton_long_conv(u, h, precision=precision)
+    check_against_naive(u, h, y, torch.randn_like(y), True, tol, reference=fft_long_conv)
+
+
+@pytest.mark.gpu
+def test_gpu_error_at_one_million():
+    """The issue's target: relative RMS <= 1e-3 at T = 2^20, forward and gradients, default precision."""
+    T, C = 1 << 20, 8
+    u = torch.randn(1, T, C, device="cuda", requires_grad=True)
+    h = (torch.randn(C, T, device="cuda") / T**0.5).requires_grad_()
+    check_against_naive(
+        u, h, triton_long_conv(u, h), torch.randn(1, T, C, device="cuda"), True, 1e-3, reference=fft_long_conv
+    )
