@@ -9,8 +9,9 @@ One new token (``q: [B, 1, H, D]``) attends a KV cache of ``T`` tokens (``[B, T,
   configuration: 490 us at 128k with 32 heads; only when ``H_kv < H``);
 - ``hip_search``: the mask search of the newest query (``hierarchical_mask``, ``block_size_q=1``, as
   the ``hip`` layer refreshes it);
-- ``hip_cached``: one decode step over a cached mask (``hip_decode_attention``, split-K), timed at
-  the widest effective window of a refresh interval, ``window + refresh - 1`` (an upper bound);
+- ``hip_cached``: one decode step over a cached mask (``hip_decode_attention``, split-K) in the
+  state of the last step of a refresh interval: the mask searched ``refresh - 1`` tokens earlier and
+  the window widened to ``window + refresh - 1`` (the widest of the interval: an upper bound);
 - ``hip_amortized``: one search plus ``refresh`` steps with windows ``window .. window + refresh -
   1``, divided by ``refresh``: the per-token cost of the ``hip`` layer's decode.
 
@@ -27,8 +28,17 @@ the same mask at ``min(T, 65536)``. Times, median microseconds:
 Memory: ``kv MiB`` (the HiP cache, K and V), ``extra MiB``: CUDA memory one call allocates above what
 is allocated before it (``max_memory_allocated`` delta; ``None`` on CPU).
 
+``--offload`` adds :class:`~subq.ops.hip.offload.OffloadedKVCache` (K and V in pinned host memory; on
+the GPU the sinks, the last ``window + refresh`` tokens and an LRU pool of key blocks, by default
+twice what one step selects): its output is checked against ``hip_cached``, then ``offload_warm`` (the
+cached mask, every block in the pool) and ``offload_cold`` (the pool cleared before each call, every
+selected block fetched over PCIe) are timed eagerly (the host-side page table rules out a CUDA graph),
+and ``gpu_kv_mib`` reports the KV bytes it keeps on the GPU. The mask search is not offloaded: it
+still reads the keys on the GPU (``hip_search``).
+
     python benchmarks/hip_decode.py                                   # CUDA, T = 32k, 128k, 1M
     python benchmarks/hip_decode.py --lengths 131072 --kv-heads 32 --num-splits 8
+    python benchmarks/hip_decode.py --lengths 1048576 --offload       # GPU KV memory and latency at 1M
     python benchmarks/hip_decode.py --device cpu --lengths 256,512    # tiny, any machine
 
 Prints a table, then one JSON line. Exit status 1 if a correctness check fails.
@@ -67,6 +77,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--num-splits", type=int, default=None, help="split-K of the decode kernel (default: the op's)"
     )
     p.add_argument("--reps", type=int, default=20, help="timed graph replays (default %(default)s)")
+    p.add_argument(
+        "--offload", action="store_true", help="also decode from a host-memory KV cache (OffloadedKVCache)"
+    )
+    p.add_argument(
+        "--offload-capacity",
+        type=int,
+        default=None,
+        help="device block pool of --offload (default: 2 steps' worth)",
+    )
     p.add_argument("--no-mha", action="store_true", help="skip the SDPA baseline on an H-head cache")
     p.add_argument("--out", help="also write the JSON record to this file")
     args = p.parse_args(argv)
@@ -115,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 "window",
                 "refresh",
                 "num_splits",
+                "offload",
             )
         },  # fmt: skip
         "rows": rows,
@@ -157,8 +177,9 @@ def bench_length(T: int, args: argparse.Namespace, device) -> dict:
     row = {"T": T, "gate": gate(q, k, v, search, step, args)}
     if not row["gate"]["ok"]:
         return row
-    mask = search()
+    # the cached mask at the last step of an interval: searched refresh - 1 tokens ago, window widened
     wide = args.window + args.refresh - 1
+    mask = search(k[:, : max(T - args.refresh + 1, 1)])
 
     def amortized():
         m = search()
@@ -175,8 +196,48 @@ def bench_length(T: int, args: argparse.Namespace, device) -> dict:
     }
     if Hkv < H and not args.no_mha:
         row["forms"]["sdpa_mha"] = sdpa_decode(q, k, v, H, device, args.reps)
+    if args.offload:
+        offload(row, q, k, v, mask, wide, step(mask, wide), args, device)
     _speedups(row)
     return row
+
+
+def offload(row: dict, q, k, v, mask, window: int, want, args, device) -> None:
+    """Decode from :class:`~subq.ops.hip.offload.OffloadedKVCache`: checked against the full-cache
+    step, then timed with a warm pool (the cached mask: every block hits) and a cold one (cleared
+    before each call: every selected block is fetched from host memory)."""
+    from subq.ops.hip.offload import OffloadedKVCache
+
+    G = mask[0].shape[-1]
+    capacity = args.offload_capacity or 2 * args.batch * args.heads * G
+    cache = OffloadedKVCache(
+        k, v, device=device, block_size_k=args.block_size_k, sink_size=args.sink,
+        recent=args.window + args.refresh, capacity=capacity,
+    )  # fmt: skip
+    mode = "triton" if device.type == "cuda" else "torch"
+
+    def warm():
+        return cache.decode(q, *mask, window=window, num_splits=args.num_splits, mode=mode)
+
+    def cold():
+        cache.clear()
+        return warm()
+
+    err = rel_rms(cold(), want)
+    fetched = cache.misses
+    ok = err <= TOL[args.dtype]
+    row["offload"] = {
+        "rel_rms_vs_full": float(f"{err:.3e}"),
+        "ok": ok,
+        "gpu_kv_mib": round(cache.device_bytes() / 2**20, 2),
+        "host_kv_mib": round(2 * cache.k_host.numel() * cache.k_host.element_size() / 2**20, 2),
+        "capacity_blocks": capacity,
+        "blocks_fetched_cold": fetched,
+    }
+    row["gate"]["ok"] = row["gate"]["ok"] and ok
+    if ok:
+        row["forms"]["offload_warm"] = measure(warm, device, args.reps, graph=False)
+        row["forms"]["offload_cold"] = measure(cold, device, args.reps, graph=False)
 
 
 def sdpa_decode(q, k, v, heads: int, device, reps: int) -> dict:
@@ -212,8 +273,8 @@ def gate(q, k, v, search, step, args) -> dict:
 def _speedups(row: dict) -> None:
     f = row["forms"]
     for base in ("sdpa", "sdpa_mha"):
-        for name in ("hip_cached", "hip_amortized"):
-            if base in f:
+        for name in ("hip_cached", "hip_amortized", "offload_warm", "offload_cold"):
+            if base in f and name in f:
                 row[f"speedup_{name}_vs_{base}"] = _ratio(f[base], f[name])
 
 
@@ -227,13 +288,13 @@ def rel_rms(a, e) -> float:
     return ((a - e).pow(2).mean().sqrt() / e.pow(2).mean().sqrt()).item()
 
 
-def measure(fn, device, reps: int) -> dict:
+def measure(fn, device, reps: int, graph: bool = True) -> dict:
     """``eager_us``, ``graph_us`` (CUDA) and ``extra_mib`` (CUDA) of ``fn()``; a measurement that
     raises is ``None`` and its exception is kept in ``errors``."""
     result, errors = {}, {}
     for key, how in (
         ("eager_us", lambda: round(eager_us(fn, device), 2)),
-        ("graph_us", lambda: round(graph_us(fn, reps), 2) if device.type == "cuda" else None),
+        ("graph_us", lambda: round(graph_us(fn, reps), 2) if graph and device.type == "cuda" else None),
         ("extra_mib", lambda: peak_extra_mib(fn, device)),
     ):
         try:
@@ -317,6 +378,8 @@ def print_table(record: dict) -> None:
         f"window={c['window']} refresh={c['refresh']}"
     )
     names = ("sdpa", "sdpa_mha", "hip_search", "hip_cached", "hip_amortized")
+    if c["offload"]:
+        names += ("offload_warm", "offload_cold")
     print(f"{'T':>8} {'kv MiB':>9} {'gate':>10} | " + " | ".join(f"{n:>22}" for n in names) + " | speedups")
     print(f"{'':>30}| " + " | ".join(f"{'graph/eager us, MiB':>22}" for _ in names) + " |")
     for r in record["rows"]:
@@ -334,6 +397,13 @@ def print_table(record: dict) -> None:
         ups = {k[len("speedup_") :]: v for k, v in r.items() if k.startswith("speedup_")}
         cells.append(" ".join(f"{k}={_num(v)}x" for k, v in ups.items()))
         print(" | ".join(cells))
+        if "offload" in r:
+            off = r["offload"]
+            print(
+                f"{'':>8} offload: GPU KV {off['gpu_kv_mib']} MiB of {off['host_kv_mib']} MiB in host "
+                f"memory, {off['blocks_fetched_cold']} blocks fetched cold, "
+                f"rel-RMS vs full {off['rel_rms_vs_full']:.0e}"
+            )
 
 
 def _num(x) -> str:
