@@ -314,12 +314,14 @@ def axial_spans(
 
 
 def _dims(q: Tensor, v: Tensor) -> dict:
+    BK, BV = (max(16, triton.next_power_of_2(x.shape[-1])) for x in (q, v))
     return dict(
         K=q.shape[-1],
         V=v.shape[-1],
-        BK=max(16, triton.next_power_of_2(q.shape[-1])),
-        BV=max(16, triton.next_power_of_2(v.shape[-1])),
+        BK=BK,
+        BV=BV,
         PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=4 if max(BK, BV) <= 64 else 8,  # head dim 128 with 4 warps spills registers
     )
 
 
