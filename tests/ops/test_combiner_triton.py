@@ -30,6 +30,7 @@ CPU_CASES = [
     (1, 64, 2, 2, 16, 16, None),
     (1, 100, 2, 2, 12, 8, 7),
     (1, 40, 2, 2, 16, 16, 64),
+    (1, 17, 2, 1, 16, 16, 1),
     (1, 1000, 2, 2, 16, 16, None),
 ]
 
@@ -105,7 +106,7 @@ def test_fused_learned_summary_keys(case, causal, one_thread):
 
 
 @DIRECTIONS
-@pytest.mark.parametrize("case", CPU_CASES[:5], ids=_ids)
+@pytest.mark.parametrize("case", CPU_CASES[:6], ids=_ids)
 def test_blocked_twins_of_the_passes_match_naive(case, causal, one_thread):
     """The backward differentiates :func:`axial_rows` then :func:`axial_spans`: together they are
     Combiner-Axial (float64, to 1e-12)."""
