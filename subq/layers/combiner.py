@@ -320,9 +320,11 @@ class Combiner(Mixer):
     def _mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Combiner attention of ``q, k, v: [B, T, H, D]`` (inputs ``x``), projected back."""
         key_fn = (lambda s: self._summary_keys(s, x)) if self.summary_proj else None
+        # under "auto" the op picks its fused Triton forward on CUDA where it applies (axial)
+        mode = "auto" if self.mode == "auto" else self.resolve_mode(x)
         o, _ = combiner_attention(
             q, k, v, variant=self.variant, block_size=self.block_size, causal=self.causal,
-            scale=self.scale, row_summary_key=key_fn, mode=self.resolve_mode(x),
+            scale=self.scale, row_summary_key=key_fn, mode=mode,
         )  # fmt: skip
         return self.out_proj(o.flatten(2))
 
