@@ -29,17 +29,66 @@ from torch import Tensor
 
 from subq.ops.long_conv.naive import check_long_conv
 
-PRECISIONS = ("tf32x3", "tf32", "ieee")
+PRECISIONS = ("tf32x3", "tf32", "fp16", "ieee")
 MAX_ROW_LOG2 = 12  # rows of at most 4096 complex points: two operands in registers
+
+
+@triton.jit
+def _rnd(x, PREC: tl.constexpr):
+    """A ``tl.dot`` operand: for ``tf32``, rounded to the nearest tf32 (ties to even) in float32 bits.
+    The tensor cores ignore the low 13 bits (truncation), whose bias of -2^-11 per stage would add
+    up over the transform's stages; rounded first, the truncation is exact."""
+    if PREC == "tf32":
+        b = x.to(tl.uint32, bitcast=True)
+        b = (b + 0xFFF + ((b >> 13) & 1)) & 0xFFFFE000
+        x = b.to(tl.float32, bitcast=True)
+    return x
+
+
+@triton.jit
+def _scale(x):
+    """A power of two ``>= max |x|`` (1 for an all-zero block): ``x / scale`` is in ``[-1, 1]``."""
+    m = tl.max(tl.max(tl.abs(x), axis=1), axis=0)
+    return tl.exp2(tl.ceil(tl.log2(tl.maximum(m, 1e-30))))
+
+
+@triton.jit
+def _half(x, s):
+    return (x * (1.0 / s)).to(tl.float16)
+
+
+@triton.jit
+def _dot(a, b, acc, PREC: tl.constexpr):
+    """``a @ b (+ acc)`` in float32; ``fp16``: both operands scaled by a power of two into [-1, 1]
+    (no overflow, exact scaling) and rounded to float16."""
+    if PREC == "fp16":
+        sa, sb = _scale(a), _scale(b)
+        c = tl.dot(_half(a, sa), _half(b, sb), out_dtype=tl.float32) * (sa * sb)
+        if acc is not None:
+            c += acc
+    else:
+        c = tl.dot(_rnd(a, PREC), _rnd(b, PREC), acc, input_precision=PREC)
+    return c
 
 
 @triton.jit
 def _cdot(ar, ai, br, bi, PREC: tl.constexpr):
     """``(ar + i ai) @ (br + i bi)``, four real matmuls with float32 accumulation."""
-    cr = tl.dot(ar, br, input_precision=PREC)
-    cr = tl.dot(-ai, bi, cr, input_precision=PREC)
-    ci = tl.dot(ar, bi, input_precision=PREC)
-    ci = tl.dot(ai, br, ci, input_precision=PREC)
+    if PREC == "fp16":
+        sa = tl.maximum(_scale(ar), _scale(ai))
+        sb = tl.maximum(_scale(br), _scale(bi))
+        har, hai, hbr, hbi = _half(ar, sa), _half(ai, sa), _half(br, sb), _half(bi, sb)
+        cr = tl.dot(har, hbr, out_dtype=tl.float32)
+        cr = tl.dot(-hai, hbi, cr, out_dtype=tl.float32)
+        ci = tl.dot(har, hbi, out_dtype=tl.float32)
+        ci = tl.dot(hai, hbr, ci, out_dtype=tl.float32)
+        cr, ci = cr * (sa * sb), ci * (sa * sb)
+    else:
+        ar, ai, br, bi = _rnd(ar, PREC), _rnd(ai, PREC), _rnd(br, PREC), _rnd(bi, PREC)
+        cr = tl.dot(ar, br, input_precision=PREC)
+        cr = tl.dot(-ai, bi, cr, input_precision=PREC)
+        ci = tl.dot(ar, bi, input_precision=PREC)
+        ci = tl.dot(ai, br, ci, input_precision=PREC)
     return cr, ci
 
 
@@ -100,8 +149,8 @@ def long_conv_fft_cols_kernel(
 
     # DFT over p (left), real input  [P, BN * Q]
     b_x2 = tl.reshape(b_x, (P, BN * Q))
-    b_yr = tl.dot(_load_mat(fpr, o_p, o_p, P), b_x2, input_precision=PREC)
-    b_yi = tl.dot(_load_mat(fpi, o_p, o_p, P), b_x2, input_precision=PREC)
+    b_yr = _dot(_load_mat(fpr, o_p, o_p, P), b_x2, None, PREC)
+    b_yi = _dot(_load_mat(fpi, o_p, o_p, P), b_x2, None, PREC)
     b_yr = tl.reshape(b_yr, (P, BN, Q))
     b_yi = tl.reshape(b_yi, (P, BN, Q))
     # inner twiddle w_N1^(q k_p)  [P, 1, Q]
@@ -261,8 +310,8 @@ def long_conv_ifft_cols_kernel(
     b_twi = _load_mat(twi, o_p, o_q, Q)[:, None, :]
     b_gr, b_gi = b_gr * b_twr + b_gi * b_twi, b_gi * b_twr - b_gr * b_twi
     # Re(conj(F_P) G) = Re(F_P) Re(G) + Im(F_P) Im(G)
-    b_y = tl.dot(_load_mat(fpr, o_p, o_p, P), tl.reshape(b_gr, (P, BN * Q)), input_precision=PREC)
-    b_y = tl.dot(_load_mat(fpi, o_p, o_p, P), tl.reshape(b_gi, (P, BN * Q)), b_y, input_precision=PREC)
+    b_y = _dot(_load_mat(fpr, o_p, o_p, P), tl.reshape(b_gr, (P, BN * Q)), None, PREC)
+    b_y = _dot(_load_mat(fpi, o_p, o_p, P), tl.reshape(b_gi, (P, BN * Q)), b_y, PREC)
     sgn = 1.0 - 2.0 * (o_q % 2).to(tl.float32)
     b_y = tl.reshape(b_y, (P, BN, Q)) + sgn[None, None, :] * b_nyq[None, :, None]
 
@@ -417,9 +466,12 @@ def triton_long_conv(
         h: `[C, L]` (causal) or `[2, C, L]` (``causal=False``), ``1 <= L <= T``.
         bias: `[C]` or None (default None): adds ``bias * u``.
         causal: default True.
-        precision: ``tl.dot`` input precision of the DFT matmuls: ``"tf32x3"`` (default; about float32
-            accuracy on tensor cores), ``"tf32"`` (3x cheaper, about 1e-3 relative at ``T = 1M``) or
-            ``"ieee"`` (float32 FMA, no tensor cores).
+        precision: the DFT matmuls' operand precision (accumulation is always float32):
+            ``"tf32x3"`` (default: three tf32 products, about float32 accuracy), ``"tf32"`` (operands
+            rounded to nearest tf32: 6e-4 to 9e-4 relative RMS for T = 4k .. 256k; see
+            ``README.md``), ``"fp16"`` (operands scaled by a power of two per block and rounded
+            to float16: the error of ``"tf32"`` at twice its tensor-core rate) or ``"ieee"``
+            (float32 FMA, no tensor cores).
         min_factor: the least DFT factor of the plan (:func:`fft_plan`); default None: 16 on CUDA (the
             least ``tl.dot`` tile), 2 elsewhere. Tests pin 16 to run the GPU plan in the interpreter.
 
