@@ -35,11 +35,11 @@ import torch
 from torch import Tensor, nn
 
 from subq.layers.base import Mixer
-from subq.layers.hyena import HyenaFilter
+from subq.layers.hyena import HyenaFilter, check_filter_args
 from subq.layers.registry import register_mixer
 from subq.ops.long_conv import long_conv
 from subq.ops.monarch import monarch_conv
-from subq.ops.short_conv import MAX_KERNEL_SIZE, MIN_KERNEL_SIZE, naive_short_conv, short_conv
+from subq.ops.short_conv import naive_short_conv, short_conv
 
 LONG_CONV_FORMS = ("auto", "fft", "chunk", "monarch")
 
@@ -91,21 +91,7 @@ class MonarchMixer(Mixer):
         dtype=None,
     ):
         super().__init__(d_model, causal=causal, layer_idx=layer_idx, mode=mode, device=device, dtype=dtype)
-        if not isinstance(filter_order, int) or filter_order < 1:
-            raise ValueError(f"filter_order must be a positive int, got {filter_order!r}")
-        if not isinstance(emb_dim, int) or emb_dim < 3 or emb_dim % 2 == 0:
-            raise ValueError(f"emb_dim must be an odd int >= 3, got {emb_dim!r}")
-        if not isinstance(short_filter_order, int) or not (
-            MIN_KERNEL_SIZE <= short_filter_order <= MAX_KERNEL_SIZE
-        ):
-            raise ValueError(
-                f"short_filter_order must be an int in [{MIN_KERNEL_SIZE}, {MAX_KERNEL_SIZE}], "
-                f"got {short_filter_order!r}"
-            )
-        if not isinstance(max_seq_len, int) or max_seq_len < 2:
-            raise ValueError(f"max_seq_len must be an int >= 2, got {max_seq_len!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        check_filter_args(filter_order, emb_dim, short_filter_order, max_seq_len, dropout)
         if long_conv_form not in LONG_CONV_FORMS:
             raise ValueError(f"long_conv_form must be one of {LONG_CONV_FORMS}, got {long_conv_form!r}")
         self.filter_order, self.emb_dim, self.short_filter_order = filter_order, emb_dim, short_filter_order
