@@ -14,10 +14,9 @@ runs a masked softmax over them: O(T (k + window + sink)) time and memory.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 from torch import Tensor
 
+from subq.ops.common.triton_compat import tl, triton
 from subq.ops.hip.checks import check_hip_inputs, check_indices
 from subq.ops.hip.common import _chunk_keys, _key_mask
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 import os
 
 import torch
-import triton
-import triton.language as tl
 from torch import Tensor
 
+from subq.ops.common.triton_compat import tl, triton
 from subq.ops.hip.block_sparse import block_sparse_attention
 from subq.ops.hip.checks import check_hip_inputs, check_indices
 from subq.ops.hip.common import _chunk_keys, _key_mask

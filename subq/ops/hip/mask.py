@@ -13,10 +13,9 @@ from __future__ import annotations
 import os
 
 import torch
-import triton
-import triton.language as tl
 from torch import Tensor
 
+from subq.ops.common.triton_compat import tl, triton
 from subq.ops.hip.checks import SCORE_FLOOR, check_hip_args, check_hip_inputs
 
 

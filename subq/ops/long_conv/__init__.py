@@ -15,7 +15,14 @@ from torch import Tensor
 from subq.ops.long_conv.chunk import chunk_long_conv
 from subq.ops.long_conv.fft import fft_long_conv, fft_size
 from subq.ops.long_conv.naive import check_filter, check_tensor, compute_dtype, naive_long_conv
-from subq.ops.long_conv.triton_fft import triton_long_conv
+
+
+def triton_long_conv(u: Tensor, h: Tensor, bias: Tensor | None = None, **kwargs) -> Tensor:
+    """:func:`subq.ops.long_conv.triton_fft.triton_long_conv` (imports Triton on first use)."""
+    from subq.ops.long_conv.triton_fft import triton_long_conv as fused
+
+    return fused(u, h, bias, **kwargs)
+
 
 LONG_CONV_MODES = ("auto", "fft", "chunk", "naive", "triton")
 
