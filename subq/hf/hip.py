@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from subq.ops.hip import hierarchical_mask, hip_attention, hip_decode_attention
-from subq.ops.hip.checks import check_hip_args
+from subq.ops.hip import hip_attention, hip_decode_step
+from subq.ops.hip.checks import HIP_ARGS, HIP_DECODE_ARGS, check_hip_args
 
 NAME = "subq_hip"
 HIP_DEFAULTS = dict(
@@ -69,8 +69,7 @@ def configure_hip(model, **kwargs) -> dict:
     if unknown:
         raise ValueError(f"unknown HiP arguments {sorted(unknown)}; valid: {sorted(HIP_DEFAULTS)}")
     cfg = {**HIP_DEFAULTS, **getattr(model.config, "subq_hip", {}), **kwargs}
-    check_hip_args(**{k: cfg[k] for k in ("mask_k", "block_size_q", "block_stride_q", "block_size_k",
-                                            "block_stride_k", "sink_size", "window")})  # fmt: skip
+    check_hip_args(**{k: cfg[k] for k in HIP_ARGS})
     model.config.subq_hip = cfg
     return cfg
 
@@ -96,34 +95,20 @@ def _hip_rows(
     module, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, cfg: dict, cache_ok: bool
 ):
     """HiP over unpadded ``q: [B, T_q, H, D]``, ``k, v: [B, T_k, H_kv, D]``."""
-    hip = {n: cfg[n] for n in ("mask_k", "block_size_q", "block_stride_q", "block_size_k", "block_stride_k",
-                               "sink_size", "window")}  # fmt: skip
     if q.shape[1] != 1 or not causal:
         if cache_ok:  # a new prompt: the next decode step searches again
             module._subq_hip_mask = None
+        hip = {n: cfg[n] for n in HIP_ARGS}
         return hip_attention(q, k, v, causal=causal, scale=scale, mode=cfg["mode"], **hip)[0]
-    p = k.shape[1] - 1
     state = getattr(module, "_subq_hip_mask", None) if cache_ok else None
-    stale = (
-        state is None
-        or state["batch"] != q.shape[0]
-        or p < state["searched_at"]
-        or p - state["searched_at"] >= cfg["refresh_interval"]
-    )
-    if stale:
-        indices, counts = hierarchical_mask(
-            q, k, mask_k=hip["mask_k"], block_size_q=1, block_stride_q=1, block_size_k=hip["block_size_k"],
-            block_stride_k=hip["block_stride_k"], sink_size=hip["sink_size"], window=hip["window"],
-            mode=cfg["mode"],
-        )  # fmt: skip
-        state = dict(indices=indices, counts=counts, searched_at=p, batch=q.shape[0])
-        if cache_ok:
-            module._subq_hip_mask = state
-    return hip_decode_attention(
-        q, k, v, state["indices"], state["counts"], block_size_k=hip["block_size_k"],
-        sink_size=hip["sink_size"], window=hip["window"] + p - state["searched_at"], scale=scale,
-        mode=cfg["mode"],
-    )[0]  # fmt: skip
+    mask = None if state is None else (state["indices"], state["counts"], state["searched_at"])
+    o, (indices, counts, searched_at) = hip_decode_step(
+        q, k, v, mask, refresh_interval=cfg["refresh_interval"], scale=scale, mode=cfg["mode"],
+        **{n: cfg[n] for n in HIP_DECODE_ARGS},
+    )  # fmt: skip
+    if cache_ok:
+        module._subq_hip_mask = dict(indices=indices, counts=counts, searched_at=searched_at)
+    return o
 
 
 def hip_attention_forward(

@@ -14,14 +14,8 @@ from torch import Tensor
 
 from subq.layers.attention import Attention, KVCache
 from subq.layers.registry import register_mixer
-from subq.ops.hip import (
-    hierarchical_mask,
-    hip_attention,
-    hip_decode_attention,
-    naive_block_sparse_attention,
-    naive_hip_attention,
-)
-from subq.ops.hip.checks import check_hip_args
+from subq.ops.hip import hip_attention, hip_decode_step, naive_hip_attention
+from subq.ops.hip.checks import HIP_DECODE_ARGS, check_hip_args
 
 
 @dataclass
@@ -70,17 +64,6 @@ class HiPAttention(Attention):
         **kwargs,
     ):
         super().__init__(d_model, **kwargs)
-        check_hip_args(
-            mask_k=mask_k,
-            block_size_q=block_size_q,
-            block_stride_q=block_stride_q,
-            block_size_k=block_size_k,
-            block_stride_k=block_stride_k,
-            sink_size=sink_size,
-            window=window,
-        )
-        if not isinstance(refresh_interval, int) or refresh_interval < 1:
-            raise ValueError(f"refresh_interval must be a positive int, got {refresh_interval!r}")
         self.hip_kwargs = dict(
             mask_k=mask_k,
             block_size_q=block_size_q,
@@ -90,6 +73,9 @@ class HiPAttention(Attention):
             sink_size=sink_size,
             window=window,
         )
+        check_hip_args(**self.hip_kwargs)
+        if not isinstance(refresh_interval, int) or refresh_interval < 1:
+            raise ValueError(f"refresh_interval must be a positive int, got {refresh_interval!r}")
         self.refresh_interval = refresh_interval
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mode: str) -> Tensor:
@@ -103,26 +89,12 @@ class HiPAttention(Attention):
 
     def _attend_cache(self, q: Tensor, k: Tensor, v: Tensor, x_t: Tensor, state: HiPCache) -> Tensor:
         """The newest query ``[B, 1, H, D]`` over the cache, with the mask searched again when stale."""
-        mode = self.resolve_mode(x_t)
-        hp = self.hip_kwargs
-        p = k.shape[1] - 1
-        if state.indices is None or p - state.searched_at >= self.refresh_interval:
-            state.indices, state.counts = hierarchical_mask(
-                q, k, mask_k=hp["mask_k"], block_size_q=1, block_stride_q=1, block_size_k=hp["block_size_k"],
-                block_stride_k=hp["block_stride_k"], sink_size=hp["sink_size"], window=hp["window"],
-                causal=True, mode="torch" if mode == "naive" else mode,
-            )  # fmt: skip
-            state.searched_at = p
-        geo = dict(
-            block_size_k=hp["block_size_k"],
-            sink_size=hp["sink_size"],
-            window=hp["window"] + p - state.searched_at,
-        )
-        if mode == "naive":
-            return naive_block_sparse_attention(q, k, v, state.indices, state.counts, block_size_q=1, **geo)[
-                0
-            ]
-        return hip_decode_attention(q, k, v, state.indices, state.counts, mode=mode, **geo)[0]
+        mask = None if state.indices is None else (state.indices, state.counts, state.searched_at)
+        o, (state.indices, state.counts, state.searched_at) = hip_decode_step(
+            q, k, v, mask, refresh_interval=self.refresh_interval, mode=self.resolve_mode(x_t),
+            **{n: self.hip_kwargs[n] for n in HIP_DECODE_ARGS},
+        )  # fmt: skip
+        return o
 
     def _step(self, x_t: Tensor, state: HiPCache) -> tuple[Tensor, HiPCache]:
         q, k, v = self._qkv(x_t[:, None], offset=state.length)

@@ -31,16 +31,14 @@ this reading takes Quasi = Add + Shift + Diag, each ablation dropping one of the
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from subq.layers.base import Mixer
 from subq.layers.registry import register_mixer
-from subq.layers.ssd import GatedRMSNorm, check_ssm_sizes, init_dt_bias
-from subq.ops.ssd import naive_ssd, ssd
+from subq.layers.ssd import GatedRMSNorm, SSMMixer, check_ssm_sizes
+from subq.ops.ssd import ssd
+from subq.ops.ssd.naive import compute_dtype
 
 HYDRA_VARIANTS = ("quasiseparable", "additive", "shift_only", "diag_only")
 """Matrix-mixer variants of :class:`Hydra` (see the module docstring)."""
@@ -52,7 +50,7 @@ def shift(y: Tensor) -> Tensor:
 
 
 @register_mixer("hydra")
-class Hydra(Mixer):
+class Hydra(SSMMixer):
     """Hydra's quasiseparable mixer: two SSD scans with shared parameters plus a free diagonal.
     Bidirectional only.
 
@@ -117,19 +115,12 @@ class Hydra(Mixer):
         self.variant = variant
         self.shifted = variant in ("quasiseparable", "shift_only")
         self.has_diagonal = variant in ("quasiseparable", "diag_only")
-        self.d_state, self.d_conv, self.headdim, self.ngroups = d_state, d_conv, headdim, ngroups
-        self.chunk_size = chunk_size
-        self.d_inner = expand * d_model
-        self.conv_dim = self.d_inner + 4 * ngroups * d_state
+        self._init_ssm(
+            d_model, d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim, ngroups=ngroups,
+            chunk_size=chunk_size, directions=2, bias=bias, conv_bias=conv_bias, dt_min=dt_min,
+            dt_max=dt_max, dt_init_floor=dt_init_floor,
+        )  # fmt: skip
         fk = self.factory_kwargs
-        self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + 2 * self.nheads, bias=bias, **fk)
-        self.conv_weight = nn.Parameter(torch.empty(self.conv_dim, d_conv, **fk))  # [conv_dim, k]
-        self.conv_bias = nn.Parameter(torch.empty(self.conv_dim, **fk)) if conv_bias else None
-        bound = 1 / math.sqrt(d_conv)  # nn.Conv1d's default for a depthwise filter
-        nn.init.uniform_(self.conv_weight, -bound, bound)
-        if self.conv_bias is not None:
-            nn.init.uniform_(self.conv_bias, -bound, bound)
-        self.dt_bias = nn.Parameter(init_dt_bias(self.nheads, dt_min, dt_max, dt_init_floor, **fk))
         self.A_log = nn.Parameter(torch.zeros(self.nheads, **fk))
         self.A_log._no_weight_decay = self.dt_bias._no_weight_decay = True
         if self.has_diagonal:
@@ -145,23 +136,16 @@ class Hydra(Mixer):
         (after softplus), ``delta [B, T, H]`` (the diagonal; only for the variants that have one) and
         ``A [H]``."""
         z, xBC, dt = self.in_proj(u).split([self.d_inner, self.conv_dim, 2 * self.nheads], dim=-1)
-        w = self.conv_weight.to(xBC.dtype)[:, None, :]
-        b = None if self.conv_bias is None else self.conv_bias.to(xBC.dtype)
-        xBC = F.conv1d(xBC.transpose(1, 2), w, b, padding=self.d_conv // 2, groups=self.conv_dim)
+        w, b = self._conv_params(xBC)
+        xBC = F.conv1d(xBC.transpose(1, 2), w[:, None, :], b, padding=self.d_conv // 2, groups=self.conv_dim)
         xBC = F.silu(xBC.transpose(1, 2))  # [B, T, conv_dim]
         GN = self.ngroups * self.d_state
         x, B_f, C_f, B_b, C_b = xBC.split([self.d_inner, GN, GN, GN, GN], dim=-1)
-        ct = torch.float64 if u.dtype == torch.float64 else torch.float32
-        dt = F.softplus(dt.to(ct) + self.dt_bias.to(ct).repeat(2))
-        out = dict(z=z, x=x.unflatten(-1, (self.nheads, self.headdim)), A=-torch.exp(self.A_log.to(ct)))
+        dt = self._dt(dt, compute_dtype(u))
+        out = dict(z=z, x=x.unflatten(-1, (self.nheads, self.headdim)), A=self._A(u))
         if self.has_diagonal:
             out["delta"] = F.linear(x, self.fc_D.weight, self.D.to(x.dtype))
-        out.update(
-            {
-                k: m.unflatten(-1, (self.ngroups, self.d_state))
-                for k, m in zip(("B_f", "C_f", "B_b", "C_b"), (B_f, C_f, B_b, C_b), strict=True)
-            }
-        )
+        out.update(B_f=self._groups(B_f), C_f=self._groups(C_f), B_b=self._groups(B_b), C_b=self._groups(C_b))
         out["dt_f"], out["dt_b"] = dt.split(self.nheads, dim=-1)
         return out
 
@@ -173,11 +157,7 @@ class Hydra(Mixer):
         dt = torch.cat([p["dt_f"], p["dt_b"].flip(1)])
         B = torch.cat([p["B_f"], p["B_b"].flip(1)])
         C = torch.cat([p["C_f"], p["C_b"].flip(1)])
-        mode = self.resolve_mode(u)
-        if mode == "naive":
-            y, _ = naive_ssd(x, dt, p["A"], B, C)
-        else:
-            y, _ = ssd(x, dt, p["A"], B, C, chunk_size=self.chunk_size, mode=mode)
+        y, _ = ssd(x, dt, p["A"], B, C, chunk_size=self.chunk_size, mode=self.resolve_mode(u))
         if self.shifted:
             y = shift(y)
         y = y[:b] + y[b:].flip(1)  # [B, T, H, P]
@@ -189,7 +169,4 @@ class Hydra(Mixer):
         return seq_len * (self.conv_dim + 2 * self.nheads) + self.nheads * self.headdim * self.d_state
 
     def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, d_state={self.d_state}, d_conv={self.d_conv}, "
-            f"nheads={self.nheads}, headdim={self.headdim}, ngroups={self.ngroups}, variant={self.variant!r}"
-        )
+        return f"{super().extra_repr()}, variant={self.variant!r}"

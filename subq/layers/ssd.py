@@ -1,4 +1,5 @@
-"""Mamba-2's block as a causal sequence mixer (``ssd``), and the pieces it shares with Hydra.
+"""Mamba-2's block as a causal sequence mixer (``ssd``), and the pieces it shares with Hydra
+(:class:`SSMMixer`).
 
 As ``Mamba2`` in ``state-spaces/mamba`` (``mamba_ssm/modules/mamba2.py``, non-fused path):
 ``in_proj: d -> [z (d_inner), xBC (d_inner + 2 G N), dt (H)]`` without bias, a causal depthwise
@@ -27,7 +28,8 @@ from subq.ops.short_conv import (
     short_conv_state,
     short_conv_step,
 )
-from subq.ops.ssd import naive_ssd, ssd, ssd_step
+from subq.ops.ssd import ssd, ssd_step
+from subq.ops.ssd.naive import compute_dtype
 
 
 class GatedRMSNorm(nn.Module):
@@ -46,7 +48,7 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d, device=device, dtype=dtype))
 
     def forward(self, y: Tensor, z: Tensor) -> Tensor:  # (..., d), (..., d)
-        ct = torch.float64 if y.dtype == torch.float64 else torch.float32
+        ct = compute_dtype(y)
         yf, gate = y.to(ct), F.silu(z.to(ct))
         if not self.norm_before_gate:
             yf = yf * gate
@@ -55,10 +57,6 @@ class GatedRMSNorm(nn.Module):
         if self.norm_before_gate:
             yf = yf * gate
         return yf.to(y.dtype)
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def init_dt_bias(nheads: int, dt_min: float, dt_max: float, dt_init_floor: float, **fk) -> Tensor:
@@ -98,8 +96,73 @@ class SSDState:
     ssm: Tensor
 
 
+class SSMMixer(Mixer):
+    """What Mamba-2's block (:class:`SSDMixer`) and :class:`~subq.layers.hydra.Hydra` share, for ``S``
+    scan directions (1 and 2): ``in_proj: d -> [z (d_inner), xBC (d_inner + 2 S G N), dt (S H)]``, the
+    depthwise convolution of ``xBC`` (``nn.Conv1d``'s init), ``dt_bias`` (one per head, shared by the
+    directions), ``A = -exp(A_log)`` and the sizes in ``extra_repr``. Not a mixer by itself."""
+
+    def _init_ssm(
+        self,
+        d_model: int,
+        *,
+        d_state: int,
+        d_conv: int,
+        expand: int,
+        headdim: int,
+        ngroups: int,
+        chunk_size: int,
+        directions: int,
+        bias: bool,
+        conv_bias: bool,
+        dt_min: float,
+        dt_max: float,
+        dt_init_floor: float,
+    ) -> None:
+        """The sizes, then ``in_proj``, the convolution and ``dt_bias`` in this order (the order of the
+        random draws); ``self.nheads`` must be set. The subclass adds ``A_log``, ``D``, the norm and
+        ``out_proj``."""
+        self.d_state, self.d_conv, self.headdim, self.ngroups = d_state, d_conv, headdim, ngroups
+        self.chunk_size = chunk_size
+        self.d_inner = expand * d_model
+        self.conv_dim = self.d_inner + 2 * directions * ngroups * d_state
+        fk = self.factory_kwargs
+        self.in_proj = nn.Linear(
+            d_model, self.d_inner + self.conv_dim + directions * self.nheads, bias=bias, **fk
+        )
+        self.conv_weight = nn.Parameter(torch.empty(self.conv_dim, d_conv, **fk))  # [conv_dim, k]
+        self.conv_bias = nn.Parameter(torch.empty(self.conv_dim, **fk)) if conv_bias else None
+        bound = 1 / math.sqrt(d_conv)  # nn.Conv1d's default for a depthwise filter
+        nn.init.uniform_(self.conv_weight, -bound, bound)
+        if self.conv_bias is not None:
+            nn.init.uniform_(self.conv_bias, -bound, bound)
+        self.dt_bias = nn.Parameter(init_dt_bias(self.nheads, dt_min, dt_max, dt_init_floor, **fk))
+
+    def _conv_params(self, like: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The filter (and bias) in the dtype of the activations (they differ under autocast)."""
+        bias = None if self.conv_bias is None else self.conv_bias.to(like.dtype)
+        return self.conv_weight.to(like.dtype), bias
+
+    def _groups(self, m: Tensor) -> Tensor:
+        """``[..., G * N] -> [..., G, N]``."""
+        return m.unflatten(-1, (self.ngroups, self.d_state))
+
+    def _dt(self, dt: Tensor, ct: torch.dtype) -> Tensor:
+        """Raw ``dt [..., S H]`` -> ``softplus(dt + dt_bias)`` in ``ct``."""
+        return F.softplus(dt.to(ct) + self.dt_bias.to(ct).repeat(dt.shape[-1] // self.nheads))
+
+    def _A(self, like: Tensor) -> Tensor:
+        return -torch.exp(self.A_log.to(compute_dtype(like)))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, d_state={self.d_state}, d_conv={self.d_conv}, "
+            f"nheads={self.nheads}, headdim={self.headdim}, ngroups={self.ngroups}"
+        )
+
+
 @register_mixer("ssd")
-class SSDMixer(Mixer):
+class SSDMixer(SSMMixer):
     """Mamba-2: a selective state-space layer computed by the SSD algorithm. Causal.
 
     Args:
@@ -155,19 +218,12 @@ class SSDMixer(Mixer):
             )
         if not 0 < A_init_range[0] <= A_init_range[1]:
             raise ValueError(f"A_init_range must be 0 < low <= high, got {A_init_range!r}")
-        self.d_state, self.d_conv, self.headdim, self.ngroups = d_state, d_conv, headdim, ngroups
-        self.chunk_size = chunk_size
-        self.d_inner = expand * d_model
-        self.conv_dim = self.d_inner + 2 * ngroups * d_state
+        self._init_ssm(
+            d_model, d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim, ngroups=ngroups,
+            chunk_size=chunk_size, directions=1, bias=bias, conv_bias=conv_bias, dt_min=dt_min,
+            dt_max=dt_max, dt_init_floor=dt_init_floor,
+        )  # fmt: skip
         fk = self.factory_kwargs
-        self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.nheads, bias=bias, **fk)
-        self.conv_weight = nn.Parameter(torch.empty(self.conv_dim, d_conv, **fk))  # [conv_dim, k]
-        self.conv_bias = nn.Parameter(torch.empty(self.conv_dim, **fk)) if conv_bias else None
-        bound = 1 / math.sqrt(d_conv)  # nn.Conv1d's default for a depthwise filter
-        nn.init.uniform_(self.conv_weight, -bound, bound)
-        if self.conv_bias is not None:
-            nn.init.uniform_(self.conv_bias, -bound, bound)
-        self.dt_bias = nn.Parameter(init_dt_bias(self.nheads, dt_min, dt_max, dt_init_floor, **fk))
         A = torch.empty(self.nheads, **fk).uniform_(*A_init_range)
         self.A_log = nn.Parameter(torch.log(A))
         self.D = nn.Parameter(torch.ones(self.nheads, **fk))
@@ -179,21 +235,12 @@ class SSDMixer(Mixer):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **fk)
 
     # ---- pieces ------------------------------------------------------------------------------------
-    def _conv_params(self, like: Tensor) -> tuple[Tensor, Tensor | None]:
-        bias = None if self.conv_bias is None else self.conv_bias.to(like.dtype)
-        return self.conv_weight.to(like.dtype), bias
-
     def _split(self, xBC: Tensor, dt: Tensor):
         """Post-convolution ``xBC [..., conv_dim]`` and raw ``dt [..., H]`` -> ``x [..., H, P]``,
         ``B, C [..., G, N]``, ``dt [..., H]`` after softplus."""
         x, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
         x = x.unflatten(-1, (self.nheads, self.headdim))
-        B, C = (m.unflatten(-1, (self.ngroups, self.d_state)) for m in (B, C))
-        ct = _compute_dtype(x)
-        return x, B, C, F.softplus(dt.to(ct) + self.dt_bias.to(ct))
-
-    def _A(self, like: Tensor) -> Tensor:
-        return -torch.exp(self.A_log.to(_compute_dtype(like)))
+        return x, self._groups(B), self._groups(C), self._dt(dt, compute_dtype(x))
 
     def _scan(self, x: Tensor, initial_state: Tensor | None = None, output_final_state: bool = False):
         """``[B, T, d_model]`` -> ``(y [B, T, d_model], SSDState or None)``."""
@@ -203,11 +250,10 @@ class SSDMixer(Mixer):
         xBC_act = F.silu(conv(xBC, *self._conv_params(xBC)))
         xs, B, C, dt = self._split(xBC_act, dt)
         A = self._A(xs)
-        kw = dict(D=self.D, initial_state=initial_state, output_final_state=output_final_state)
-        if mode == "naive":
-            y, h = naive_ssd(xs, dt, A, B, C, **kw)
-        else:
-            y, h = ssd(xs, dt, A, B, C, chunk_size=self.chunk_size, mode=mode, **kw)
+        y, h = ssd(
+            xs, dt, A, B, C, D=self.D, initial_state=initial_state, output_final_state=output_final_state,
+            chunk_size=self.chunk_size, mode=mode,
+        )  # fmt: skip
         out = self.out_proj(self.norm(y.flatten(-2), z))
         state = SSDState(short_conv_state(xBC, self.d_conv), h) if output_final_state else None
         return out, state
@@ -240,9 +286,3 @@ class SSDMixer(Mixer):
         xs, B, C, dt = self._split(F.silu(c), dt)
         y, h = ssd_step(xs, dt, self._A(xs), B, C, state.ssm, D=self.D)
         return self.out_proj(self.norm(y.flatten(-2), z)), SSDState(conv_state, h)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, d_state={self.d_state}, d_conv={self.d_conv}, "
-            f"nheads={self.nheads}, headdim={self.headdim}, ngroups={self.ngroups}"
-        )

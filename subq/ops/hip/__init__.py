@@ -2,7 +2,8 @@
 
 ``hierarchical_mask`` estimates each query block's top key blocks in O(T log T);
 ``block_sparse_attention`` attends over ``sinks | selected blocks | window``;
-``hip_decode_attention`` does one decoding step over a (cached) mask; ``hip_attention`` chains the
+``hip_decode_attention`` does one decoding step over a (cached) mask and ``hip_decode_step`` keeps
+that mask between steps, searching it again every ``refresh_interval`` steps; ``hip_attention`` chains the
 first two; ``OffloadedKVCache`` decodes over a KV cache kept in host memory.
 """
 
@@ -12,7 +13,7 @@ import torch
 from torch import Tensor
 
 from subq.ops.hip.block_sparse import block_sparse_attention
-from subq.ops.hip.decode import hip_decode_attention
+from subq.ops.hip.decode import hip_decode_attention, hip_decode_step
 from subq.ops.hip.mask import hierarchical_mask
 from subq.ops.hip.naive import (
     attention_mass_recall,
@@ -81,6 +82,7 @@ __all__ = [
     "hierarchical_mask",
     "hip_attention",
     "hip_decode_attention",
+    "hip_decode_step",
     "hip_token_mask",
     "naive_block_sparse_attention",
     "naive_hip_attention",

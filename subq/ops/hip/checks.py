@@ -6,10 +6,28 @@ same range (``README.md``, "Search range").
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
 from subq.ops.common.checks import check_qkv
+
+HIP_ARGS = (
+    "mask_k",
+    "block_size_q",
+    "block_stride_q",
+    "block_size_k",
+    "block_stride_k",
+    "sink_size",
+    "window",
+)
+"""The HiP hyperparameters, in signature order: every form, the ``hip`` layer and ``subq_hip`` take
+them by these names (:func:`check_hip_args` validates them)."""
+
+HIP_DECODE_ARGS = ("mask_k", "block_size_k", "block_stride_k", "sink_size", "window")
+"""The hyperparameters a decoding step uses: all but the query blocking (the newest query is its own
+block)."""
 
 SCORE_FLOOR = -1.0e30
 """Score of a non-empty branch whose sampled keys are all masked: below every real score, above the
@@ -82,6 +100,20 @@ def check_indices(indices: Tensor, counts: Tensor, B: int, H: int, n_qblocks: in
         )
 
 
+def check_triton_device(q: Tensor) -> None:
+    """``mode='triton'`` needs CUDA tensors, except under Triton's interpreter (``TRITON_INTERPRET=1``)."""
+    if not (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        raise RuntimeError(f"mode='triton' needs CUDA tensors, got device {q.device}")
+
+
+def query_block_bounds(T_q: int, q_offset: int, block_size_q: int, device=None) -> tuple[Tensor, Tensor]:
+    """First and last absolute position of every query block: ``(t_min, t_max)``, each ``[n_qblocks]``."""
+    i = torch.arange(-(-T_q // block_size_q), device=device)
+    t_min = q_offset + i * block_size_q
+    t_max = q_offset + torch.clamp((i + 1) * block_size_q, max=T_q) - 1
+    return t_min, t_max
+
+
 def candidate_ranges(
     T_q: int,
     T_k: int,
@@ -103,15 +135,12 @@ def candidate_ranges(
     the block attends through its window (causal: the window of the last query and what follows it;
     bidirectional: the intersection of the windows, which may be empty).
     """
-    n_qb = -(-T_q // block_size_q)
-    i = torch.arange(n_qb, device=device)
-    t_min = q_offset + i * block_size_q
-    t_max = q_offset + torch.clamp((i + 1) * block_size_q, max=T_q) - 1
+    t_min, t_max = query_block_bounds(T_q, q_offset, block_size_q, device)
     n_kb = -(-T_k // block_size_k)
-    lo = torch.full_like(i, sink_size // block_size_k)
+    lo = torch.full_like(t_min, sink_size // block_size_k)
     if causal:
         left_end_key = torch.clamp(t_max - window + 1, max=T_k)
-        right_start = torch.full_like(i, n_kb)
+        right_start = torch.full_like(t_min, n_kb)
     else:
         band_lo, band_hi = t_max - window, t_min + window
         empty_band = band_lo > band_hi

@@ -3,20 +3,24 @@
 The query is the token at position ``T_k - 1``. Program ``(batch x head, split)`` runs the online
 softmax over its share of the key chunks and writes a partial ``(max, sum, acc)``; the partials are
 merged by log-sum-exp in PyTorch. The block mask comes from a (possibly earlier) search; ``window``
-is the effective window, widened by the caller to cover every token since that search.
+is the effective window, widened by the caller to cover every token since that search;
+:func:`hip_decode_step` keeps the mask between steps and does that widening, as a decoding layer does.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 from torch import Tensor
 
 from subq.ops.common.triton_compat import tl, triton
 from subq.ops.hip.block_sparse import block_sparse_attention
-from subq.ops.hip.checks import check_hip_inputs, check_indices
+from subq.ops.hip.checks import check_hip_inputs, check_indices, check_triton_device
 from subq.ops.hip.common import _chunk_keys, _key_mask
+from subq.ops.hip.mask import hierarchical_mask
+
+DecodeMask = tuple[Tensor, Tensor, int]
+"""A decode mask kept between steps: ``(indices [B, H, 1, G], counts [B, H, 1], searched_at)``, the
+last the position of the query that searched it."""
 
 
 @triton.jit(do_not_specialize=["T_k", "sink", "window", "stride_kb", "stride_kt", "stride_vb", "stride_vt"])
@@ -147,8 +151,7 @@ def hip_decode_attention(
     if mode == "auto":
         mode = "triton" if q.is_cuda else "torch"
     if mode == "triton":
-        if not (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
-            raise RuntimeError(f"mode='triton' needs CUDA tensors, got device {q.device}")
+        check_triton_device(q)
         if num_splits is None:
             keys = min(sink_size, k.shape[1]) + indices.shape[-1] * block_size_k + window
             num_splits = max(1, min(64, keys // 512))
@@ -161,3 +164,48 @@ def hip_decode_attention(
         q, k, v, indices, counts, block_size_q=1, block_size_k=block_size_k, sink_size=sink_size,
         window=window, causal=True, scale=scale, mode=mode,
     )  # fmt: skip
+
+
+def hip_decode_step(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: DecodeMask | None,
+    *,
+    mask_k: int = 512,
+    block_size_k: int = 2,
+    block_stride_k: int = 1,
+    sink_size: int = 16,
+    window: int = 256,
+    refresh_interval: int = 8,
+    scale: float | None = None,
+    mode: str = "auto",
+) -> tuple[Tensor, DecodeMask]:
+    """One decoding step over a block mask kept between steps (the ``hip`` layer's and ``subq_hip``'s).
+
+    Args:
+        q: `[B, 1, H, D]`, the token at position ``p = T_k - 1``; k: `[B, T_k, H_kv, D]`;
+            v: `[B, T_k, H_kv, D_v]`.
+        mask: the :data:`DecodeMask` of an earlier step, or None. It is searched again
+            (:func:`~subq.ops.hip.mask.hierarchical_mask` of the newest query alone) when None, of
+            another batch size, searched after ``p``, or ``refresh_interval`` or more steps old (8).
+        window: widened by ``p - searched_at`` so that every token since the search is attended.
+        Other arguments as :func:`hip_decode_attention` and :func:`~subq.ops.hip.mask.hierarchical_mask`.
+
+    Returns:
+        ``(o: [B, 1, H, D_v], mask)``: the mask used, for the next step.
+    """
+    p = k.shape[1] - 1
+    stale = mask is None or mask[0].shape[0] != q.shape[0] or p < mask[2] or p - mask[2] >= refresh_interval
+    if stale:
+        indices, counts = hierarchical_mask(
+            q, k, mask_k=mask_k, block_size_q=1, block_stride_q=1, block_size_k=block_size_k,
+            block_stride_k=block_stride_k, sink_size=sink_size, window=window, causal=True, mode=mode,
+        )  # fmt: skip
+        mask = (indices, counts, p)
+    indices, counts, searched_at = mask
+    o, _ = hip_decode_attention(
+        q, k, v, indices, counts, block_size_k=block_size_k, sink_size=sink_size,
+        window=window + p - searched_at, scale=scale, mode=mode,
+    )  # fmt: skip
+    return o, mask

@@ -17,12 +17,24 @@ from subq.ops.hip.checks import (
     check_hip_args,
     check_hip_inputs,
     check_indices,
+    query_block_bounds,
 )
 
 
 def _heads(x: Tensor, H: int) -> Tensor:
     """``[B, T, H_kv, D]`` -> ``[B, H, T, D]`` with each key/value head repeated for its query heads."""
     return x.repeat_interleave(H // x.shape[2], dim=2).transpose(1, 2)
+
+
+def _scores(q: Tensor, k: Tensor) -> Tensor:
+    """Unscaled dense scores ``q . k``: ``[B, H, T_q, T_k]`` in float32 (float64 for float64 inputs)."""
+    acc = torch.promote_types(q.dtype, torch.float32)
+    return torch.einsum("bthd,bhsd->bhts", q.to(acc), _heads(k.to(acc), q.shape[2]))
+
+
+def _causal_mask(T_q: int, T_k: int, q_offset: int, device) -> Tensor:
+    """``[T_q, T_k]`` bool: query row ``r`` (position ``q_offset + r``) may see key ``s <= q_offset + r``."""
+    return (q_offset + torch.arange(T_q, device=device))[:, None] >= torch.arange(T_k, device=device)
 
 
 def _branch_to_block(vi: Tensor, lo: Tensor, n_left: Tensor, right_start: Tensor) -> Tensor:
@@ -90,8 +102,7 @@ def naive_hip_mask(
     n_qb = lo.shape[0]
     N = n_left + n_right  # [n_qb] candidate blocks
     i = torch.arange(n_qb, device=dev)
-    t_min = q_offset + i * block_size_q
-    t_max = q_offset + torch.clamp((i + 1) * block_size_q, max=T_q) - 1
+    t_min, t_max = query_block_bounds(T_q, q_offset, block_size_q, dev)
 
     # the strided query tile of every block: [B, H, n_qb, BQS, D] and its validity [n_qb, BQS]
     rows = i[:, None] * block_size_q + torch.arange(0, block_size_q, block_stride_q, device=dev)[None]
@@ -227,7 +238,7 @@ def naive_block_sparse_attention(
         causal=causal,
         q_offset=q_offset,
     )
-    scores = torch.einsum("bthd,bhsd->bhts", q.to(acc), _heads(k.to(acc), H)) * scale
+    scores = _scores(q, k) * scale
     p = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
     o = torch.einsum("bhts,bhsd->bthd", p, _heads(v.to(acc), H))
     return o.to(q.dtype), None
@@ -274,15 +285,11 @@ def topk_oracle_mask(
     """The exact top-k mask: for every query its ``mask_k`` highest-scoring allowed keys (all of them
     when fewer are allowed). ``[B, H, T_q, T_k]`` bool; O(T_q T_k), for evaluation only."""
     q_offset = check_hip_inputs(q, k, None, causal=causal, q_offset=q_offset)
-    B, T_q, H, D = q.shape
-    T_k = k.shape[1]
-    acc = torch.promote_types(q.dtype, torch.float32)
-    scores = torch.einsum("bthd,bhsd->bhts", q.to(acc), _heads(k.to(acc), H))
+    T_q, T_k = q.shape[1], k.shape[1]
+    scores = _scores(q, k)
     allowed = torch.ones(T_q, T_k, dtype=torch.bool, device=q.device)
     if causal:
-        allowed = (q_offset + torch.arange(T_q, device=q.device))[:, None] >= torch.arange(
-            T_k, device=q.device
-        )
+        allowed = _causal_mask(T_q, T_k, q_offset, q.device)
     scores = scores.masked_fill(~allowed, float("-inf"))
     top = scores.topk(min(mask_k, T_k), dim=-1).indices
     mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, top, True)
@@ -295,11 +302,8 @@ def attention_mass_recall(
     """Softmax mass (of dense attention) on ``mask`` divided by the mass on ``oracle``, per query:
     ``[B, H, T_q]``. 1 means the mask captures as much attention as the exact top-k keys."""
     q_offset = check_hip_inputs(q, k, None, causal=causal, q_offset=q_offset)
-    B, T_q, H, D = q.shape
-    acc = torch.promote_types(q.dtype, torch.float32)
-    scores = torch.einsum("bthd,bhsd->bhts", q.to(acc), _heads(k.to(acc), H)) * D**-0.5
+    scores = _scores(q, k) * q.shape[3] ** -0.5
     if causal:
-        pos = q_offset + torch.arange(T_q, device=q.device)
-        scores = scores.masked_fill(pos[:, None] < torch.arange(k.shape[1], device=q.device), float("-inf"))
+        scores = scores.masked_fill(~_causal_mask(q.shape[1], k.shape[1], q_offset, q.device), float("-inf"))
     p = torch.softmax(scores, dim=-1)
     return (p * mask).sum(-1) / (p * oracle).sum(-1)
