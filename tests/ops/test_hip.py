@@ -177,6 +177,10 @@ TRITON_MASK_CASES = [
     (80, 8, 16, 2, 2, 1, 4, 8),
     (70, 12, 16, 4, 4, 2, 3, 5),
     (1, 8, 1, 1, 2, 1, 4, 8),
+    # several scoring chunks per iteration (2G = 128 children, 64 per chunk) and 3-4 iterations
+    (520, 128, 16, 2, 2, 1, 4, 8),
+    # [CH * KS] = [4 * 32] key tiles: 8 chunks of 4 children; branches of 1-2 blocks reuse scores
+    (400, 128, 32, 4, 32, 1, 5, 40),
 ]
 
 
@@ -203,6 +207,7 @@ TRITON_ATTN_CASES = [
     # B, T, H, H_kv, D, mask_k, bk, sink, window
     (1, 70, 2, 1, 20, 8, 2, 3, 5),
     (2, 33, 2, 2, 16, 4, 4, 0, 1),
+    (1, 40, 2, 1, 128, 8, 2, 3, 5),  # D = 128: 64-key chunks forward, 32 backward
 ]
 
 

@@ -215,8 +215,10 @@ def _launch_dims(q: Tensor, k: Tensor, v: Tensor, block_size_q: int) -> dict:
     )
 
 
-def _block_n(block_size_k: int, BD: int) -> int:
-    return max(16, block_size_k, 64 if BD <= 64 else 32)
+def _block_n(block_size_k: int, BD: int, backward: bool = False) -> int:
+    """Keys per chunk: 64 for head dims up to 128 in the forward (32 in the backward, which holds
+    ``dq`` and the ``dk, dv`` tiles besides), 32 above."""
+    return max(16, block_size_k, 64 if BD <= (64 if backward else 128) else 32)
 
 
 class BlockSparseAttention(torch.autograd.Function):
@@ -233,6 +235,7 @@ class BlockSparseAttention(torch.autograd.Function):
         hip_attn_fwd_kernel[grid](
             q, k, v, o, lse, indices, counts, scale, T_q, T_k, q_offset, sink, window,
             G=indices.shape[-1], BN=BN, BLOCK_K=block_size_k, CAUSAL=causal, **dims,
+            num_warps=8 if BN * dims["BD"] >= 64 * 128 else 4,  # [64, 128] tiles: no spills at 8 warps
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, o, lse, indices, counts)
         ctx.args = (scale, q_offset, geo)
@@ -245,7 +248,7 @@ class BlockSparseAttention(torch.autograd.Function):
         B, T_q, H, _ = q.shape
         T_k = k.shape[1]
         dims = _launch_dims(q, k, v, block_size_q)
-        BN = _block_n(block_size_k, dims["BD"])
+        BN = _block_n(block_size_k, dims["BD"], backward=True)
         do = do.contiguous().to(q.dtype)
         delta = (o.float() * do.float()).sum(-1).transpose(1, 2).contiguous()  # [B, H, T_q]
         dq = torch.empty_like(q)

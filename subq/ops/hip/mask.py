@@ -1,10 +1,12 @@
 """HiP's hierarchical block-mask search: a Triton kernel and the dispatcher.
 
-One program per (query block, batch x head) keeps its ``G`` branches as ``(start, size)`` vectors in
-registers. Each iteration builds the ``2G`` children (left ``n // 2`` blocks, right the rest), scores
-them with one ``[rows, 2G]`` tensor-core product per sampled key offset, and keeps the ``G`` best:
-scores become order-preserving integers packed with the child's position (ties go to the leftmost),
-one sort gives the ``G``-th largest key, a second sort compacts the survivors in position order.
+One program per (query block, batch x head). Its ``G`` branches live in its own rows of ``indices``
+(starts) and of a ``work`` buffer (sizes, scores), in position order. Each iteration scores the
+``2G`` children ``CH`` at a time, one ``[rows, CH * keys]`` tensor-core product per chunk (a right
+child of a branch of at most 2 blocks has its parent's representative and reuses its score), and keeps
+the ``G`` best without sorting: scores become order-preserving integers, a radix select finds the
+``G``-th largest, ties go to the leftmost, and a prefix sum writes the survivors back in position
+order. ``README.md`` ("Cost model") has the work per program.
 Semantics: :func:`~subq.ops.hip.naive.naive_hip_mask`, which the CPU path runs.
 """
 
@@ -24,11 +26,26 @@ def _to_block(vi, lo, n_left, right_start):
     return tl.where(vi < n_left, lo + vi, right_start + vi - n_left)
 
 
+@triton.jit
+def _kth_largest(u, K, RB: tl.constexpr):
+    """The ``K``-th largest entry of ``u`` (``[n]`` int64 in ``[0, 2^32)``): radix select, ``RB`` bits
+    per step, each step one ``[n, 2^RB]`` compare-and-count (no sort)."""
+    o_d = tl.arange(0, 2**RB).to(tl.int64)
+    thr = tl.max(u, 0) * 0
+    for s in tl.static_range(32 // RB):
+        cand = thr + (o_d << (32 - RB * (s + 1)))  # [2^RB] thr with every next digit
+        cnt = tl.sum((u[:, None] >= cand[None, :]).to(tl.int32), 0)
+        digit = tl.sum((cnt >= K).to(tl.int64), 0) - 1  # digit 0 always qualifies
+        thr = thr + (digit << (32 - RB * (s + 1)))
+    return thr
+
+
 @triton.jit(do_not_specialize=["T_q", "T_k", "q_offset", "sink", "window"])
 def hip_mask_kernel(
     q,
     k,
     indices,
+    work,
     counts,
     T_q,
     T_k,
@@ -47,6 +64,9 @@ def hip_mask_kernel(
     BQS: tl.constexpr,
     BK: tl.constexpr,
     SK: tl.constexpr,
+    KS: tl.constexpr,
+    CH: tl.constexpr,
+    RB: tl.constexpr,
     CAUSAL: tl.constexpr,
     PREC: tl.constexpr,
 ):
@@ -79,10 +99,14 @@ def hip_mask_kernel(
     N = n_left + n_kb - right_start
 
     o_g = tl.arange(0, BG)
-    p_out = indices + (i_bh.to(tl.int64) * NQB + i_m) * G
+    blk = i_bh.to(tl.int64) * NQB + i_m
+    # the branch list lives in the program's rows of `indices` (starts) and `work` (sizes, scores)
+    p_start = indices + blk * G
+    p_size = work + blk * 2 * BG
+    p_score = p_size + BG
     if N <= G:
-        tl.store(p_out + o_g, tl.where(o_g < N, _to_block(o_g, lo, n_left, right_start), -1), mask=o_g < G)
-        tl.store(counts + i_bh.to(tl.int64) * NQB + i_m, N)
+        tl.store(p_start + o_g, tl.where(o_g < N, _to_block(o_g, lo, n_left, right_start), -1), mask=o_g < G)
+        tl.store(counts + blk, N)
     else:
         o_d = tl.arange(0, BD)
         o_r = tl.arange(0, BQS)
@@ -91,21 +115,38 @@ def hip_mask_kernel(
         p_q = q + ((i_b.to(tl.int64) * T_q + rows) * H + i_h) * D
         b_q = tl.load(p_q[:, None] + o_d[None, :], mask=m_r[:, None] & (o_d < D)[None, :], other=0.0)
         p_k = k + (i_b.to(tl.int64) * T_k * H_KV + i_hk) * D
-        o_c = tl.arange(0, 2 * BG)
+        o_c = tl.arange(0, 2 * BG)  # children in position order: 2j left, 2j + 1 right of branch j
+        o_ch = tl.arange(0, CH)
+        o_ks = tl.arange(0, KS) * SK  # sampled key offsets inside a key block
+        o_row = tl.arange(0, 2 * BG // CH)
 
         start = (o_g * N) // G
-        size = tl.where(o_g < G, ((o_g + 1) * N) // G - start, 0)
-        while tl.max(size, 0) > 1:
-            half = size // 2
-            c_start = tl.interleave(start, start + half)  # [2BG] children in position order
-            c_size = tl.interleave(half, size - half)
-            rep = _to_block(tl.minimum(c_start + c_size // 2, N - 1), lo, n_left, right_start)
-            score = tl.full([2 * BG], float("-inf"), dtype=tl.float32)
-            for j in tl.static_range(0, BK, SK):
-                pos = rep * BK + j  # [2BG] one sampled key per child
+        tl.store(p_start + o_g, start, mask=o_g < G)
+        tl.store(p_size + o_g, tl.where(o_g < G, ((o_g + 1) * N) // G - start, 0))
+        tl.debug_barrier()
+        first = 1
+        n_big = 1  # branches of more than one block (N > G: at least one)
+        while n_big > 0:
+            # score the 2BG children CH at a time: a [CH * KS, BD] tile of sampled keys per product
+            ordered = tl.zeros([2 * BG // CH, CH], dtype=tl.int32)
+            for ci in range(2 * BG // CH):
+                c = ci * CH + o_ch  # [CH]
+                par = c // 2
+                m_par = par < G
+                p_s = tl.load(p_start + par, mask=m_par, other=0)
+                p_n = tl.load(p_size + par, mask=m_par, other=0)
+                right = c % 2
+                c_start = p_s + right * (p_n // 2)
+                c_size = tl.where(right == 1, p_n - p_n // 2, p_n // 2)
+                # a right child of a branch of <= 2 blocks has its parent's representative: reuse the score
+                # (vector & vector: the interpreter mishandles vector-bool & scalar-bool, see common.py)
+                known = (right == 1) & (p_n >= 1) & (p_n <= 2) & (c * 0 + first == 0)
+                rep = _to_block(tl.minimum(c_start + c_size // 2, N - 1), lo, n_left, right_start)
+                pos = tl.reshape(rep[:, None] * BK + o_ks[None, :], [CH * KS])  # [CH * KS]
+                need = tl.reshape(((c_size > 0) & ~known)[:, None] & (o_ks >= 0)[None, :], [CH * KS])
                 b_k = tl.load(
                     p_k + pos[:, None] * H_KV * D + o_d[None, :],
-                    mask=(pos < T_k)[:, None] & (o_d < D)[None, :],
+                    mask=(need & (pos < T_k))[:, None] & (o_d < D)[None, :],
                     other=0.0,
                 )
                 key_ok = (pos >= sink) & (pos < T_k)
@@ -113,25 +154,41 @@ def hip_mask_kernel(
                     key_ok = key_ok & (pos <= t_max - window)
                 else:
                     key_ok = key_ok & ((pos < t_max - window) | (pos > t_min + window))
-                b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)  # [BQS, 2BG]
+                b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)  # [BQS, CH * KS]
                 b_s = tl.where(m_r[:, None] & key_ok[None, :], b_s, float("-inf"))
-                score = tl.maximum(score, tl.max(b_s, 0))
-            # + 0.0 turns -0.0 into 0.0 so that equal scores get equal integer keys
-            score = tl.where(c_size > 0, tl.maximum(score, floor) + 0.0, float("-inf"))
-            bits = score.to(tl.int32, bitcast=True)
-            ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-            packed = (ordered.to(tl.int64) << 32) | (2 * BG - 1 - o_c).to(tl.int64)
-            ranked = tl.sort(packed, descending=True)
-            threshold = tl.max(tl.where(o_c == G - 1, ranked, -9223372036854775807), 0)
-            keep = packed >= threshold
-            # survivors first, in position order; the first BG entries hold all G of them
-            order = tl.sort(tl.where(keep, o_c, 2 * BG + o_c))
-            first, _ = tl.split(tl.permute(tl.reshape(order, [2, BG]), [1, 0]))
-            slot = tl.where(first < 2 * BG, first, first - 2 * BG)
-            start = tl.gather(c_start, slot, 0)
-            size = tl.where(o_g < G, tl.gather(c_size, slot, 0), 0)
-        tl.store(p_out + o_g, _to_block(start, lo, n_left, right_start), mask=o_g < G)
-        tl.store(counts + i_bh.to(tl.int64) * NQB + i_m, G)
+                score = tl.max(tl.reshape(tl.max(b_s, 0), [CH, KS]), 1)  # [CH]
+                # + 0.0 turns -0.0 into 0.0 so that equal scores get equal integer keys
+                score = tl.where(c_size > 0, tl.maximum(score, floor) + 0.0, float("-inf"))
+                bits = score.to(tl.int32, bitcast=True)
+                c_ord = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+                c_ord = tl.where(known, tl.load(p_score + par, mask=known, other=0), c_ord)
+                ordered = tl.where(o_row[:, None] == ci, c_ord[None, :], ordered)
+            # keep the G best children, ties to the leftmost: the G-th largest key, then the first
+            # (G - #greater) of the keys equal to it
+            u = tl.reshape(ordered, [2 * BG]).to(tl.int64) + 2**31
+            thr = _kth_largest(u, G, RB)
+            gt = (u > thr).to(tl.int32)
+            eq = (u == thr).to(tl.int32)
+            keep = (gt == 1) | ((eq == 1) & (tl.cumsum(eq, 0) - eq < G - tl.sum(gt, 0)))
+            slot = tl.cumsum(keep.to(tl.int32), 0) - 1  # survivors stay in position order
+            par = o_c // 2
+            m_par = par < G
+            p_s = tl.load(p_start + par, mask=m_par, other=0)
+            p_n = tl.load(p_size + par, mask=m_par, other=0)
+            right = o_c % 2
+            c_start = p_s + right * (p_n // 2)
+            c_size = tl.where(right == 1, p_n - p_n // 2, p_n // 2)
+            tl.debug_barrier()  # every parent is read before the survivors overwrite them
+            tl.store(p_start + slot, c_start, mask=keep)
+            tl.store(p_size + slot, c_size, mask=keep)
+            tl.store(p_score + slot, (u - 2**31).to(tl.int32), mask=keep)
+            tl.debug_barrier()
+            n_big = tl.sum((keep & (c_size > 1)).to(tl.int32), 0)
+            first = 0
+        start = tl.load(p_start + o_g, mask=o_g < G, other=0)
+        tl.debug_barrier()
+        tl.store(p_start + o_g, _to_block(start, lo, n_left, right_start), mask=o_g < G)
+        tl.store(counts + blk, G)
 
 
 def _hip_mask_triton(
@@ -141,14 +198,17 @@ def _hip_mask_triton(
     k = k.to(q.dtype).contiguous()
     q = q.contiguous()
     n_qb = triton.cdiv(T_q, block_size_q)
+    BG = max(16, triton.next_power_of_2(G))
+    KS = block_size_k // block_stride_k  # sampled keys per key block
+    CH = min(2 * BG, max(1, 64 // KS))  # children per scoring product: [CH * KS, D] keys
     indices = torch.empty(B, H, n_qb, G, device=q.device, dtype=torch.int32)
     counts = torch.empty(B, H, n_qb, device=q.device, dtype=torch.int32)
+    work = torch.empty(B * H * n_qb, 2 * BG, device=q.device, dtype=torch.int32)  # branch sizes, scores
     hip_mask_kernel[(n_qb, B * H)](
-        q, k, indices, counts, T_q, k.shape[1], q_offset, sink, window, SCORE_FLOOR,
-        H=H, H_KV=k.shape[2], D=D, G=G, BG=max(16, triton.next_power_of_2(G)),
-        BD=max(16, triton.next_power_of_2(D)), BQ=block_size_q, SQ=block_stride_q,
-        BQS=max(16, block_size_q // block_stride_q), BK=block_size_k, SK=block_stride_k,
-        CAUSAL=causal, PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        q, k, indices, work, counts, T_q, k.shape[1], q_offset, sink, window, SCORE_FLOOR,
+        H=H, H_KV=k.shape[2], D=D, G=G, BG=BG, BD=max(16, triton.next_power_of_2(D)), BQ=block_size_q,
+        SQ=block_stride_q, BQS=max(16, block_size_q // block_stride_q), BK=block_size_k, SK=block_stride_k,
+        KS=KS, CH=CH, RB=2, CAUSAL=causal, PREC="ieee" if q.dtype == torch.float32 else "tf32",
     )  # fmt: skip
     return indices, counts
 
