@@ -101,7 +101,15 @@ def _console() -> Console:
     return Console(width=None if sys.stdout.isatty() else 140)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+EPILOG_GROUP = """
+\b
+Examples:
+  subq hf generate --model ./llama --prompt-file long.txt     # HiP attention, k=512
+  subq hf bench --model ./llama --lengths 4096,32768          # prefill and decode, dense vs HiP
+"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG_GROUP)
 def command():
     """HiP attention on local Hugging Face causal LMs: generate, bench."""
 
