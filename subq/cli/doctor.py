@@ -52,7 +52,7 @@ def command():
         ("cuDNN", str(torch.backends.cudnn.version()) if cuda else "-"),
         ("FlexAttention", "available" if _flex_available() else "missing"),
         ("CPU threads", str(torch.get_num_threads())),
-        ("transformers ([hf] extra)", _version("transformers")),
+        ("transformers (\\[hf] extra)", _version("transformers")),
     ]
     for k, v in rows:
         table.add_row(k, v)
