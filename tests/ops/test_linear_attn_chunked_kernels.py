@@ -157,3 +157,11 @@ def test_bf16_million_tokens_normaliser_is_finite():
     )
     assert_close(o, o_r, 1e-2, "o at T=2^20")
     assert_close(z, z_r, 1e-3, "z_T at T=2^20")
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-3), (torch.float16, 1e-2)], ids=["fp32", "fp16"])
+def test_chunk_parallel_taylor_state_read_at_based_sizes(dtype, tol, one_thread):
+    """BASED's ``f = 16, D_v = 64`` over several chunks: the output kernel reads the quadratic rows of
+    every chunk's state in blocks of ``x~_a``."""
+    case = ("taylor", 1, 130, 1, 16, 64)
+    _check(case, dtype, tol, causal=True, with_state=dtype == torch.float32, form="chunk_parallel")

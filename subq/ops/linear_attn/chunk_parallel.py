@@ -65,6 +65,42 @@ def _feature_rows(p, o_t, m_t, o_r, r, m_r, i_e, scale, HK, FEATURE: tl.constexp
     return b_f
 
 
+@triton.jit
+def _read_taylor_state(
+    p_x, p_h, p_z, b_x, o_t, m_t, o_k, m_k, o_v, m_v, scale, acc, HK,
+    K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, GA: tl.constexpr, DT: tl.constexpr,
+    PREC: tl.constexpr,
+):  # fmt: skip
+    """``(acc + phi(x) S, phi(x) . z)`` for the Taylor map from a state in HBM (``phi``'s convention),
+    the quadratic rows ``GA`` values of ``a`` at a time: a ``[BT, GA BK] x [GA BK, BV]`` product per
+    step from ``x~_a x~`` built in registers (``x~_a`` re-read from memory), so that neither the
+    ``[BT, BK^2]`` features nor the ``[BK^2, BV]`` rows are held at once (:func:`_read` holds both and
+    spills at BASED's sizes). ``b_x`` is the scaled ``[BT, BK]`` chunk at ``p_x``."""
+    m_kv = m_k[:, None] & m_v[None, :]
+    b_S1 = tl.load(p_h + (1 + o_k)[:, None] * V + o_v[None, :], mask=m_kv, other=0.0)
+    acc = tl.dot(b_x.to(DT), b_S1, acc, input_precision=PREC)
+    acc += tl.load(p_h + o_v, mask=m_v, other=0.0).to(tl.float32)[None, :]
+    b_d = tl.sum(b_x * tl.load(p_z + 1 + o_k, mask=m_k, other=0.0)[None, :], 1)
+    b_d += tl.sum(tl.load(p_z + tl.arange(0, 1)), 0)
+    o_g = tl.arange(0, GA * BK)
+    o_ga = tl.arange(0, GA)
+    for i_a in range(0, BK // GA):
+        o_a = i_a * GA + o_ga
+        b_xa = tl.load(
+            p_x + o_t[:, None] * HK + o_a[None, :], mask=m_t[:, None] & (o_a < K)[None, :], other=0.0
+        )
+        b_xa = b_xa.to(tl.float32) * scale
+        # phi's quadratic rows carry 1 / sqrt(2) and the read 1 / 2: sqrt(2) / 2 in all
+        b_x2 = tl.reshape((0.7071067811865476 * b_xa)[:, :, None] * b_x[:, None, :], (BT, GA * BK))
+        a, b = i_a * GA + o_g // BK, o_g % BK
+        m_g = (a < K) & (b < K)
+        r = 1 + K + a * K + b
+        b_S2 = tl.load(p_h + r[:, None] * V + o_v[None, :], mask=m_g[:, None] & m_v[None, :], other=0.0)
+        acc = tl.dot(b_x2.to(DT), b_S2, acc, input_precision=PREC)
+        b_d += tl.sum(b_x2 * tl.load(p_z + r, mask=m_g, other=0.0)[None, :], 1)
+    return acc, b_d
+
+
 @triton.jit(do_not_specialize=["T"])
 def chunk_linear_attn_state_kernel(
     x,
@@ -203,6 +239,7 @@ def chunk_linear_attn_fwd_kernel(
     BK: tl.constexpr,
     BV: tl.constexpr,
     BKK: tl.constexpr,
+    GA: tl.constexpr,
     FEATURE: tl.constexpr,
     TAYLOR: tl.constexpr,
     NORMALIZE: tl.constexpr,
@@ -234,10 +271,16 @@ def chunk_linear_attn_fwd_kernel(
     b_o = tl.dot(b_s.to(DT), b_v, input_precision=PREC)
     b_d = tl.sum(b_s, 1)
     c = i_bh.to(tl.int64) * NT + i_t
-    b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _load_state(
-        hs + c * E * V, zs + c * E, o_k, m_k, o_v, m_v, 1.0, K, V, BK, BV, BKK, TAYLOR
-    )
-    b_o, b_dx = _read(b_q, b_S0.to(tl.float32), b_S1, b_S2, b_z0, b_z1, b_z2, b_o, BT, BK, TAYLOR, DT, PREC)
+    if TAYLOR:
+        b_o, b_dx = _read_taylor_state(
+            q + row0 * K, hs + c * E * V, zs + c * E, b_q, o_t, m_t, o_k, m_k, o_v, m_v, scale_q, b_o, H * K,
+            K, V, BT, BK, GA, DT, PREC,
+        )  # fmt: skip
+    else:
+        b_S0, b_S1, b_S2, b_z0, b_z1, b_z2 = _load_state(
+            hs + c * E * V, zs + c * E, o_k, m_k, o_v, m_v, 1.0, K, V, BK, BV, BKK, TAYLOR
+        )
+        b_o, b_dx = _read(b_q, b_S0, b_S1, b_S2, b_z0, b_z1, b_z2, b_o, BT, BK, TAYLOR, DT, PREC)
     b_d += b_dx
     if NORMALIZE:
         b_o = b_o / (b_d + eps)[:, None]
@@ -340,7 +383,9 @@ def chunk_linear_attn_bwd_kernel(
 
 def _launch_config(taylor: bool, K: int, V: int) -> dict:
     """Chunk ``BT``, state-row block ``BR``, ``D_v`` blocks of the state (``BVS``) and chunk (``BVO``)
-    kernels, from ``benchmarks/linear_attn_tune.py --form parallel`` on the H200 (Triton 3.6): the
+    kernels and ``GA``, the values of ``a`` per step of the chunk kernel's read of the Taylor state
+    (``GA = 4``: no register spills at ``f = 16`` on sm_90, see README.md), from
+    ``benchmarks/linear_attn_tune.py --form parallel`` on the H200 (Triton 3.6): the
     fastest config that passed the correctness gate at BASED's and LiT's benchmark shapes. Smaller row
     blocks (``BR=32`` with ``BVS=BVO=32``) gave wrong results there for ``D=128``: sweep before changing."""
     BK = max(16, triton.next_power_of_2(K))
@@ -349,6 +394,7 @@ def _launch_config(taylor: bool, K: int, V: int) -> dict:
         BR=BK if taylor else min(BK, 64),
         BVS=64,
         BVO=max(16, min(64, triton.next_power_of_2(V))),
+        GA=min(4, BK),
         num_warps=4,
         num_warps_bwd=8,
     )
@@ -418,6 +464,7 @@ class ChunkParallelLinearAttention(torch.autograd.Function):
             BK=BK,
             BV=BV,
             BKK=BK * BK if taylor else 1,
+            GA=cfg["GA"],
             num_warps=cfg["num_warps"],
         )
         ctx.save_for_backward(q, k, v, o, den, hs, zs, h0, z0)
