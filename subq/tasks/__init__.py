@@ -1,6 +1,6 @@
 """Tasks: typed configs that build ``(inputs, labels)`` datasets. Importing registers them all."""
 
-from subq.tasks import dna, mqar, stdlib_mlm  # noqa: F401  (registration)
+from subq.tasks import dna, mqar, stdlib_lm, stdlib_mlm  # noqa: F401  (registration)
 from subq.tasks.base import (
     IGNORE_INDEX,
     SequenceDataset,

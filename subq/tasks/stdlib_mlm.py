@@ -75,12 +75,9 @@ def stdlib_texts(
 ) -> tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]:
     """``(relative path, docstrings, comments)`` for the standard library's ``.py`` files, sorted by
     path (the first ``max_files`` of them when given). Files that do not parse are skipped."""
-    root = Path(stdlib or sysconfig.get_paths()["stdlib"])
-    if not root.is_dir():
-        raise FileNotFoundError(f"standard-library directory not found: {root}")
-    paths = sorted(p for p in root.rglob("*.py") if not EXCLUDED_PARTS & set(p.relative_to(root).parts))
+    root = stdlib_root(stdlib)
     out = []
-    for path in paths:
+    for path in stdlib_files(root):
         if max_files is not None and len(out) >= max_files:
             break
         try:
@@ -89,6 +86,19 @@ def stdlib_texts(
             continue
         out.append((path.relative_to(root).as_posix(), tuple(docs), tuple(comments)))
     return tuple(out)
+
+
+def stdlib_root(stdlib: str | None = None) -> Path:
+    """The standard library's directory (``sysconfig.get_paths()["stdlib"]`` when ``stdlib`` is None)."""
+    root = Path(stdlib or sysconfig.get_paths()["stdlib"])
+    if not root.is_dir():
+        raise FileNotFoundError(f"standard-library directory not found: {root}")
+    return root
+
+
+def stdlib_files(root: Path) -> list[Path]:
+    """The ``.py`` files under ``root``, sorted, without test suites, ``site-packages`` and IDLE."""
+    return sorted(p for p in root.rglob("*.py") if not EXCLUDED_PARTS & set(p.relative_to(root).parts))
 
 
 def file_split(relative_path: str) -> Split:

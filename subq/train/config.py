@@ -114,7 +114,12 @@ class TrainConfig(BaseModel):
     (``ceil(epochs * (N // batch_size))`` steps; the last incomplete batch of each epoch is dropped);
     with both, the run stops at whichever comes first. ``batch_size`` is the global batch, split
     evenly over the ranks under ``torchrun``. ``eval_every`` defaults to once per epoch; the run is
-    evaluated at the end too. ``checkpoint_every=None`` saves only at the end (when ``out_dir`` is set).
+    evaluated at the end too. ``checkpoint_every=None`` saves only at the end (when ``out_dir`` is set);
+    ``checkpoints=False`` saves none (``out_dir`` then holds only the config and the metrics).
+    ``model`` may name a preset with overrides, ``{preset: based-360m, n_layers: 12}``
+    (``LMConfig.from_preset``; the vocabulary still defaults to the task's).
+    ``parallel`` is how ranks share the model under ``torchrun``: ``"ddp"`` (a replica per rank) or
+    ``"fsdp"`` (parameters, gradients and optimizer state sharded, :mod:`subq.train.distributed`).
     ``cpu_threads`` sets ``torch.set_num_threads`` for the run (None keeps torch's default); 1 is
     fastest for tiny models, whose ops are too small to split. ``seqlen_warmup`` (default off) trains
     on shorter pieces of the sequences first, at constant tokens per step (:class:`SeqLenWarmupOptions`).
@@ -134,10 +139,12 @@ class TrainConfig(BaseModel):
     seed: int = 0
     data_seed: int = 123
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    parallel: Literal["ddp", "fsdp"] = "ddp"
     cpu_threads: PositiveInt | None = None
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     out_dir: str | None = None
     checkpoint_every: PositiveInt | None = None
+    checkpoints: bool = True
     keep_checkpoints: PositiveInt = 2
     log_every: PositiveInt = 10
     progress: bool = True
@@ -154,6 +161,14 @@ class TrainConfig(BaseModel):
             return data
         sizes = _task_sizes(data.get("task"))
         model = dict(model)
+        if "preset" in model:  # {preset: based-360m, ...overrides}: the preset's fields, written out
+            preset = model.pop("preset")
+            if "vocab_size" not in model and "vocab_size" in sizes:
+                model["vocab_size"] = sizes["vocab_size"]
+            try:
+                model = LMConfig.from_preset(preset, **model).model_dump(mode="json")
+            except KeyError as e:
+                raise ValueError(f"model.preset: {e.args[0]}") from None
         if "vocab_size" not in model and "vocab_size" in sizes:
             model["vocab_size"] = sizes["vocab_size"]
         if model.get("pos_emb") == "learned" and model.get("max_seq_len") is None and "seq_len" in sizes:

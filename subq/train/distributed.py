@@ -1,20 +1,30 @@
-"""Data-parallel plumbing for the trainer: process group set-up from ``torchrun``'s environment.
+"""Data-parallel plumbing for the trainer: process group set-up from ``torchrun``'s environment, the
+DDP / FSDP wrappers, and full (unsharded) state dicts for checkpoints.
 
     torchrun --nproc_per_node=2 -m subq.cli.main train --config configs/mqar-attention.yaml
+    torchrun --nproc_per_node=2 -m subq.cli.main train --config configs/mqar-attention.yaml parallel=fsdp
 
 With ``WORLD_SIZE > 1`` the trainer joins the default process group (``nccl`` on CUDA, ``gloo`` on
-CPU, rendezvous through ``MASTER_ADDR``/``MASTER_PORT``), wraps the model in
-``DistributedDataParallel`` and gives each rank a disjoint slice of every global batch.
+CPU, rendezvous through ``MASTER_ADDR``/``MASTER_PORT``), wraps the model and gives each rank a
+disjoint slice of every global batch. ``parallel="ddp"`` (the default) keeps a full replica per rank
+and all-reduces gradients (``DistributedDataParallel``); ``parallel="fsdp"`` shards parameters,
+gradients and optimizer state over the ranks with PyTorch's ``fully_shard`` (FSDP2), one unit per
+block plus the root (embedding, final norm, tied head), in the parameters' own dtype (autocast does
+the bf16 compute, as in DDP). Checkpoints hold full tensors either way, so a run saved under one
+layout resumes under the other or on one process.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+
+Parallel = Literal["ddp", "fsdp"]
 
 
 @dataclass(frozen=True)
@@ -71,4 +81,91 @@ def all_reduce_sum(t: Tensor, info: DistInfo) -> Tensor:
 def close_distributed(info: DistInfo) -> None:
     """Destroy the process group if :func:`init_distributed` created it."""
     if info.owns_group and dist.is_initialized():
+        dist.barrier()  # no rank tears its connections down while a peer still finishes a collective
         dist.destroy_process_group()
+
+
+def wrap_model(model: nn.Module, info: DistInfo, parallel: Parallel, device: torch.device) -> nn.Module:
+    """The module the training step calls: ``model`` itself on one process, a DDP wrapper, or ``model``
+    sharded in place by ``fully_shard`` (each of ``model.backbone.blocks``, then the root)."""
+    if not info.enabled:
+        return model
+    if parallel == "ddp":
+        index = [device.index] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=index)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (info.world_size,))
+    for block in model.backbone.blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``fully_shard`` sharded ``model``."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def local_tensor(t: Tensor) -> Tensor:
+    """A DTensor's full value (a collective on its mesh); any other tensor as it is."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def full_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``model.state_dict()`` and ``optimizer.state_dict()`` with full tensors. For a sharded model this
+    is a collective (each DTensor is all-gathered in turn): every rank must call it; rank 0 gets the
+    tensors on the CPU and the other ranks two empty dicts."""
+    if not is_sharded(model):
+        return model.state_dict(), optimizer.state_dict()
+    main = dist.get_rank() == 0
+
+    def gather(t: Any) -> Any:
+        if not isinstance(t, Tensor):
+            return t
+        full = local_tensor(t)
+        return full.cpu() if main else None
+
+    weights = {name: gather(t) for name, t in model.state_dict().items()}
+    optim = optimizer.state_dict()
+    state = {i: {k: gather(v) for k, v in entry.items()} for i, entry in optim["state"].items()}
+    if not main:
+        return {}, {}
+    return weights, {"state": state, "param_groups": optim["param_groups"]}
+
+
+def load_full_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict[str, Tensor], optim: dict[str, Any]
+) -> None:
+    """Inverse of :func:`full_state`: load full tensors into a (possibly sharded) model and optimizer.
+    For a sharded model every rank must call it with the same full state; each keeps its own shard of
+    every tensor (no communication)."""
+    if not is_sharded(model):
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(optim)
+        return
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    def shard(full: Any, like: Tensor) -> Any:
+        if not isinstance(like, DTensor) or not isinstance(full, Tensor) or full.shape != like.shape:
+            return full
+        full = full.to(device=like.device, dtype=like.dtype)
+        return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None)
+
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    if missing:
+        raise KeyError(f"the checkpoint has no weights for {missing}")
+    model.load_state_dict({name: shard(weights[name], like) for name, like in own.items()})
+    params = list(model.parameters())
+    state = {
+        int(i): {k: shard(v, params[int(i)]) for k, v in entry.items()} for i, entry in optim["state"].items()
+    }
+    optimizer.load_state_dict({"state": state, "param_groups": optim["param_groups"]})

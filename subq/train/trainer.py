@@ -1,5 +1,5 @@
 """The training loop behind ``subq train``: a causal LM on a task, AdamW with warmup + cosine, periodic
-evaluation with early stop, JSON-lines metrics, atomic checkpoints with exact resume, and DDP.
+evaluation with early stop, JSON-lines metrics, atomic checkpoints with exact resume, DDP and FSDP.
 
     from subq.train import load_config, train
     result = train(load_config("configs/mqar-attention.yaml", ["optim.lr=1e-3"]))
@@ -7,13 +7,16 @@ evaluation with early stop, JSON-lines metrics, atomic checkpoints with exact re
 
     subq train --config configs/mqar-attention.yaml optim.lr=1e-3
     torchrun --nproc_per_node=2 -m subq.cli.main train --config configs/mqar-attention.yaml
+    torchrun --nproc_per_node=2 -m subq.cli.main train --config configs/lm-stdlib-360m.yaml parallel=fsdp
 
 Data: both splits live on the device as ``(N, T)`` tensors. Each epoch draws a permutation from a
 ``torch.Generator`` seeded with ``seed`` and batches are slices of it (no DataLoader: tiny models on
 a CPU are bound by Python overhead); the last incomplete batch of an epoch is dropped. Under DDP
 every rank draws the same permutation and takes its own contiguous ``batch_size // world_size`` rows
 of each global batch; evaluation is sharded the same way and all-reduced, so all ranks take the same
-early-stop decision. Only rank 0 writes files, logs and shows progress.
+early-stop decision. Only rank 0 writes files, logs and shows progress. ``cfg.parallel`` picks DDP or
+FSDP (:mod:`subq.train.distributed`); the arithmetic is the same, so a run on any number of ranks
+follows the one-process run of the same global batch up to floating-point reassociation.
 
 Sequence-length warm-up (``cfg.seqlen_warmup``, off by default): at a stage of ``L`` tokens the
 step's batch of ``(b, T)`` sequences is cut into ``(b T / L, L)`` pieces (same data order, same
@@ -25,8 +28,9 @@ optimizer applies a NaN update; on CUDA it is read every ``log_every`` steps and
 evaluation and checkpoint, so a NaN state is never saved. Either way the last good checkpoint stays.
 
 Files in ``out_dir``: ``config.yaml`` (the resolved config), ``metrics.jsonl`` (train rows: step,
-epoch, loss, lr, tokens, elapsed; eval rows: step, epoch, test_accuracy, test_loss, tokens, elapsed)
-and ``checkpoints/step_*/`` (see :mod:`subq.train.checkpoint`).
+epoch, loss, lr, tokens, elapsed, tokens_per_s over the rows' window and, on CUDA, max_mem_gib, the
+peak memory allocated on rank 0's GPU so far; eval rows: step, epoch, test_accuracy, test_loss,
+tokens, elapsed) and ``checkpoints/step_*/`` (see :mod:`subq.train.checkpoint`).
 """
 
 from __future__ import annotations
@@ -53,7 +57,6 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from torch import Tensor
-from torch.nn.parallel import DistributedDataParallel
 
 from subq.models import LanguageModel, count_params
 from subq.tasks import IGNORE_INDEX
@@ -70,7 +73,16 @@ from subq.train.checkpoint import (
     torch_rng_tensors,
 )
 from subq.train.config import TrainConfig, dump_config
-from subq.train.distributed import DistInfo, all_reduce_sum, close_distributed, init_distributed
+from subq.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    close_distributed,
+    full_state,
+    init_distributed,
+    load_full_state,
+    local_tensor,
+    wrap_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -189,11 +201,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # same init and dropout stream on every rank
         self.model = LanguageModel(cfg.model).to(self.device)
         self.num_params = count_params(self.model)
-        self.ddp_model = (
-            DistributedDataParallel(self.model, device_ids=[index] if index is not None else None)
-            if self.dist.enabled
-            else self.model
-        )
+        self.ddp_model = wrap_model(self.model, self.dist, cfg.parallel, self.device)
         self.train_data = cfg.task.build("train", cfg.data_seed).to(self.device)
         self.test_data = cfg.task.build("test", cfg.data_seed).to(self.device)
         n = len(self.train_data)
@@ -269,7 +277,13 @@ class Trainer:
         lo, hi = len(data) * rank // world, len(data) * (rank + 1) // world
         bs = self.cfg.eval_batch_size or self.cfg.batch_size
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # acc, examples, loss, tokens
-        for i in range(lo, hi, bs):
+        # every rank runs the same number of forwards (a sharded model gathers its weights in each)
+        for b in range(math.ceil(math.ceil(len(data) / world) / bs)):
+            i = lo + b * bs
+            if i >= hi:  # this rank's shard is shorter: a forward on one row, not counted
+                with self.autocast():
+                    self.model(data.inputs[:1])
+                continue
             x, y = data.inputs[i : min(i + bs, hi)], data.labels[i : min(i + bs, hi)]
             sel = y != IGNORE_INDEX  # (b, T): only supervised positions go through the head
             with self.autocast():
@@ -286,11 +300,15 @@ class Trainer:
 
     # ---- checkpoints ---------------------------------------------------------------------------------
 
-    def save_checkpoint(self) -> Path:
-        """Write the full training state to ``out_dir/checkpoints/step_<step>/`` (rank 0 only calls it)."""
+    def save_checkpoint(self) -> Path | None:
+        """Write the full training state to ``out_dir/checkpoints/step_<step>/``. Every rank calls it
+        (a sharded model is gathered collectively); rank 0 writes and returns the path, others None."""
         if self.checkpoint_root is None:
             raise ValueError("save_checkpoint needs cfg.out_dir")
-        optim_state, optim_tensors = optimizer_state_to_json(self.optimizer.state_dict())
+        weights, optim = full_state(self.model, self.optimizer)
+        if not self.dist.is_main:
+            return None
+        optim_state, optim_tensors = optimizer_state_to_json(optim)
         tensors = {**optim_tensors, **torch_rng_tensors()}
         if self._epoch_rng_state is not None:
             tensors["rng.data_epoch_start"] = self._epoch_rng_state
@@ -306,7 +324,7 @@ class Trainer:
         return save_checkpoint(
             self.checkpoint_root,
             self.step,
-            weights=self.model.state_dict(),
+            weights=weights,
             tensors=tensors,
             state=state,
             keep=self.cfg.keep_checkpoints,
@@ -317,8 +335,8 @@ class Trainer:
         self._check_compatible(ckpt)
         s = ckpt.state
         try:
-            self.model.load_state_dict(ckpt.weights)
-            self.optimizer.load_state_dict(optimizer_state_from_json(s["optimizer"], ckpt.tensors))
+            optim = optimizer_state_from_json(s["optimizer"], ckpt.tensors)
+            load_full_state(self.model, self.optimizer, ckpt.weights, optim)
             restore_torch_rng(ckpt.tensors)
             self.step, self.epoch, self.batch_in_epoch = s["step"], s["epoch"], s["batch_in_epoch"]
             self.tokens, self.elapsed, self.history = s["tokens"], s["elapsed"], s["history"]
@@ -396,6 +414,7 @@ class Trainer:
             message = f"test accuracy {last['test_accuracy']:.4f} >= target {target} at step {self.step}"
         zero = partial(torch.zeros, (), dtype=torch.float32, device=self.device)
         loss_sum, gnorm_sum, window = zero(), zero(), 0
+        window_start = (self.tokens, self.elapsed)  # tokens/s of each log row's window
         params, clip = list(self.model.parameters()), cfg.optim.grad_clip
         progress = self._progress()
         bar = progress.add_task("train", total=self.total_steps, completed=self.step, loss="-", acc="-")
@@ -411,8 +430,8 @@ class Trainer:
                     loss.backward()
                     loss_sum += loss.detach()
                     window += 1
-                    if clip is not None:
-                        gnorm_sum += torch.nn.utils.clip_grad_norm_(params, clip)
+                    if clip is not None:  # a sharded model's norm is a DTensor: its full value
+                        gnorm_sum += local_tensor(torch.nn.utils.clip_grad_norm_(params, clip))
                     nxt = self.step + 1
                     if self._is_sync_step(nxt):
                         totals = all_reduce_sum(torch.stack([loss_sum, gnorm_sum]).double(), self.dist)
@@ -441,6 +460,7 @@ class Trainer:
 
                     if nxt % cfg.log_every == 0 or nxt == self.total_steps:
                         mean_loss = totals[0].item() / (window * self.dist.world_size)
+                        seconds = self.elapsed - window_start[1]
                         row = {
                             "step": nxt,
                             "epoch": self.epoch,
@@ -448,12 +468,16 @@ class Trainer:
                             "lr": lr,
                             "tokens": self.tokens,
                             "elapsed": self.elapsed,
+                            "tokens_per_s": (self.tokens - window_start[0]) / seconds if seconds > 0 else 0.0,
                         }
+                        if self.device.type == "cuda":
+                            row["max_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
                         if self.seqlen_warmup is not None:
                             row["seq_len"], row["batch_size"] = x.shape[1], x.shape[0] * self.dist.world_size
                         self._write(metrics, row)
                         progress.update(bar, completed=nxt, loss=f"{mean_loss:.4f}")
                         loss_sum, gnorm_sum, window = zero(), zero(), 0
+                        window_start = (self.tokens, self.elapsed)
                     if nxt % self.eval_every == 0 or nxt == self.total_steps:
                         row = {
                             "step": nxt,
@@ -471,11 +495,8 @@ class Trainer:
                             message = f"test accuracy {acc:.4f} >= target {target} at step {nxt}"
                     every = cfg.checkpoint_every
                     periodic = every is not None and nxt % every == 0
-                    if (
-                        main
-                        and self.out_dir is not None
-                        and (stop != "max_steps" or nxt == self.total_steps or periodic)
-                    ):
+                    final = stop != "max_steps" or nxt == self.total_steps
+                    if self.out_dir is not None and cfg.checkpoints and (final or periodic):
                         self.save_checkpoint()
                     if stop != "max_steps":
                         break

@@ -1,4 +1,5 @@
-"""DDP on CPU: two gloo processes, started as torchrun would (WORLD_SIZE/RANK/MASTER_* in the env)."""
+"""DDP and FSDP on CPU: two gloo processes, started as torchrun would (WORLD_SIZE/RANK/MASTER_* in
+the env)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from subq.train import TrainConfig, Trainer
+from subq.train.distributed import full_state
 from tests.conftest import assert_close
 from tests.train.conftest import tiny_config
 
@@ -33,7 +35,7 @@ def _spawn(nprocs: int, *args) -> None:
                 raise
 
 
-def _worker(rank: int, world: int, port: int, out: str, cfg_json: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, cfg_json: str, resume: bool = False) -> None:
     os.environ.update(
         WORLD_SIZE=str(world),
         RANK=str(rank),
@@ -43,8 +45,9 @@ def _worker(rank: int, world: int, port: int, out: str, cfg_json: str) -> None:
     )
     trainer = Trainer(TrainConfig.model_validate_json(cfg_json))
     try:
-        result = trainer.fit()
-        save_file(trainer.model.state_dict(), str(Path(out) / f"rank{rank}.safetensors"))
+        result = trainer.fit(resume=resume)
+        weights, _ = full_state(trainer.model, trainer.optimizer)  # collective under FSDP
+        save_file(dict(weights), str(Path(out) / f"rank{rank}.safetensors"))
         summary = {"steps": result.steps, "history": result.history}
         Path(out, f"rank{rank}.json").write_text(json.dumps(summary))
     finally:
@@ -77,3 +80,32 @@ def test_two_gloo_ranks_hold_identical_weights_and_match_one_process(tmp_path):
     initial = Trainer(cfg.model_copy(update={"out_dir": None})).model.state_dict()
     moved = sum((w0[n] - p).norm() for n, p in initial.items())
     assert moved > 0.1  # the weights did train, so the comparison above is not vacuous
+
+
+def test_fsdp_ranks_match_one_process_and_checkpoints_resume_across_layouts(tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config(max_steps=12, eval_every=6, checkpoint_every=6, log_every=3, out_dir=str(run))
+    fsdp = cfg.model_copy(update={"parallel": "fsdp"})
+    _spawn(2, str(tmp_path), fsdp.model_dump_json())
+
+    w0 = load_file(tmp_path / "rank0.safetensors")  # the full weights are gathered to rank 0 only
+    assert load_file(tmp_path / "rank1.safetensors") == {}
+    single = Trainer(cfg.model_copy(update={"out_dir": None}))
+    single.fit()
+    for name, want in single.model.state_dict().items():
+        assert_close(w0[name], want, 1e-4, name)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    scores = [[(h["step"], h["test_accuracy"], h["test_loss"]) for h in r["history"]] for r in (r0, r1)]
+    assert scores[0] == scores[1] and [s[0] for s in scores[0]] == [6, 12]
+
+    # the sharded run's checkpoint holds full tensors: one process resumes it at step 6 ...
+    (run / "checkpoints" / "step_00000012").rename(tmp_path / "step_12")
+    resumed = Trainer(cfg.model_copy(update={"max_steps": 12}))
+    resumed.fit(resume=True)
+    for name, want in single.model.state_dict().items():
+        assert_close(resumed.model.state_dict()[name], want, 1e-4, name)
+    # ... and so do two FSDP ranks (optimizer state loaded into the shards)
+    (run / "checkpoints" / "step_00000012").rename(tmp_path / "step_12_single")
+    _spawn(2, str(tmp_path), fsdp.model_dump_json(), True)
+    for name, want in single.model.state_dict().items():
+        assert_close(load_file(tmp_path / "rank0.safetensors")[name], want, 1e-4, name)

@@ -59,8 +59,10 @@ def test_training_decreases_loss_and_writes_metrics(tiny, tmp_path):
     train_rows = [r for r in rows if "loss" in r]
     eval_rows = [r for r in rows if "test_accuracy" in r]
     assert [r["step"] for r in train_rows] == list(range(5, 151, 5))
-    assert set(train_rows[0]) == {"step", "epoch", "loss", "lr", "tokens", "elapsed"}
+    assert set(train_rows[0]) == {"step", "epoch", "loss", "lr", "tokens", "elapsed", "tokens_per_s"}
     assert train_rows[-1]["tokens"] == 150 * 32 * 16
+    a, b = train_rows[-2], train_rows[-1]  # throughput of a row's window of log_every steps
+    assert b["tokens_per_s"] == pytest.approx((b["tokens"] - a["tokens"]) / (b["elapsed"] - a["elapsed"]))
     assert train_rows[-1]["loss"] < 0.6 * train_rows[0]["loss"], (train_rows[0], train_rows[-1])
     assert [r["step"] for r in eval_rows] == [50, 100, 150]
     assert result.history == eval_rows
@@ -151,7 +153,7 @@ def test_resume_is_bit_exact(tiny, tmp_path, monkeypatch):
         want_state, got_state = straight.optimizer.state[p_want], resumed.optimizer.state[p_got]
         for key in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(want_state[key], got_state[key]), key
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed"} for r in rows]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("elapsed", "tokens_per_s")} for r in rows]
     assert strip(result.history) == strip(straight_result.history)
     steps = [r["step"] for r in _rows(tmp_path / "metrics.jsonl") if "loss" in r]
     assert steps == [2, 4, 6, 8, 10]  # the interrupted run's rows after step 5 were dropped, none doubled
