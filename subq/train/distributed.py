@@ -4,9 +4,10 @@ DDP / FSDP wrappers, and full (unsharded) state dicts for checkpoints.
     torchrun --nproc_per_node=2 -m subq.cli.main train --config configs/mqar-attention.yaml
     torchrun --nproc_per_node=2 -m subq.cli.main train --config configs/mqar-attention.yaml parallel=fsdp
 
-With ``WORLD_SIZE > 1`` the trainer joins the default process group (``nccl`` on CUDA, ``gloo`` on
-CPU, rendezvous through ``MASTER_ADDR``/``MASTER_PORT``), wraps the model and gives each rank a
-disjoint slice of every global batch. ``parallel="ddp"`` (the default) keeps a full replica per rank
+Under ``torchrun`` (or with ``WORLD_SIZE > 1``) the trainer joins the default process group
+(``nccl`` on CUDA, ``gloo`` on CPU, rendezvous through ``MASTER_ADDR``/``MASTER_PORT``), wraps the
+model and gives each rank a disjoint slice of every global batch; ``--nproc_per_node=1`` runs the
+same path on one device. ``parallel="ddp"`` (the default) keeps a full replica per rank
 and all-reduces gradients (``DistributedDataParallel``); ``parallel="fsdp"`` shards parameters,
 gradients and optimizer state over the ranks with PyTorch's ``fully_shard`` (FSDP2), one unit per
 block plus the root (embedding, final norm, tied head), in the parameters' own dtype (autocast does
@@ -29,16 +30,19 @@ Parallel = Literal["ddp", "fsdp"]
 
 @dataclass(frozen=True)
 class DistInfo:
-    """This process's place in the job; ``world_size == 1`` outside ``torchrun``."""
+    """This process's place in the job: ``joined`` when it is in a process group (under ``torchrun``,
+    also with one rank), else a lone process with ``world_size == 1``."""
 
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
     owns_group: bool = False  # this process created the process group and tears it down
+    joined: bool = False
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """Whether the trainer runs the distributed path (process group, DDP/FSDP wrapper)."""
+        return self.joined
 
     @property
     def is_main(self) -> bool:
@@ -49,14 +53,20 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_by_torchrun() -> bool:
+    """Whether ``torchrun`` (``torch.distributed.run``) started this process."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
 def init_distributed(device_type: str) -> DistInfo:
-    """Join (or reuse) the default process group when ``WORLD_SIZE > 1``; else a single-process ``DistInfo``.
+    """Join (or reuse) the default process group when ``WORLD_SIZE > 1`` or under ``torchrun`` (even
+    with ``--nproc_per_node=1``: the same DDP/FSDP and NCCL code path on one GPU); else a lone process.
 
     ``device_type`` (``"cuda"`` or ``"cpu"``) picks the backend; on CUDA the current device becomes
     ``LOCAL_RANK``.
     """
     world = env_world_size()
-    if world <= 1:
+    if world <= 1 and not launched_by_torchrun():
         return DistInfo()
     for var in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
         if var not in os.environ and not dist.is_initialized():
@@ -68,7 +78,7 @@ def init_distributed(device_type: str) -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
         owns = True
-    return DistInfo(dist.get_rank(), local_rank, dist.get_world_size(), owns)
+    return DistInfo(dist.get_rank(), local_rank, dist.get_world_size(), owns, joined=True)
 
 
 def all_reduce_sum(t: Tensor, info: DistInfo) -> Tensor:

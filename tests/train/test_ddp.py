@@ -109,3 +109,28 @@ def test_fsdp_ranks_match_one_process_and_checkpoints_resume_across_layouts(tmp_
     _spawn(2, str(tmp_path), fsdp.model_dump_json(), True)
     for name, want in single.model.state_dict().items():
         assert_close(load_file(tmp_path / "rank0.safetensors")[name], want, 1e-4, name)
+
+
+def test_one_rank_under_torchrun_takes_the_distributed_path(monkeypatch):
+    cfg = tiny_config(max_steps=8, log_every=4)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")  # what torchrun sets, also with one rank
+    for var, value in dict(WORLD_SIZE="1", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1").items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    for parallel in ("ddp", "fsdp"):
+        trainer = Trainer(cfg.model_copy(update={"parallel": parallel}))
+        try:
+            assert trainer.dist.enabled and trainer.dist.world_size == 1
+            assert (trainer.ddp_model is not trainer.model) == (parallel == "ddp")
+            trainer.fit()
+            weights, _ = full_state(trainer.model, trainer.optimizer)
+        finally:
+            trainer.close()
+        monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+        single = Trainer(cfg)
+        assert not single.dist.enabled
+        single.fit()
+        for name, want in single.model.state_dict().items():
+            assert_close(weights[name], want, 1e-5, name)
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+        monkeypatch.setenv("MASTER_PORT", str(_free_port()))
