@@ -36,6 +36,7 @@ import argparse
 import itertools
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -51,18 +52,34 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run(cmd: list[str], out: Path, env: dict[str, str]) -> float:
-    """Run one training command, its output to ``out/log.txt``; returns its wall time."""
+def run(cmd: list[str], out: Path, env: dict[str, str], steps: int, grace: float = 90.0) -> dict[str, Any]:
+    """Run one training command, its output to ``out/log.txt``; returns its wall time and whether it
+    had to be stopped after its last evaluation (it finished training but did not exit within
+    ``grace`` seconds: reported, not hidden)."""
     out.mkdir(parents=True, exist_ok=True)
     print("$", " ".join(cmd), flush=True)
+    metrics = out / "metrics.jsonl"
     t0 = time.perf_counter()
+    finished_at = None
     with open(out / "log.txt", "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
+        )
+        while proc.poll() is None:
+            time.sleep(1.0)
+            if finished_at is None and metrics.is_file():
+                done = any(r.get("step") == steps and "test_loss" in r for r in _rows(metrics))
+                finished_at = time.perf_counter() if done else None
+            if finished_at is not None and time.perf_counter() - finished_at > grace:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                print(f"  stopped: training was done but the process had not exited {grace:.0f} s later")
+                return {"wall_s": time.perf_counter() - t0, "exit_hang": True}
     wall = time.perf_counter() - t0
     if proc.returncode:
         tail = (out / "log.txt").read_text()[-3000:]
         raise SystemExit(f"run failed (exit {proc.returncode}) after {wall:.0f} s:\n{tail}")
-    return wall
+    return {"wall_s": wall, "exit_hang": False}
 
 
 def summarise(rows: list[dict[str, Any]], skip: int) -> dict[str, Any]:
@@ -130,12 +147,12 @@ def main(argv: list[str] | None = None) -> int:
             layouts[f"{args.gpus}-{x}"] = [*launcher, *train, f"parallel={x}"]
         for layout, cmd in layouts.items():
             out = args.out / f"{preset}-{layout}"
-            wall = run([*cmd, f"model.preset={preset}", f"out_dir={out}", *common], out, env)
+            outcome = run([*cmd, f"model.preset={preset}", f"out_dir={out}", *common], out, env, args.steps)
             results[f"{preset}/{layout}"] = {
                 "preset": preset,
                 "ranks": int(layout.split("-")[0]),
                 "parallel": layout.split("-")[1] if "-" in layout else "-",
-                "wall_s": wall,
+                **outcome,
                 "command": " ".join([*cmd, f"model.preset={preset}", *common]).replace(sys.executable, py),
                 **summarise(_rows(out / "metrics.jsonl"), args.skip),
             }
@@ -160,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         test = f"{r['test_loss']:.4f}" if r["test_loss"] is not None else "-"
         mem = f"{r['max_mem_gib']:.1f}" if r["max_mem_gib"] is not None else "-"
         lines.append(
-            f"| {r['preset']} | {r['ranks']} | {r['parallel']} | {r['tokens_per_s']:,.0f} "
+            f"| {r['preset']} | {r['ranks']} | {r['parallel']}{' (exit hung)' if r['exit_hang'] else ''} "
+            f"| {r['tokens_per_s']:,.0f} "
             f"| {r['step_ms']:.1f} "
             f"| {r['scaling']:.2f}x | {mem} | {r['max_loss_gap']:.4f} | {r['loss_step_spread'] or 0:.4f} "
             f"| {r['final_train_loss']:.4f} | {test} |"

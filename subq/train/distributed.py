@@ -91,7 +91,11 @@ def all_reduce_sum(t: Tensor, info: DistInfo) -> Tensor:
 def close_distributed(info: DistInfo) -> None:
     """Destroy the process group if :func:`init_distributed` created it."""
     if info.owns_group and dist.is_initialized():
-        dist.barrier()  # no rank tears its connections down while a peer still finishes a collective
+        # no rank tears its connections down while a peer still finishes a collective
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -35,6 +35,7 @@ tokens, elapsed) and ``checkpoints/step_*/`` (see :mod:`subq.train.checkpoint`).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -79,6 +80,7 @@ from subq.train.distributed import (
     close_distributed,
     full_state,
     init_distributed,
+    is_sharded,
     load_full_state,
     local_tensor,
     wrap_model,
@@ -519,7 +521,17 @@ class Trainer:
         )
 
     def close(self) -> None:
-        """Leave the process group if this trainer joined it; restore torch's CPU thread count."""
+        """Leave the process group if this trainer joined it; restore torch's CPU thread count.
+
+        A sharded (FSDP) model is released first: its parameters and hooks hold the process group and,
+        on CUDA, the streams and events of its collectives, which must not outlive the group. The
+        trainer's model and optimizer are unusable afterwards in that case.
+        """
+        if getattr(self, "model", None) is not None and is_sharded(self.model):
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.optimizer = self.model = self.ddp_model = None  # type: ignore[assignment]
+            gc.collect()
         close_distributed(self.dist)
         torch.set_num_threads(self._threads_before)
 
