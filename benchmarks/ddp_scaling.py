@@ -15,9 +15,10 @@ each with ``max_steps=--steps``, evaluation only at the end and no checkpoints, 
 - scaling: that throughput over the one-GPU run's (``G`` is perfect);
 - peak memory: ``torch.cuda.max_memory_allocated`` on rank 0 at the end of training;
 - the loss curve's largest gap to the one-GPU run (every ``log_every`` steps, each point the mean
-  over its window) and the final test loss. Same batch, data and init: any gap is floating-point
-  reassociation (bf16 autocast, all-reduce order), so it should sit far below the loss's own
-  step-to-step spread, which is reported next to it.
+  over its window) and the final test loss. Same batch, data and init: any gap comes from
+  floating-point reassociation (bf16 autocast, all-reduce order) and from kernels that are not
+  deterministic (atomics in an attention backward), amplified by training. ``--repeat-baseline``
+  runs the one-GPU baseline a second time: that gap is the noise floor to compare against.
 
 Writes ``summary.json``, ``summary.md`` (a table for BENCHMARKS.md) and, with matplotlib, ``loss.png``
 (the curves, one panel per preset) under ``--out``. NCCL's NVLink multicast stays off
@@ -114,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", default="ddp,fsdp", help="layouts of the multi-process runs")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--skip", type=int, default=30, help="steps left out of the throughput")
+    p.add_argument(
+        "--repeat-baseline",
+        action="store_true",
+        help="run the one-process baseline twice: its loss gap is the noise floor (nondeterministic kernels)",
+    )
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more config overrides")
     p.add_argument("--out", type=Path, default=Path("ddp_scaling"))
@@ -143,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     py = "python"
     for preset in args.presets.split(","):
         layouts = {"1": [sys.executable, *train]}
+        if args.repeat_baseline:  # the same one-process run again: the run-to-run noise floor
+            layouts["1-repeat"] = [sys.executable, *train]
         for x in args.parallel.split(","):
             layouts[f"{args.gpus}-{x}"] = [*launcher, *train, f"parallel={x}"]
         for layout, cmd in layouts.items():
@@ -204,7 +212,12 @@ def _plot(results: dict[str, dict[str, Any]], path: Path) -> None:
         for r in results.values():
             if r["preset"] == preset:
                 steps, losses = zip(*r["curve"], strict=True)
-                label = "1 GPU" if r["ranks"] == 1 else f"{r['ranks']} GPUs, {r['parallel'].upper()}"
+                label = (
+                    "one process"
+                    if r["parallel"] in ("-", "repeat")
+                    else f"torchrun x{r['ranks']}, {r['parallel'].upper()}"
+                )
+                label += " (again)" if r["parallel"] == "repeat" else ""
                 ax.plot(steps, losses, label=label, lw=1.2, ls="-" if r["ranks"] == 1 else "--")
         ax.set(title=preset, xlabel="optimizer step", ylabel="train loss (window mean)", yscale="log")
         ax.legend()
