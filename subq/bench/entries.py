@@ -18,8 +18,9 @@ each gated against the same naive reference.
 ``combiner`` times the blocked PyTorch form of Combiner attention (``torch``,
 ``subq/ops/combiner/blocked.py``) and the Triton kernels (``triton``, ``subq/ops/combiner/fused.py``,
 CUDA only, variant ``axial`` only; its backward recomputes through the blocked pieces), variant
-``axial`` by default (``--param variant=fixed|logsparse|axial|mixture``) with max-pooled row keys (the op's default; the ``combiner`` layer's learned ``proj``
-keys add two small matmuls per token). ``block_size=0`` means ``ceil(sqrt(T))`` (32, 64, 128, 256 at
+``axial`` by default (``--param variant=fixed|logsparse|axial|mixture``) with max-pooled row keys
+(the op's default; the ``combiner`` layer's learned ``proj`` keys add two small matmuls per token).
+``block_size=0`` means ``ceil(sqrt(T))`` (32, 64, 128, 256 at
 T = 1k, 4k, 16k, 64k), which balances the ``s`` direct logits against the ``T / s`` span logits and
 makes the op O(T sqrt(T) D); a fixed ``--param block_size=128`` is O(T (128 + T / 128) D) instead.
 ``kernelized_rpe`` times the FFT form of kernelized attention with a relative-position bias
