@@ -28,9 +28,9 @@ from pydantic import Field, PositiveInt, model_validator
 
 from subq.tasks.base import SequenceDataset, Split, TaskConfig, register_task, split_seed
 from subq.tasks.stdlib_mlm import (
-    ByteTokenizer,
     Tokenizer,
     file_split,
+    fill_vocab_size,
     get_tokenizer,
     stdlib_files,
     stdlib_root,
@@ -71,14 +71,7 @@ class StdlibLMConfig(TaskConfig):
 
     @model_validator(mode="after")
     def _check_vocab(self):
-        need = ByteTokenizer.vocab_size if self.tokenizer == "bytes" else 30522
-        if self.vocab_size is None:
-            object.__setattr__(self, "vocab_size", need)
-        elif self.vocab_size < need:
-            raise ValueError(
-                f"vocab_size must be >= {need} for tokenizer={self.tokenizer!r}, got {self.vocab_size}"
-            )
-        return self
+        return fill_vocab_size(self)
 
     def documents(self, split: Split) -> list[str]:
         """The texts of the files in ``split``, in path order (one per file)."""

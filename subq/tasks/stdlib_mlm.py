@@ -198,6 +198,17 @@ def mask_tokens(
     return masked, labels
 
 
+def fill_vocab_size(cfg: TaskConfig) -> TaskConfig:
+    """Set a frozen task config's ``vocab_size`` to its tokenizer's when None; reject a smaller one."""
+    need = ByteTokenizer.vocab_size if cfg.tokenizer == "bytes" else 30522
+    if cfg.vocab_size is None:
+        object.__setattr__(cfg, "vocab_size", need)
+    elif cfg.vocab_size < need:
+        got = cfg.vocab_size
+        raise ValueError(f"vocab_size must be >= {need} for tokenizer={cfg.tokenizer!r}, got {got}")
+    return cfg
+
+
 class _StdlibTask(TaskConfig):
     tokenizer: Tokenizer = "bytes"
     vocab_size: PositiveInt | None = None
@@ -208,14 +219,7 @@ class _StdlibTask(TaskConfig):
 
     @model_validator(mode="after")
     def _check_vocab(self):
-        need = ByteTokenizer.vocab_size if self.tokenizer == "bytes" else 30522
-        if self.vocab_size is None:
-            object.__setattr__(self, "vocab_size", need)
-        elif self.vocab_size < need:
-            raise ValueError(
-                f"vocab_size must be >= {need} for tokenizer={self.tokenizer!r}, got {self.vocab_size}"
-            )
-        return self
+        return fill_vocab_size(self)
 
     def texts(self, split: Split) -> tuple[list[str], list[str]]:
         """Docstrings and comments of the files in ``split``."""
