@@ -255,6 +255,7 @@ def train_dit(
     x_tr, y_tr = data[0], data[1]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
+    ema_params, params = list(ema.parameters()), list(model.parameters())
     gen = torch.Generator().manual_seed(seed)
     checkpoints = _eval_steps(steps, cfg.evals)
     curve, samples, t0, step = [], None, time.perf_counter(), 0
@@ -291,9 +292,8 @@ def train_dit(
         opt.step()
         step += 1
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
-                p_ema.lerp_(p, 1 - decay)
+        with torch.no_grad():  # one multi-tensor launch, not one per parameter
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
 
 
 def build_student(name: str, teacher: DiT, cfg: LitConfig, seed: int) -> DiT:
