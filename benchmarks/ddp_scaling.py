@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="configs/lm-stdlib-360m.yaml")
     p.add_argument("--presets", default="based-attn-360m,based-360m", help="comma-separated model presets")
     p.add_argument("--gpus", type=int, default=2, help="ranks of the multi-process runs")
-    p.add_argument("--parallel", default="ddp,fsdp", help="layouts of the multi-process runs")
+    p.add_argument("--parallel", default="ddp,fsdp", help="multi-process layouts ('none': only one process)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--skip", type=int, default=30, help="steps left out of the throughput")
     p.add_argument(
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         layouts = {"1": [sys.executable, *train]}
         if args.repeat_baseline:  # the same one-process run again: the run-to-run noise floor
             layouts["1-repeat"] = [sys.executable, *train]
-        for x in args.parallel.split(","):
+        for x in [x for x in args.parallel.split(",") if x not in ("", "none")]:
             layouts[f"{args.gpus}-{x}"] = [*launcher, *train, f"parallel={x}"]
         for layout, cmd in layouts.items():
             out = args.out / f"{preset}-{layout}"
