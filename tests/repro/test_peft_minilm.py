@@ -62,9 +62,10 @@ def test_no_module_name_is_left_in_any_text():
         ("Convert to Decimal via _pydecimal rules", "Convert to via rules"),
         ("An XML parser for xml files", "An parser for files"),
         ("See https://docs and the xmlrpc module", "See https://docs and the xmlrpc module"),
-        ("turtle.forward(10) moves the Turtle", ".forward(10) moves the"),
+        ("pdb.set_trace() stops in the Pdb debugger", ".set_trace() stops in the debugger"),
+        ("See _collections_abc.Mapping and bdb.Bdb", "See .Mapping and ."),
     ],
-    ids=["dotted", "decimal", "case", "longer-words-kept", "code"],
+    ids=["dotted", "decimal", "case", "longer-words-kept", "code", "other-sources"],
 )
 def test_strip_module_names(text, stripped):
     assert repro.strip_module_names(text) == stripped
