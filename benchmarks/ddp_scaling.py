@@ -1,5 +1,5 @@
 """Data-parallel scaling of ``subq train``: one process vs ``--gpus`` ranks (DDP and FSDP) at the same
-global batch, same data order and same initialisation, in one session.
+global batch, same data order and same initialisation, one run after the other.
 
 For every preset in ``--presets`` the script runs, one after the other:
 
