@@ -24,6 +24,11 @@ noise for every model): the accuracy of a small CNN, trained on real digits, at 
 the sample was asked for, and the Frechet distance between samples and half of the held-out digits in
 that CNN's 64-d feature space ("FD", an FID stand-in; the FD of the other half of the held-out digits
 is printed as the floor). Samples use 25 respaced steps (50 in the full preset) and no guidance.
+
+The trained teacher (its EMA weights, evaluation curve and last samples) is kept in ``out_dir`` as
+``lit_teacher.safetensors`` and ``lit_teacher_samples.safetensors``; a later run with the same settings
+and seed loads it instead of training it again (the students then train exactly as they would have).
+Delete the files to retrain it.
 """
 
 from __future__ import annotations
@@ -469,9 +474,15 @@ def run(
         mixer_kwargs={"num_heads": cfg.teacher_heads, "bias": True},
     ).to(device)
     common = dict(cfg=cfg, data=data, diffusion=diffusion, evaluate=evaluate)
-    curve, last, teacher = train_dit(
-        teacher, cfg.teacher_steps, seed=seed, log=log("softmax DiT (teacher)"), **common
-    )
+    cached = load_teacher(out_dir, cfg, seed, teacher)
+    if cached is not None:
+        curve, last = cached
+        console.print(f"softmax DiT (teacher): loaded from {out_dir / TEACHER_FILE} (same settings and seed)")
+    else:
+        curve, last, teacher = train_dit(
+            teacher, cfg.teacher_steps, seed=seed, log=log("softmax DiT (teacher)"), **common
+        )
+        save_teacher(out_dir, cfg, seed, teacher, curve, last)
     rows = [{"name": "teacher", "label": "softmax DiT (teacher)", "params": _params(teacher), "curve": curve}]
     samples = {"teacher": last}
     teacher.eval().requires_grad_(False)
@@ -512,6 +523,46 @@ def run(
     (out_dir / "lit.json").write_text(json.dumps(record, indent=1))
     _plot(rows, samples, evaluate.floor, out_dir / "lit.png")
     return record
+
+
+TEACHER_FILE, TEACHER_SAMPLES_FILE = "lit_teacher.safetensors", "lit_teacher_samples.safetensors"
+
+
+def _teacher_key(cfg: LitConfig, seed: int) -> str:
+    return json.dumps({"settings": cfg.model_dump(mode="json"), "seed": seed}, sort_keys=True)
+
+
+def save_teacher(
+    out_dir: Path, cfg: LitConfig, seed: int, teacher: DiT, curve: list, samples: Tensor
+) -> None:
+    """Keep the trained teacher (EMA weights, curve, last samples) for :func:`load_teacher`."""
+    from safetensors.torch import save_file
+
+    meta = {"key": _teacher_key(cfg, seed), "curve": json.dumps(curve)}
+    weights = {k: v.detach().cpu().contiguous() for k, v in teacher.state_dict().items()}
+    save_file(weights, str(out_dir / TEACHER_FILE), metadata=meta)
+    save_file(
+        {"samples": samples.detach().cpu().contiguous()}, str(out_dir / TEACHER_SAMPLES_FILE), metadata=meta
+    )
+
+
+def load_teacher(out_dir: Path, cfg: LitConfig, seed: int, teacher: DiT) -> tuple[list, Tensor] | None:
+    """Load a teacher saved by :func:`save_teacher` with the same settings and seed into ``teacher``;
+    returns its curve and last samples, or None when there is none (or it was trained otherwise)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    paths = out_dir / TEACHER_FILE, out_dir / TEACHER_SAMPLES_FILE
+    if not all(p.is_file() for p in paths):
+        return None
+    with safe_open(str(paths[0]), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("key") != _teacher_key(cfg, seed):
+        return None
+    device = next(teacher.parameters()).device
+    teacher.load_state_dict({k: v.to(device) for k, v in load_file(str(paths[0])).items()})
+    samples = load_file(str(paths[1]))["samples"]
+    return json.loads(meta["curve"]), samples.to(device)
 
 
 def _params(model: nn.Module) -> int:

@@ -89,3 +89,18 @@ def test_config_rejects_unknown_students_and_keys():
     with pytest.raises(ValidationError):
         LitConfig(steps=3)
     assert set(QUICK.students) <= set(FULL.students) == set(STUDENTS)
+
+
+def test_second_run_reuses_the_saved_teacher_and_gives_the_same_record(tmp_path):
+    first = run(quick=True, out_dir=tmp_path, seed=1, console=Console(width=160), config=TINY, device="cpu")
+    assert (tmp_path / "lit_teacher.safetensors").is_file()
+    console = Console(record=True, width=160)
+    second = run(quick=True, out_dir=tmp_path, seed=1, console=console, config=TINY, device="cpu")
+    assert "loaded from" in console.export_text()
+    for a, b in zip(first["rows"], second["rows"], strict=True):
+        strip = [{k: v for k, v in p.items() if k != "train_s"} for p in a["curve"]]
+        assert strip == [{k: v for k, v in p.items() if k != "train_s"} for p in b["curve"]], a["name"]
+    # another seed does not reuse it
+    console = Console(record=True, width=160)
+    run(quick=True, out_dir=tmp_path, seed=2, console=console, config=TINY, device="cpu")
+    assert "loaded from" not in console.export_text()
