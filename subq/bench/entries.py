@@ -334,11 +334,13 @@ def performer_flops(s: BenchShape) -> float:
 
 
 def _performer(mode: str, q: Tensor, k: Tensor, v: Tensor, *, num_features: int):
-    """The ``performer`` layer's attention: vanilla PRF features in float32, linear attention on them,
-    the output in the dtype of ``q``."""
+    """The ``performer`` layer's attention: vanilla PRF features computed in float32 (stored in bf16
+    when ``v`` is bf16, as the layer does), linear attention on them, the output in the dtype of ``q``."""
     P = random_features(q.shape[2], num_features, q.shape[3], q.device)
     phi_q = prf_feature_map(q.float(), P, normalize_qk=False, is_query=True)
     phi_k = prf_feature_map(k.float(), P, normalize_qk=False)
+    if v.dtype == torch.bfloat16:
+        phi_q, phi_k = phi_q.to(v.dtype), phi_k.to(v.dtype)
     if mode == "naive":
         o, _ = naive_linear_attention(phi_q, phi_k, v)
     else:

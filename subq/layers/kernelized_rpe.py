@@ -187,9 +187,12 @@ class Performer(_RandomFeatureAttention):
 
     def _attend(self, x: Tensor, want_state: bool = False):
         q, k, v = self._qkv(x)
+        phi_q, phi_k = self._features(q, is_query=True), self._features(k, is_query=False)
+        if v.dtype == torch.bfloat16:  # computed in fp32, stored in bf16 (fp32's exponent range): the
+            phi_q, phi_k = phi_q.to(v.dtype), phi_k.to(v.dtype)  # kernels then run on tensor cores
         o, final = linear_attention(
-            self._features(q, is_query=True),
-            self._features(k, is_query=False),
+            phi_q,
+            phi_k,
             v,
             feature_map="identity",
             causal=self.causal,

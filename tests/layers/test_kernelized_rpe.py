@@ -173,3 +173,15 @@ def test_gradients_reach_every_parameter(cls):
     mixer(x_of(20)).square().sum().backward()
     for name, p in mixer.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_bf16_performer_stores_features_in_bf16_and_tracks_float32(causal):
+    ref = Performer(D_MODEL, num_heads=2, num_features=16, causal=causal, dtype=torch.float32)
+    low = Performer(D_MODEL, num_heads=2, num_features=16, causal=causal, dtype=torch.bfloat16)
+    low.load_state_dict({k: v.to(torch.bfloat16) for k, v in ref.state_dict().items()})
+    ref.load_state_dict({k: v.to(torch.bfloat16).float() for k, v in ref.state_dict().items()})
+    x = x_of(40, dtype=torch.bfloat16)
+    want, got = ref(x.float()), low(x)
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - want).norm() / want.norm() < 3e-2
