@@ -62,7 +62,7 @@ def test_no_module_name_is_left_in_any_text():
         ("Convert to Decimal via _pydecimal rules", "Convert to via rules"),
         ("An XML parser for xml files", "An parser for files"),
         ("See https://docs and the xmlrpc module", "See https://docs and the xmlrpc module"),
-        ("pdb.set_trace() stops in the Pdb debugger", ".set_trace() stops in the debugger"),
+        ("pdb.post_mortem() enters the Pdb debugger", ".post_mortem() enters the debugger"),
         ("See _collections_abc.Mapping and bdb.Bdb", "See .Mapping and ."),
     ],
     ids=["dotted", "decimal", "case", "longer-words-kept", "code", "other-sources"],
