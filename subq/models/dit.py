@@ -37,6 +37,7 @@ from torch import Tensor, nn
 import subq.layers  # noqa: F401  (registers the mixers)
 from subq.layers.base import Mixer
 from subq.layers.registry import get_channel_mixer, get_mixer
+from subq.utils import host_to
 
 # ---- the network -------------------------------------------------------------------------------------
 
@@ -254,6 +255,21 @@ class _Schedule:
         self.post_log_var = torch.cat([post_var[1:2], post_var[1:]]).log()
         self.post_coef_x0 = self.betas * ac_prev.sqrt() / (1.0 - ac)
         self.post_coef_xt = (1.0 - ac_prev) * (1.0 - self.betas).sqrt() / (1.0 - ac)
+        self.log_betas = self.betas.log()
+        self._copies: dict[torch.device, _Schedule] = {}
+
+    def to(self, device: torch.device | str) -> _Schedule:
+        """The same schedule on ``device``, copied once and kept (a copy per lookup would make every
+        training step wait for the GPU)."""
+        device = torch.device(device)
+        if self.betas.device == device:
+            return self
+        if device not in self._copies:
+            moved = object.__new__(_Schedule)
+            moved.__dict__ = {k: v.to(device) for k, v in vars(self).items() if isinstance(v, Tensor)}
+            moved._copies = {}
+            self._copies[device] = moved
+        return self._copies[device]
 
     @staticmethod
     def at(a: Tensor, i: Tensor, like: Tensor) -> Tensor:
@@ -281,7 +297,7 @@ class GaussianDiffusion:
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise``."""
-        s = self.schedule
+        s = self.schedule.to(x0.device)
         return s.at(s.sqrt_ac, t, x0) * x0 + s.at(s.sqrt_one_minus_ac, t, x0) * noise
 
     @staticmethod
@@ -291,9 +307,9 @@ class GaussianDiffusion:
         """Mean, log-variance and predicted ``x0`` of ``p(x_{i-1} | x_i)`` from a model
         ``output: [B, 2C, ...]`` at step indices ``i: [B]`` of ``schedule``."""
         eps, v = output.chunk(2, dim=1)
-        at = schedule.at
+        schedule, at = schedule.to(x_t.device), _Schedule.at
         frac = (v + 1) / 2
-        log_var = frac * at(schedule.betas.log(), i, x_t) + (1 - frac) * at(schedule.post_log_var, i, x_t)
+        log_var = frac * at(schedule.log_betas, i, x_t) + (1 - frac) * at(schedule.post_log_var, i, x_t)
         x0 = at(schedule.sqrt_recip_ac, i, x_t) * x_t - at(schedule.sqrt_recipm1_ac, i, x_t) * eps
         if clip:
             x0 = x0.clamp(-1, 1)
@@ -317,15 +333,15 @@ class GaussianDiffusion:
         """
         B = x0.shape[0]
         if t is None:
-            t = torch.randint(0, self.num_timesteps, (B,), generator=generator).to(x0.device)
+            t = host_to(torch.randint(0, self.num_timesteps, (B,), generator=generator), x0.device)
         if noise is None:
-            noise = torch.randn(x0.shape, generator=generator).to(x0)
+            noise = host_to(torch.randn(x0.shape, generator=generator), x0.device).to(x0.dtype)
         x_t = self.q_sample(x0, t, noise)
         output = model(x_t, t, y)
         eps, v = output.chunk(2, dim=1)
         mse = _mean_flat((noise - eps).square())
         # L_vlb trains only the variance: the mean comes from the eps prediction with its gradient stopped
-        s = self.schedule
+        s = self.schedule.to(x0.device)
         mean, log_var, _ = self.p_mean_variance(s, torch.cat([eps.detach(), v], 1), x_t, t, clip=False)
         true_mean = s.at(s.post_coef_x0, t, x0) * x0 + s.at(s.post_coef_xt, t, x0) * x_t
         true_log_var = s.at(s.post_log_var, t, x0)
@@ -362,7 +378,7 @@ class GaussianDiffusion:
         schedule = _Schedule(self.alphas_cumprod[ts])
         B, device = y.shape[0], y.device
         shape = (B, model.in_channels, model.image_size, model.image_size)
-        x = torch.randn(shape, generator=generator).to(device)
+        x = host_to(torch.randn(shape, generator=generator), device)
         guided = cfg_scale != 1.0
         null = torch.full_like(y, model.null_class)
         for i in reversed(range(steps)):
@@ -373,9 +389,9 @@ class GaussianDiffusion:
                 output = torch.cat([eps_u + cfg_scale * (eps_c - eps_u), v], dim=1)
             else:
                 output = model(x, t, y)
-            idx = torch.full((B,), i, dtype=torch.long)
+            idx = torch.full((B,), i, device=device, dtype=torch.long)
             mean, log_var, _ = self.p_mean_variance(schedule, output, x, idx, clip=clip)
             x = mean
             if i > 0:
-                x = x + (0.5 * log_var).exp() * torch.randn(shape, generator=generator).to(x)
+                x = x + (0.5 * log_var).exp() * host_to(torch.randn(shape, generator=generator), device).to(x)
         return x

@@ -25,10 +25,11 @@ the sample was asked for, and the Frechet distance between samples and half of t
 that CNN's 64-d feature space ("FD", an FID stand-in; the FD of the other half of the held-out digits
 is printed as the floor). Samples use 25 respaced steps (50 in the full preset) and no guidance.
 
-The trained teacher (its EMA weights, evaluation curve and last samples) is kept in ``out_dir`` as
-``lit_teacher.safetensors`` and ``lit_teacher_samples.safetensors``; a later run with the same settings
-and seed loads it instead of training it again (the students then train exactly as they would have).
-Delete the files to retrain it.
+Every finished model is kept in ``out_dir``: the teacher's EMA weights in ``lit_teacher.safetensors``,
+and each model's evaluation curve and last samples in ``lit_<name>_samples.safetensors``. A later run
+with the same settings and seed loads what is there instead of training it again, so an interrupted
+run resumes after its last finished model (students trained after a loaded teacher train exactly as
+they would have). Delete the files to retrain.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from torch import Tensor, nn
 
 from subq.models.dit import DiT, GaussianDiffusion, dit_linear_init_
 from subq.peft.convert import convert_to_linear_attention, hybrid_distillation_loss
+from subq.utils import host_to
 
 CLAIM = (
     "A DiT whose softmax attention is swapped for simplified linear attention (ReLU, few heads, depthwise "
@@ -276,9 +278,9 @@ def train_dit(
             t0 = time.perf_counter() - train_time
         if step == steps:
             return curve, samples, ema
-        idx = torch.randint(0, len(y_tr), (cfg.batch_size,), generator=gen).to(x_tr.device)
+        idx = host_to(torch.randint(0, len(y_tr), (cfg.batch_size,), generator=gen), x_tr.device)
         x0, y = x_tr[idx], y_tr[idx]
-        drop = (torch.rand(len(y), generator=gen) < cfg.label_dropout).to(y.device)
+        drop = host_to(torch.rand(len(y), generator=gen) < cfg.label_dropout, y.device)
         y = torch.where(drop, torch.full_like(y, model.null_class), y)
         terms = diffusion.training_losses(model, x0, y, generator=gen)
         loss = terms["loss"].mean()
@@ -474,25 +476,36 @@ def run(
         mixer_kwargs={"num_heads": cfg.teacher_heads, "bias": True},
     ).to(device)
     common = dict(cfg=cfg, data=data, diffusion=diffusion, evaluate=evaluate)
-    cached = load_teacher(out_dir, cfg, seed, teacher)
+    teacher_label = "softmax DiT (teacher)"
+    cached = load_run(out_dir, "teacher", cfg, seed, teacher)
     if cached is not None:
         curve, last = cached
-        console.print(f"softmax DiT (teacher): loaded from {out_dir / TEACHER_FILE} (same settings and seed)")
+        console.print(
+            f"{teacher_label}: loaded from {out_dir / run_file('teacher')} (same settings and seed)"
+        )
     else:
         curve, last, teacher = train_dit(
-            teacher, cfg.teacher_steps, seed=seed, log=log("softmax DiT (teacher)"), **common
+            teacher, cfg.teacher_steps, seed=seed, log=log(teacher_label), **common
         )
-        save_teacher(out_dir, cfg, seed, teacher, curve, last)
-    rows = [{"name": "teacher", "label": "softmax DiT (teacher)", "params": _params(teacher), "curve": curve}]
+        save_run(out_dir, "teacher", cfg, seed, curve, last, teacher)
+    rows = [{"name": "teacher", "label": teacher_label, "params": _params(teacher), "curve": curve}]
     samples = {"teacher": last}
     teacher.eval().requires_grad_(False)
     for name in cfg.students:
         student = build_student(name, teacher, cfg, seed + 10)
         label, inherited = STUDENT_LABELS[name], inherited_fraction(student, teacher)
         distill = teacher if name.endswith("distill") else None
-        curve, samples[name], _ = train_dit(
-            student, cfg.student_steps, seed=seed + 20, teacher=distill, log=log(label), **common
-        )
+        cached = load_run(out_dir, name, cfg, seed)
+        if cached is not None:
+            curve, samples[name] = cached
+            console.print(
+                f"{label}: loaded from {out_dir / run_file(name, 'samples')} (same settings and seed)"
+            )
+        else:
+            curve, samples[name], _ = train_dit(
+                student, cfg.student_steps, seed=seed + 20, teacher=distill, log=log(label), **common
+            )
+            save_run(out_dir, name, cfg, seed, curve, samples[name])
         rows.append(
             {
                 "name": name,
@@ -525,44 +538,62 @@ def run(
     return record
 
 
-TEACHER_FILE, TEACHER_SAMPLES_FILE = "lit_teacher.safetensors", "lit_teacher_samples.safetensors"
+def run_file(name: str, kind: str = "weights") -> str:
+    """File name of a finished model's ``weights`` (EMA, the teacher's only) or ``samples`` (its curve and
+    last samples) in ``out_dir``: ``lit_teacher.safetensors``, ``lit_inherit_samples.safetensors``, ..."""
+    return f"lit_{name}.safetensors" if kind == "weights" else f"lit_{name}_samples.safetensors"
 
 
-def _teacher_key(cfg: LitConfig, seed: int) -> str:
+def _run_key(cfg: LitConfig, seed: int) -> str:
     return json.dumps({"settings": cfg.model_dump(mode="json"), "seed": seed}, sort_keys=True)
 
 
-def save_teacher(
-    out_dir: Path, cfg: LitConfig, seed: int, teacher: DiT, curve: list, samples: Tensor
+def save_run(
+    out_dir: Path,
+    name: str,
+    cfg: LitConfig,
+    seed: int,
+    curve: list,
+    samples: Tensor,
+    model: DiT | None = None,
 ) -> None:
-    """Keep the trained teacher (EMA weights, curve, last samples) for :func:`load_teacher`."""
+    """Keep a finished model's curve and last samples (and, given ``model``, its EMA weights) for
+    :func:`load_run`, so an interrupted run resumes after the last finished model."""
     from safetensors.torch import save_file
 
-    meta = {"key": _teacher_key(cfg, seed), "curve": json.dumps(curve)}
-    weights = {k: v.detach().cpu().contiguous() for k, v in teacher.state_dict().items()}
-    save_file(weights, str(out_dir / TEACHER_FILE), metadata=meta)
+    meta = {"key": _run_key(cfg, seed), "curve": json.dumps(curve)}
+    if model is not None:
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, str(out_dir / run_file(name)), metadata=meta)
     save_file(
-        {"samples": samples.detach().cpu().contiguous()}, str(out_dir / TEACHER_SAMPLES_FILE), metadata=meta
+        {"samples": samples.detach().cpu().contiguous()},
+        str(out_dir / run_file(name, "samples")),
+        metadata=meta,
     )
 
 
-def load_teacher(out_dir: Path, cfg: LitConfig, seed: int, teacher: DiT) -> tuple[list, Tensor] | None:
-    """Load a teacher saved by :func:`save_teacher` with the same settings and seed into ``teacher``;
-    returns its curve and last samples, or None when there is none (or it was trained otherwise)."""
+def load_run(
+    out_dir: Path, name: str, cfg: LitConfig, seed: int, model: DiT | None = None
+) -> tuple[list, Tensor] | None:
+    """The curve and last samples saved by :func:`save_run` under the same settings and seed (loading
+    the weights into ``model`` when given), or None when there are none or they came from other settings."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    paths = out_dir / TEACHER_FILE, out_dir / TEACHER_SAMPLES_FILE
+    paths = [out_dir / run_file(name, "samples")] + ([out_dir / run_file(name)] if model is not None else [])
     if not all(p.is_file() for p in paths):
         return None
+    key = _run_key(cfg, seed)
+    for path in paths:
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("key") != key:
+                return None
     with safe_open(str(paths[0]), "pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("key") != _teacher_key(cfg, seed):
-        return None
-    device = next(teacher.parameters()).device
-    teacher.load_state_dict({k: v.to(device) for k, v in load_file(str(paths[0])).items()})
-    samples = load_file(str(paths[1]))["samples"]
-    return json.loads(meta["curve"]), samples.to(device)
+        curve = json.loads(f.metadata()["curve"])
+    if model is not None:
+        device = next(model.parameters()).device
+        model.load_state_dict({k: v.to(device) for k, v in load_file(str(paths[1])).items()})
+    return curve, load_file(str(paths[0]))["samples"]
 
 
 def _params(model: nn.Module) -> int:

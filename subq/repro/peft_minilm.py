@@ -42,6 +42,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
 
+from subq.utils import host_to
+
 CLAIM = (
     "NTK-Attention (an infinitely long trainable prefix collapsed into a d x d matrix and a d-vector per "
     "head) fine-tunes a frozen pretrained model as well as or better than LoRA and P-Tuning v2 (prefix "
@@ -363,7 +365,8 @@ def _collate(split: _Split, idx: list[int], pad_id: int, device: torch.device) -
     for row, i in enumerate(idx):
         ids[row, : len(split.ids[i])] = torch.tensor(split.ids[i])
         mask[row, : len(split.ids[i])] = 1
-    return ids.to(device), mask.to(device), torch.tensor([split.labels[i] for i in idx], device=device)
+    labels = torch.tensor([split.labels[i] for i in idx])
+    return host_to(ids, device), host_to(mask, device), host_to(labels, device)
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, steps: int, seed: int) -> list[list[int]]:
@@ -439,21 +442,19 @@ def train_method(
     trainable = [p for group in groups for p in group["params"]]
     losses = []
     t0, c0 = time.perf_counter(), time.process_time()
-    for idx in batches:
+    for idx in batches:  # nothing here waits for the GPU: the losses are read after the last step
         ids, mask, labels = _collate(train, idx, pad_id, device)
         loss = F.cross_entropy(model(ids, mask), labels)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"{method} (lr {lr}, seed {seed}): loss {loss.item()} at step {len(losses)}"
-            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
         optimizer.step()
         schedule.step()
-        losses.append(loss.item())
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+        losses.append(loss.detach())
+    losses = torch.stack(losses).tolist()
+    bad = next((i for i, x in enumerate(losses) if not math.isfinite(x)), None)
+    if bad is not None:
+        raise FloatingPointError(f"{method} (lr {lr}, seed {seed}): loss {losses[bad]} at step {bad}")
     train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     t0 = time.perf_counter()
     val = _accuracy(model, splits["val"], config.eval_batch_size, pad_id, device)
@@ -568,6 +569,39 @@ def _plot(rows: list[dict], title: str, path: Path) -> None:
     plt.close(fig)
 
 
+RUNS_FILE = "peft_minilm_runs.jsonl"
+
+
+class _FinishedRuns:
+    """The runs already finished under the same settings, split seed, Python (the texts come from its
+    standard library) and device type, one JSON line each in ``path``: an interrupted ``run`` resumes
+    after its last finished run. Delete the file to train everything again."""
+
+    def __init__(self, path: Path, config: PeftMiniLMConfig, seed: int, device: torch.device):
+        self.path = path
+        self.context = {
+            "settings": config.model_dump(mode="json"),
+            "split_seed": seed,
+            "python": sys.version.split()[0],
+            "device": device.type,
+        }
+        self.results: dict[tuple, dict] = {}
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                entry = json.loads(line)
+                if entry.get("context") == self.context:
+                    result = entry["result"]
+                    self.results[result["method"], result["lr"], result["seed"]] = result
+
+    def get(self, method: str, lr: float | None, seed: int) -> dict | None:
+        return self.results.get((method, lr, seed))
+
+    def add(self, result: dict) -> None:
+        self.results[result["method"], result["lr"], result["seed"]] = result
+        with self.path.open("a") as f:
+            f.write(json.dumps({"context": self.context, "result": result}) + "\n")
+
+
 def run(
     *,
     quick: bool,
@@ -595,6 +629,7 @@ def run(
     }
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seeds = list(range(seed, seed + config.seeds))
+    finished = _FinishedRuns(out_dir / RUNS_FILE, config, seed, device)
     t0 = time.perf_counter()
     runs, rows = [], []
     with console.status("training") as status:
@@ -603,13 +638,16 @@ def run(
             for lr in (None,) if method == "linear_probe" else config.lrs[method]:
                 for s in seeds:
                     status.update(f"{METHOD_NAMES[method]}, lr {lr}, seed {s}: {config.steps} steps")
-                    result = train_method(
-                        method, lr, s, splits, len(data.classes), config,
-                        pad_id=tokenizer.pad_token_id, device=device, path=path,
-                    )  # fmt: skip
+                    result, loaded = finished.get(method, lr, s), " (loaded)"
+                    if result is None:
+                        result, loaded = train_method(
+                            method, lr, s, splits, len(data.classes), config,
+                            pad_id=tokenizer.pad_token_id, device=device, path=path,
+                        ), ""  # fmt: skip
+                        finished.add(result)
                     console.print(
                         f"{METHOD_NAMES[method]}, lr {lr}, seed {s}: val {100 * result['val_acc']:.1f}%, "
-                        f"test {100 * result['test_acc']:.1f}%, train {result['train_s']:.0f} s"
+                        f"test {100 * result['test_acc']:.1f}%, train {result['train_s']:.0f} s{loaded}"
                     )
                     method_runs.append(result)
             runs += method_runs

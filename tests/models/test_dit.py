@@ -227,3 +227,13 @@ def test_guidance_changes_samples():
         for s in (1.0, 4.0)
     )
     assert not torch.allclose(a, b)
+
+
+def test_schedule_is_copied_to_a_device_once_with_every_constant():
+    schedule = GaussianDiffusion(num_timesteps=10).schedule
+    assert schedule.to("cpu") is schedule
+    moved = schedule.to("meta")
+    assert moved is schedule.to("meta") and moved.to("meta") is moved
+    constants = {k for k, v in vars(schedule).items() if isinstance(v, torch.Tensor)}
+    assert constants == {k for k, v in vars(moved).items() if isinstance(v, torch.Tensor)}
+    assert all(getattr(moved, k).is_meta and getattr(moved, k).shape == (10,) for k in constants)

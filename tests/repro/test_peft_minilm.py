@@ -127,3 +127,16 @@ def test_tiny_run_writes_json_and_png(tmp_path):
     assert len(saved["verdicts"]) == 1 and saved["verdicts"][0].startswith("NTK-Attention vs linear probe")
     assert (tmp_path / "peft_minilm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "NTK-Attention" in out.getvalue()
+
+    # a second run with the same settings reads the finished runs back instead of training them
+    assert len((tmp_path / repro.RUNS_FILE).read_text().splitlines()) == 2
+    out = io.StringIO()
+    again = repro.run(
+        quick=True, out_dir=tmp_path, seed=2, console=Console(file=out, width=200), config=config
+    )
+    assert out.getvalue().count("(loaded)") == 2 and again["runs"] == record["runs"]
+    changed = config.model_copy(update={"steps": 2})
+    out = io.StringIO()
+    repro.run(quick=True, out_dir=tmp_path, seed=2, console=Console(file=out, width=200), config=changed)
+    assert "(loaded)" not in out.getvalue()
+    assert len((tmp_path / repro.RUNS_FILE).read_text().splitlines()) == 4
