@@ -25,11 +25,12 @@ the sample was asked for, and the Frechet distance between samples and half of t
 that CNN's 64-d feature space ("FD", an FID stand-in; the FD of the other half of the held-out digits
 is printed as the floor). Samples use 25 respaced steps (50 in the full preset) and no guidance.
 
-Every finished model is kept in ``out_dir``: the teacher's EMA weights in ``lit_teacher.safetensors``,
-and each model's evaluation curve and last samples in ``lit_<name>_samples.safetensors``. A later run
-with the same settings and seed loads what is there instead of training it again, so an interrupted
-run resumes after its last finished model (students trained after a loaded teacher train exactly as
-they would have). Delete the files to retrain.
+Every finished model is kept in ``out_dir``: the evaluation classifier in ``lit_classifier.safetensors``,
+the teacher's EMA weights in ``lit_teacher.safetensors``, and each model's evaluation curve and last
+samples in ``lit_<name>_samples.safetensors``. A later run with the same settings and seed loads what
+is there instead of training it again, so an interrupted run resumes after its last finished model
+(students trained after a loaded teacher train exactly as they would have, and are scored by the same
+classifier). Delete the files to retrain.
 """
 
 from __future__ import annotations
@@ -447,7 +448,10 @@ def run(
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     data = tuple(t.to(device) for t in load_digit_images(cfg.image_size))
-    classifier = train_classifier(data[0], data[1], epochs=cfg.classifier_epochs, seed=seed)
+    classifier = load_classifier(out_dir, cfg, seed, device)
+    if classifier is None:  # kept, since on a GPU a retrained one differs in the last bits
+        classifier = train_classifier(data[0], data[1], epochs=cfg.classifier_epochs, seed=seed)
+        save_classifier(out_dir, cfg, seed, classifier)
     diffusion = GaussianDiffusion()
     evaluate = Evaluator(cfg, data, classifier, diffusion, seed)
     console.print(
@@ -570,6 +574,30 @@ def save_run(
         str(out_dir / run_file(name, "samples")),
         metadata=meta,
     )
+
+
+def save_classifier(out_dir: Path, cfg: LitConfig, seed: int, classifier: DigitClassifier) -> None:
+    """Keep the evaluation classifier, so a resumed run scores every model with the same one."""
+    from safetensors.torch import save_file
+
+    weights = {k: v.detach().cpu().contiguous() for k, v in classifier.state_dict().items()}
+    save_file(weights, str(out_dir / run_file("classifier")), metadata={"key": _run_key(cfg, seed)})
+
+
+def load_classifier(out_dir: Path, cfg: LitConfig, seed: int, device: torch.device) -> DigitClassifier | None:
+    """The classifier saved by :func:`save_classifier` under the same settings and seed, or None."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = out_dir / run_file("classifier")
+    if not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as f:
+        if (f.metadata() or {}).get("key") != _run_key(cfg, seed):
+            return None
+    classifier = DigitClassifier(cfg.image_size).to(device)
+    classifier.load_state_dict({k: v.to(device) for k, v in load_file(str(path)).items()})
+    return classifier.eval()
 
 
 def load_run(

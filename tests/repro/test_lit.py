@@ -13,6 +13,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 from rich.console import Console
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from subq.repro import get_reproduction
 from subq.repro.lit import FULL, QUICK, STUDENTS, LitConfig, frechet_distance, load_digit_images, run
@@ -111,6 +113,14 @@ def test_second_run_reuses_the_saved_models_and_gives_the_same_record(tmp_path):
     third = run(quick=True, out_dir=tmp_path, seed=1, console=console, config=TINY, device="cpu")
     assert console.export_text().count("loaded from") == 2
     assert _curves(third) == _curves(first)
+    # the saved classifier is the one that scores a resumed run: zeroed, it scores 1 in 10 correct
+    path = tmp_path / "lit_classifier.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    save_file({k: torch.zeros_like(v) for k, v in load_file(str(path)).items()}, str(path), metadata=meta)
+    fourth = run(quick=True, out_dir=tmp_path, seed=1, console=Console(width=160), config=TINY, device="cpu")
+    assert first["classifier_test_acc"] > 0.5
+    assert fourth["classifier_test_acc"] == pytest.approx(0.1, abs=0.02)
     # another seed does not reuse it
     console = Console(record=True, width=160)
     run(quick=True, out_dir=tmp_path, seed=2, console=console, config=TINY, device="cpu")
