@@ -31,7 +31,10 @@ Examples:
     type=click.Path(file_okay=False),
     default="repro-out",
     show_default=True,
-    help="Folder for NAME.json and NAME.png.",
+    help=(
+        "Folder for NAME.json and NAME.png (lit and peft_minilm also keep what they finished there, "
+        "and a rerun resumes from it)."
+    ),
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(

@@ -3,7 +3,11 @@ tuning and NTK-Attention (Yang et al., "Toward Infinite-Long Prefix in Transform
 on the sentence-transformers all-MiniLM-L6-v2 encoder.
 
     subq repro peft_minilm --quick --threads 2   # 300 steps x batch 16, one seed: ~10 min on a 2-core CPU
-    subq repro peft_minilm                       # 2000 steps x batch 32, lr grid, 3 seeds: meant for a GPU
+    subq repro peft_minilm                       # 600 steps x batch 32, lr grid, 3 seeds (39 runs): a GPU
+
+Each finished run is appended to ``peft_minilm_runs.jsonl`` in the output folder, and a rerun with the
+same settings (and Python, and device type) reads those back instead of training them again, so an
+interrupted run resumes where it stopped.
 
 Task: "which Python standard-library module does this docstring come from". The docstrings of the
 modules, classes and functions of :data:`MODULES` are read with ``ast`` from the running Python's
