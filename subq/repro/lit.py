@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from pathlib import Path
 
@@ -381,6 +382,9 @@ def _plot(rows: list[dict], samples: dict[str, Tensor], floor: float, path: Path
     import matplotlib.pyplot as plt
 
     n = len(rows)
+    ends = [row["curve"][-1]["step"] for row in rows]
+    longest, shortest = max(ends), min(ends)
+    first = min((p["step"] for row in rows for p in row["curve"] if p["step"] > 0), default=1)
     fig = plt.figure(figsize=(4.2 * max(3, n), 7.6))
     grid = fig.add_gridspec(2, max(3, n), height_ratios=(1.0, 1.05))
     metrics = (
@@ -398,6 +402,11 @@ def _plot(rows: list[dict], samples: dict[str, Tensor], floor: float, path: Path
             ax.axhline(floor, color="gray", lw=0.8, ls=":", label="real vs real")
         if key != "acc":
             ax.set_yscale("log")
+        if longest > 2 * shortest:  # the teacher trains longer: keep the students' start legible
+            ax.set_xscale("symlog", linthresh=first, linscale=0.5)
+            ax.set_xlim(0, 1.1 * longest)
+            decades = range(math.ceil(math.log10(first)), math.floor(math.log10(longest)) + 1)
+            ax.set_xticks([0, *(10**k for k in decades)])
         ax.set(title=title, xlabel="training step")
         ax.grid(alpha=0.3)
         if col == 2:

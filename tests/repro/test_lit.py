@@ -125,3 +125,16 @@ def test_second_run_reuses_the_saved_models_and_gives_the_same_record(tmp_path):
     console = Console(record=True, width=160)
     run(quick=True, out_dir=tmp_path, seed=2, console=console, config=TINY, device="cpu")
     assert "loaded from" not in console.export_text()
+
+
+def test_plot_draws_a_teacher_that_trains_longer_than_the_students(tmp_path):
+    from subq.repro.lit import _plot
+
+    def row(name, steps):
+        curve = [{"step": s, "mse": 1 / (1 + s), "acc": 0.5, "fd": 10 / (1 + s)} for s in steps]
+        return {"name": name, "label": name, "curve": curve}
+
+    rows = [row("teacher", range(0, 20_001, 2_000)), row("scratch", range(0, 5_001, 500))]
+    samples = {r["name"]: torch.zeros(60, 1, 8, 8) for r in rows}
+    _plot(rows, samples, 1.0, tmp_path / "lit.png")
+    assert (tmp_path / "lit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
