@@ -312,12 +312,14 @@ def _block_sparse_attention_torch(q, k, v, indices, counts, *, scale, q_offset, 
         m &= d >= 0
     m |= (rows >= T_q)[None, None, :, :, None]  # padded rows attend everything: finite, discarded
 
-    group = H // k.shape[2]
-    kv_idx = pos.clamp(0, T_k - 1).flatten(2)  # [B, H, n_qb * L]
-    kh = k.to(acc).repeat_interleave(group, 2).transpose(1, 2)  # [B, H, T_k, D]
-    vh = v.to(acc).repeat_interleave(group, 2).transpose(1, 2)
-    kg = torch.gather(kh, 2, kv_idx[..., None].expand(-1, -1, -1, D)).view(*pos.shape, D)
-    vg = torch.gather(vh, 2, kv_idx[..., None].expand(-1, -1, -1, vh.shape[-1])).view(*pos.shape, -1)
+    # whole rows of each head's own KV head, by index_select on the flattened cache: no copy of the
+    # cache per query head (a decode step stays O(keys attended), not O(T_k)), rows not elements
+    H_kv = k.shape[2]
+    b_idx = torch.arange(B, device=dev)[:, None, None, None]
+    h_idx = (torch.arange(H, device=dev) // (H // H_kv))[None, :, None, None]
+    rows_kv = ((b_idx * T_k + pos.clamp(0, T_k - 1)) * H_kv + h_idx).flatten()  # [B H n_qb L]
+    kg = k.reshape(-1, D).index_select(0, rows_kv).view(*pos.shape, D).to(acc)
+    vg = v.reshape(-1, v.shape[-1]).index_select(0, rows_kv).view(*pos.shape, -1).to(acc)
     qb = torch.nn.functional.pad(q.to(acc), (0, 0, 0, 0, 0, n_qb * block_size_q - T_q))
     qb = qb.view(B, n_qb, block_size_q, H, D).permute(0, 3, 1, 2, 4)  # [B, H, n_qb, BQ, D]
     s = torch.einsum("bhnqd,bhnld->bhnql", qb, kg) * scale
