@@ -19,6 +19,7 @@ from torch import Tensor
 from subq.ops.common.triton_compat import tl, triton
 from subq.ops.hip.checks import check_hip_inputs, check_indices
 from subq.ops.hip.common import _chunk_keys, _key_mask
+from subq.ops.hip.naive import kv_rows
 
 
 @triton.jit
@@ -312,14 +313,8 @@ def _block_sparse_attention_torch(q, k, v, indices, counts, *, scale, q_offset, 
         m &= d >= 0
     m |= (rows >= T_q)[None, None, :, :, None]  # padded rows attend everything: finite, discarded
 
-    # whole rows of each head's own KV head, by index_select on the flattened cache: no copy of the
-    # cache per query head (a decode step stays O(keys attended), not O(T_k)), rows not elements
-    H_kv = k.shape[2]
-    b_idx = torch.arange(B, device=dev)[:, None, None, None]
-    h_idx = (torch.arange(H, device=dev) // (H // H_kv))[None, :, None, None]
-    rows_kv = ((b_idx * T_k + pos.clamp(0, T_k - 1)) * H_kv + h_idx).flatten()  # [B H n_qb L]
-    kg = k.reshape(-1, D).index_select(0, rows_kv).view(*pos.shape, D).to(acc)
-    vg = v.reshape(-1, v.shape[-1]).index_select(0, rows_kv).view(*pos.shape, -1).to(acc)
+    kg = kv_rows(k, pos).to(acc)  # [B, H, n_qb, L, D]: a decode step reads its keys, not the cache
+    vg = kv_rows(v, pos).to(acc)
     qb = torch.nn.functional.pad(q.to(acc), (0, 0, 0, 0, 0, n_qb * block_size_q - T_q))
     qb = qb.view(B, n_qb, block_size_q, H, D).permute(0, 3, 1, 2, 4)  # [B, H, n_qb, BQ, D]
     s = torch.einsum("bhnqd,bhnld->bhnql", qb, kg) * scale

@@ -26,6 +26,22 @@ def _heads(x: Tensor, H: int) -> Tensor:
     return x.repeat_interleave(H // x.shape[2], dim=2).transpose(1, 2)
 
 
+def kv_rows(x: Tensor, pos: Tensor) -> Tensor:
+    """Rows ``x[b, pos[b, h, ...], h // group]`` of ``x: [B, T, H_kv, D]`` for positions
+    ``pos: [B, H, ...]`` (clamped into ``[0, T)``): ``[B, H, ..., D]`` in ``x``'s dtype.
+
+    Whole rows by ``index_select`` on the flattened cache: the cost is the rows taken, not ``T``
+    (expanding ``x`` to every query head first would copy the whole cache ``H / H_kv`` times), and
+    a row at a time rather than an element at a time as ``torch.gather`` does.
+    """
+    B, T, H_kv, D = x.shape
+    H = pos.shape[1]
+    b = torch.arange(B, device=pos.device).view(B, *([1] * (pos.dim() - 1)))
+    h = (torch.arange(H, device=pos.device) // (H // H_kv)).view(1, H, *([1] * (pos.dim() - 2)))
+    rows = ((b * T + pos.clamp(0, T - 1)) * H_kv + h).flatten()
+    return x.reshape(-1, D).index_select(0, rows).view(*pos.shape, D)
+
+
 def _scores(q: Tensor, k: Tensor) -> Tensor:
     """Unscaled dense scores ``q . k``: ``[B, H, T_q, T_k]`` in float32 (float64 for float64 inputs)."""
     acc = torch.promote_types(q.dtype, torch.float32)
@@ -108,7 +124,6 @@ def naive_hip_mask(
     rows = i[:, None] * block_size_q + torch.arange(0, block_size_q, block_stride_q, device=dev)[None]
     row_ok = rows < T_q
     q_tile = q.to(acc).transpose(1, 2)[:, :, rows.clamp(max=T_q - 1)]
-    kh = _heads(k.to(acc), H)  # [B, H, T_k, D]
     key_off = torch.arange(0, block_size_k, block_stride_k, device=dev)
 
     # B, H, n_qb broadcast dims for the per-block geometry
@@ -134,9 +149,7 @@ def naive_hip_mask(
         else:
             band = (key_pos >= (t_max - window)[:, None, None]) & (key_pos <= (t_min + window)[:, None, None])
             key_ok &= ~band
-        k_rep = torch.gather(
-            kh, 2, key_pos.clamp(max=T_k - 1).flatten(2)[..., None].expand(-1, -1, -1, D)
-        ).view(*key_pos.shape, D)
+        k_rep = kv_rows(k, key_pos).to(acc)  # [B, H, n_qb, 2G, BKS, D]
         s = torch.einsum("bhnqd,bhnckd->bhncqk", q_tile, k_rep)  # [B, H, n_qb, 2G, BQS, BKS]
         ok = row_ok[:, None, :, None] & key_ok[..., None, :]
         s = s.masked_fill(~ok, float("-inf")).amax(dim=(-2, -1))
