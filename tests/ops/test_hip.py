@@ -20,6 +20,7 @@ from subq.ops.hip import (
     topk_oracle_mask,
 )
 from subq.ops.hip.checks import candidate_ranges
+from subq.ops.hip.naive import kv_rows
 from tests.conftest import assert_close
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -292,3 +293,30 @@ def test_bad_arguments_raise():
             q, k, block_size_q=8, mask_k=8, **{x: GEO[x] for x in ("sink_size", "window")}
         )
         block_sparse_attention(q.float(), k.float(), v.float(), idx, cnt, block_size_q=8, mode="triton")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "hf_cache", "slice"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_kv_rows_reads_each_heads_own_kv_head_in_any_layout(layout, grad):
+    B, T, H, H_kv, D = 2, 37, 6, 3, 8
+    base = torch.randn(B, T, H_kv, D, dtype=torch.float64)
+    if layout == "hf_cache":  # [B, H_kv, T, D] storage seen as [B, T, H_kv, D]
+        x = base.transpose(1, 2).contiguous().transpose(1, 2)
+    elif layout == "slice":  # the first T positions of a longer cache
+        x = torch.cat([base, torch.randn(B, 5, H_kv, D, dtype=torch.float64)], 1)[:, :T]
+    else:
+        x = base.clone()
+    x.requires_grad_(grad)
+    pos = torch.randint(-3, T + 3, (B, H, 4, 5))  # out of range positions are clamped
+    rows = kv_rows(x, pos)
+    expected = base.repeat_interleave(H // H_kv, 2).transpose(1, 2)  # [B, H, T, D]
+    idx = pos.clamp(0, T - 1).flatten(2)[..., None].expand(-1, -1, -1, D)
+    assert torch.equal(rows.detach(), torch.gather(expected, 2, idx).view(*pos.shape, D))
+    if grad:
+        (rows * 2).sum().backward()
+        counts = torch.zeros(B, T, H_kv, dtype=torch.float64)
+        h_kv = (torch.arange(H) // (H // H_kv))[None, :, None, None].expand_as(pos)
+        b_idx = torch.arange(B)[:, None, None, None].expand_as(pos)
+        ones = torch.ones(pos.shape, dtype=torch.float64)
+        counts.index_put_((b_idx, pos.clamp(0, T - 1), h_kv), ones, accumulate=True)
+        assert torch.equal(x.grad, 2 * counts[..., None].expand(-1, -1, -1, D))

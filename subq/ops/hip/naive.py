@@ -30,16 +30,31 @@ def kv_rows(x: Tensor, pos: Tensor) -> Tensor:
     """Rows ``x[b, pos[b, h, ...], h // group]`` of ``x: [B, T, H_kv, D]`` for positions
     ``pos: [B, H, ...]`` (clamped into ``[0, T)``): ``[B, H, ..., D]`` in ``x``'s dtype.
 
-    Whole rows by ``index_select`` on the flattened cache: the cost is the rows taken, not ``T``
-    (expanding ``x`` to every query head first would copy the whole cache ``H / H_kv`` times), and
-    a row at a time rather than an element at a time as ``torch.gather`` does.
+    Whole rows by ``index_select`` on a ``[rows, D]`` view of the cache: the cost is the rows taken,
+    not ``T`` (expanding ``x`` to every query head first would copy the whole cache ``H / H_kv``
+    times), and a row at a time rather than an element at a time as ``torch.gather`` does. A strided
+    cache (a Hugging Face ``[B, H_kv, T, D]`` cache seen as ``[B, T, H_kv, D]``, or a slice of a longer
+    one) is read in place when no gradient is needed; otherwise it is made contiguous first.
     """
     B, T, H_kv, D = x.shape
     H = pos.shape[1]
     b = torch.arange(B, device=pos.device).view(B, *([1] * (pos.dim() - 1)))
     h = (torch.arange(H, device=pos.device) // (H // H_kv)).view(1, H, *([1] * (pos.dim() - 2)))
-    rows = ((b * T + pos.clamp(0, T - 1)) * H_kv + h).flatten()
-    return x.reshape(-1, D).index_select(0, rows).view(*pos.shape, D)
+    pos = pos.clamp(0, T - 1)
+    strides = x.stride()
+    in_place = (
+        not x.is_contiguous()
+        and not (x.requires_grad and torch.is_grad_enabled())
+        and strides[3] == 1
+        and all(st % D == 0 for st in strides[:3])
+    )
+    if in_place:  # row r of the view starts r * D elements after x's first element
+        s0, s1, s2 = (st // D for st in strides[:3])
+        n_rows = (B - 1) * s0 + (T - 1) * s1 + (H_kv - 1) * s2 + 1
+        flat, rows = x.as_strided((n_rows, D), (D, 1)), b * s0 + pos * s1 + h * s2
+    else:
+        flat, rows = x.reshape(-1, D), (b * T + pos) * H_kv + h
+    return flat.index_select(0, rows.flatten()).view(*pos.shape, D)
 
 
 def _scores(q: Tensor, k: Tensor) -> Tensor:
