@@ -12,9 +12,9 @@ its block mask and searches again every ``refresh_interval`` steps, widening the
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from subq.ops.attention.sdpa import sdpa_gqa
 from subq.ops.hip import hip_attention, hip_decode_step
 from subq.ops.hip.checks import HIP_ARGS, HIP_DECODE_ARGS, check_hip_args
 
@@ -82,13 +82,11 @@ def _layer_index(module) -> int | None:
 def _dense(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
     """``[1, T, H, D]`` layout; queries aligned to the last keys."""
     qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    group = qh.shape[1] // kh.shape[1]
-    kh, vh = kh.repeat_interleave(group, 1), vh.repeat_interleave(group, 1)
     T_q, T_k = qh.shape[2], kh.shape[2]
     mask = None
     if causal and T_q > 1:
         mask = torch.ones(T_q, T_k, dtype=torch.bool, device=q.device).tril(T_k - T_q)
-    return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale).transpose(1, 2)
+    return sdpa_gqa(qh, kh, vh, attn_mask=mask, scale=scale).transpose(1, 2)
 
 
 def _hip_rows(

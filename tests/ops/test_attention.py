@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from subq.ops.attention import attention_mask, naive_attention, sdpa_attention
+from subq.ops.attention import sdpa as sdpa_module
 from tests.conftest import assert_close
 
 SHAPES = [(1, 1, 2, 2, 8), (2, 63, 4, 2, 60), (2, 100, 3, 1, 16), (1, 1000, 2, 2, 32)]
@@ -29,13 +30,16 @@ def test_sdpa_matches_naive(B, T, H, H_kv, D, causal):
         assert_close(a, b, 1e-12, f"d{name}")
 
 
-@pytest.mark.parametrize("T,S", [(1, 10), (4, 10)])
-def test_queries_align_to_the_end_of_the_keys(T, S):
-    q = torch.randn(1, T, 2, 8, dtype=torch.float64)
+@pytest.mark.parametrize("native_gqa", [True, False], ids=["enable_gqa", "repeated_heads"])
+@pytest.mark.parametrize("T,S", [(1, 10), (4, 10), (10, 10)])
+def test_queries_align_to_the_end_of_the_keys(T, S, native_gqa, monkeypatch):
+    # grouped heads both ways: SDPA's enable_gqa (torch >= 2.5) and the repeated cache before it
+    monkeypatch.setattr(sdpa_module, "SDPA_GQA", native_gqa and sdpa_module.SDPA_GQA)
+    q = torch.randn(1, T, 4, 8, dtype=torch.float64)
     k = torch.randn(1, S, 2, 8, dtype=torch.float64)
     v = torch.randn(1, S, 2, 8, dtype=torch.float64)
     o, _ = sdpa_attention(q, k, v, causal=True)
-    full_q = torch.cat([torch.randn(1, S - T, 2, 8, dtype=torch.float64), q], 1)
+    full_q = torch.cat([torch.randn(1, S - T, 4, 8, dtype=torch.float64), q], 1)
     o_full, _ = naive_attention(full_q, k, v, causal=True)
     assert_close(o, o_full[:, -T:], 1e-12, "aligned decode")
 
