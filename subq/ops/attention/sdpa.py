@@ -14,8 +14,9 @@ from subq.ops.attention.naive import attention_mask
 from subq.ops.common.checks import check_qkv
 
 # SDPA reads grouped key/value heads itself from torch 2.5 (``enable_gqa``): no copy of K and V per
-# query head. On the H200 it costs the same as MHA (ANCHORS.md); on a CPU a decode step at 32k with
-# 32 / 8 heads is 6x faster than repeating the cache first.
+# query head. On the H200 in bf16 it costs the same as MHA (ANCHORS.md); on a CPU a decode step at 32k
+# with 32 / 8 heads is 6x faster than repeating the cache first. Float32 on CUDA keeps the repeated
+# heads: the backends that take float32 there were not measured with grouped heads.
 SDPA_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
@@ -26,7 +27,7 @@ def sdpa_gqa(q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
     H, H_kv = q.shape[1], k.shape[1]
     if H_kv == H:
         return F.scaled_dot_product_attention(q, k, v, **kwargs)
-    if SDPA_GQA:
+    if SDPA_GQA and not (q.is_cuda and q.dtype == torch.float32):
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kwargs)
     k, v = k.repeat_interleave(H // H_kv, dim=1), v.repeat_interleave(H // H_kv, dim=1)
     return F.scaled_dot_product_attention(q, k, v, **kwargs)
