@@ -251,7 +251,7 @@ def test_triton_full_budget_equals_dense():
 
 @pytest.mark.parametrize("mode", ["torch", pytest.param("triton", marks=pytest.mark.interpret)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("splits", [1, 3, None])
 def test_decode_matches_reference(mode, dtype, splits):
     B, T, H, H_kv, D = 2, 90, 4, 2, 20
     cache_k = torch.randn(B, 120, H_kv, D, dtype=dtype)

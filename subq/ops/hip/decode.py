@@ -2,7 +2,7 @@
 
 The query is the token at position ``T_k - 1``. Program ``(batch x head, split)`` runs the online
 softmax over its share of the key chunks and writes a partial ``(max, sum, acc)``; the partials are
-merged by log-sum-exp in PyTorch. The block mask comes from a (possibly earlier) search; ``window``
+merged by log-sum-exp in a second kernel. The block mask comes from a (possibly earlier) search; ``window``
 is the effective window, widened by the caller to cover every token since that search;
 :func:`hip_decode_step` keeps the mask between steps and does that widening, as a decoding layer does.
 """
@@ -23,7 +23,9 @@ DecodeMask = tuple[Tensor, Tensor, int]
 last the position of the query that searched it."""
 
 
-@triton.jit(do_not_specialize=["T_k", "sink", "window", "stride_kb", "stride_kt", "stride_vb", "stride_vt"])
+# strides stay specialised (Triton keys on divisibility by 16, not the value): it is what lets the
+# gathers of key and value rows vectorise; unspecialised strides cost 5-10x on the H200
+@triton.jit(do_not_specialize=["T_k", "sink", "window"])
 def hip_decode_kernel(
     q,
     k,
@@ -95,11 +97,32 @@ def hip_decode_kernel(
     tl.store(acc_out + o_s.to(tl.int64) * DV + o_dv, b_acc, mask=m_dv)
 
 
+@triton.jit
+def hip_decode_merge_kernel(m_in, l_in, acc_in, o, S, DV: tl.constexpr, BS: tl.constexpr, BDV: tl.constexpr):
+    """Merge the ``S`` partial softmaxes of one ``(batch, head)`` by log-sum-exp into ``o [DV]``."""
+    i_bh = tl.program_id(0)
+    o_s, o_dv = tl.arange(0, BS), tl.arange(0, BDV)
+    m_s, m_dv = o_s < S, o_dv < DV
+    b_m = tl.load(m_in + i_bh * S + o_s, mask=m_s, other=-1.0e30)
+    b_l = tl.load(l_in + i_bh * S + o_s, mask=m_s, other=0.0)
+    p_acc = acc_in + (i_bh.to(tl.int64) * S + o_s[:, None]) * DV + o_dv[None, :]
+    b_acc = tl.load(p_acc, mask=m_s[:, None] & m_dv[None, :], other=0.0)
+    b_w = tl.exp(b_m - tl.max(b_m, 0))  # [BS]
+    b_o = tl.sum(b_w[:, None] * b_acc, 0) / tl.sum(b_w * b_l, 0)
+    tl.store(o + i_bh.to(tl.int64) * DV + o_dv, b_o.to(o.dtype.element_ty), mask=m_dv)
+
+
 def _hip_decode_triton(q, k, v, indices, counts, *, scale, block_size_k, sink, window, num_splits):
     B, _, H, D = q.shape
     DV = v.shape[-1]
     if k.stride(-1) != 1 or v.stride(-1) != 1 or k.stride(2) != D or v.stride(2) != DV:
         k, v = k.contiguous(), v.contiguous()
+    BN = max(64, block_size_k)
+    BD, BDV = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
+    if num_splits is None:  # enough programs to fill the GPU, at least one chunk of keys each
+        keys = min(sink, k.shape[1]) + indices.shape[-1] * block_size_k + window
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 132
+        num_splits = max(1, min(triton.cdiv(keys, BN), triton.cdiv(4 * sms, B * H)))
     S = num_splits
     m = torch.empty(B * H, S, device=q.device, dtype=torch.float32)
     den = torch.empty_like(m)
@@ -108,12 +131,12 @@ def _hip_decode_triton(q, k, v, indices, counts, *, scale, block_size_k, sink, w
         q.contiguous(), k, v.to(k.dtype), m, den, acc, indices.to(torch.int32).contiguous(),
         counts.to(torch.int32).contiguous(), scale, k.shape[1], sink, window,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        H=H, H_KV=k.shape[2], D=D, DV=DV, G=indices.shape[-1], S=S, BN=max(16, block_size_k, 64),
-        BD=max(16, triton.next_power_of_2(D)), BDV=max(16, triton.next_power_of_2(DV)), BLOCK_K=block_size_k,
+        H=H, H_KV=k.shape[2], D=D, DV=DV, G=indices.shape[-1], S=S, BN=BN, BD=BD, BDV=BDV,
+        BLOCK_K=block_size_k, num_warps=2 if max(BD, BDV) <= 128 else 4,
     )  # fmt: skip
-    w = torch.exp(m - m.amax(1, keepdim=True))  # [B * H, S]
-    o = (w[..., None] * acc).sum(1) / (w * den).sum(1, keepdim=True)
-    return o.view(B, 1, H, DV).to(q.dtype)
+    o = torch.empty(B, 1, H, DV, device=q.device, dtype=q.dtype)
+    hip_decode_merge_kernel[(B * H,)](m, den, acc, o, S, DV=DV, BS=max(2, triton.next_power_of_2(S)), BDV=BDV)
+    return o
 
 
 def hip_decode_attention(
@@ -136,7 +159,8 @@ def hip_decode_attention(
         q: `[B, 1, H, D]`, the token at position ``T_k - 1``; k: `[B, T_k, H_kv, D]`; v: `[B, T_k, H_kv, D_v]`
             (views into a larger cache are fine).
         indices, counts: `[B, H, 1, G]`, `[B, H, 1]`: a block mask for one query.
-        window: effective window; num_splits: split-K factor (default from the key count).
+        window: effective window; num_splits: split-K factor (default: enough ``(batch x head, split)``
+            programs to fill the GPU, each with one chunk of 64 keys or more).
         mode: ``auto`` (Triton on CUDA, gather form elsewhere), ``triton``, ``torch`` or ``naive``.
 
     Returns:
@@ -152,9 +176,6 @@ def hip_decode_attention(
         mode = "triton" if q.is_cuda else "torch"
     if mode == "triton":
         check_triton_device(q)
-        if num_splits is None:
-            keys = min(sink_size, k.shape[1]) + indices.shape[-1] * block_size_k + window
-            num_splits = max(1, min(64, keys // 512))
         o = _hip_decode_triton(
             q, k, v, indices, counts, scale=scale, block_size_k=block_size_k, sink=sink_size,
             window=window, num_splits=num_splits,
