@@ -119,7 +119,9 @@ class TrainConfig(BaseModel):
     ``model`` may name a preset with overrides, ``{preset: based-360m, n_layers: 12}``
     (``LMConfig.from_preset``; the vocabulary still defaults to the task's).
     ``parallel`` is how ranks share the model under ``torchrun``: ``"ddp"`` (a replica per rank) or
-    ``"fsdp"`` (parameters, gradients and optimizer state sharded, :mod:`subq.train.distributed`).
+    ``"fsdp"`` (parameters, gradients and optimizer state sharded, :mod:`subq.train.distributed`);
+    ``comm_dtype`` the dtype of their collectives: ``"fp32"`` (default) or ``"bf16"`` (half the bytes;
+    gradients summed in bf16, and under FSDP the parameters gathered in bf16).
     ``cpu_threads`` sets ``torch.set_num_threads`` for the run (None keeps torch's default); 1 is
     fastest for tiny models, whose ops are too small to split. ``seqlen_warmup`` (default off) trains
     on shorter pieces of the sequences first, at constant tokens per step (:class:`SeqLenWarmupOptions`).
@@ -140,6 +142,7 @@ class TrainConfig(BaseModel):
     data_seed: int = 123
     device: Literal["auto", "cpu", "cuda"] = "auto"
     parallel: Literal["ddp", "fsdp"] = "ddp"
+    comm_dtype: Literal["fp32", "bf16"] = "fp32"
     cpu_threads: PositiveInt | None = None
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     out_dir: str | None = None

@@ -11,8 +11,11 @@ same path on one device. ``parallel="ddp"`` (the default) keeps a full replica p
 and all-reduces gradients (``DistributedDataParallel``); ``parallel="fsdp"`` shards parameters,
 gradients and optimizer state over the ranks with PyTorch's ``fully_shard`` (FSDP2), one unit per
 block plus the root (embedding, final norm, tied head), in the parameters' own dtype (autocast does
-the bf16 compute, as in DDP). Checkpoints hold full tensors either way, so a run saved under one
-layout resumes under the other or on one process.
+the bf16 compute, as in DDP). ``comm_dtype="bf16"`` halves the bytes the collectives move: DDP
+all-reduces its gradient buckets in bf16 (a communication hook; the sum is divided by the world size
+before the cast), FSDP all-gathers bf16 parameters and reduce-scatters bf16 gradients
+(``MixedPrecisionPolicy``); the optimizer still updates fp32 weights. Checkpoints hold full tensors
+either way, so a run saved under one layout resumes under the other or on one process.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 Parallel = Literal["ddp", "fsdp"]
+CommDtype = Literal["fp32", "bf16"]
 
 
 @dataclass(frozen=True)
@@ -99,21 +103,44 @@ def close_distributed(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def wrap_model(model: nn.Module, info: DistInfo, parallel: Parallel, device: torch.device) -> nn.Module:
+def bf16_all_reduce_hook(group, bucket):  # unannotated: DDP checks the annotations as objects, not strings
+    """DDP communication hook (``group: ProcessGroup | None, bucket: GradBucket -> Future[Tensor]``):
+    the bucket's mean over ranks, all-reduced in bf16 (half the bytes of fp32), written back into the
+    fp32 bucket. Any backend (PyTorch's ``bf16_compress_hook`` needs NCCL)."""
+    group = group if group is not None else dist.group.WORLD
+    grad = bucket.buffer()
+    low = grad.to(torch.bfloat16).div_(dist.get_world_size(group))
+    fut = dist.all_reduce(low, group=group, async_op=True).get_future()
+
+    def write_back(f):
+        return grad.copy_(f.value()[0])
+
+    return fut.then(write_back)
+
+
+def wrap_model(
+    model: nn.Module, info: DistInfo, parallel: Parallel, device: torch.device, comm_dtype: CommDtype = "fp32"
+) -> nn.Module:
     """The module the training step calls: ``model`` itself on one process, a DDP wrapper, or ``model``
-    sharded in place by ``fully_shard`` (each of ``model.backbone.blocks``, then the root)."""
+    sharded in place by ``fully_shard`` (each of ``model.backbone.blocks``, then the root).
+    ``comm_dtype`` is the dtype of the gradient (and, under FSDP, parameter) collectives."""
     if not info.enabled:
         return model
     if parallel == "ddp":
         index = [device.index] if device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=index)
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=index)
+        if comm_dtype == "bf16":
+            ddp.register_comm_hook(None, bf16_all_reduce_hook)
+        return ddp
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (info.world_size,))
+    low = torch.bfloat16 if comm_dtype == "bf16" else None
+    policy = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=low)
     for block in model.backbone.blocks:
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
 
 

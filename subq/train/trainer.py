@@ -203,7 +203,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # same init and dropout stream on every rank
         self.model = LanguageModel(cfg.model).to(self.device)
         self.num_params = count_params(self.model)
-        self.ddp_model = wrap_model(self.model, self.dist, cfg.parallel, self.device)
+        self.ddp_model = wrap_model(self.model, self.dist, cfg.parallel, self.device, cfg.comm_dtype)
         self.train_data = cfg.task.build("train", cfg.data_seed).to(self.device)
         self.test_data = cfg.task.build("test", cfg.data_seed).to(self.device)
         n = len(self.train_data)

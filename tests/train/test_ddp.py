@@ -134,3 +134,50 @@ def test_one_rank_under_torchrun_takes_the_distributed_path(monkeypatch):
             assert_close(weights[name], want, 1e-5, name)
         monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
         monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+
+
+def test_bf16_collectives_reduce_gradients_in_bf16(monkeypatch):
+    """``comm_dtype="bf16"``: after backward every gradient is a bf16 value (it went through a bf16
+    all-reduce or reduce-scatter); with fp32 collectives most are not. One rank, both layouts."""
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    for var, value in dict(WORLD_SIZE="1", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1").items():
+        monkeypatch.setenv(var, value)
+    ids = torch.randint(0, 64, (4, 16))
+    for parallel in ("ddp", "fsdp"):
+        for comm in ("fp32", "bf16"):
+            monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+            trainer = Trainer(tiny_config(parallel=parallel, comm_dtype=comm))
+            try:
+                trainer.ddp_model(ids).float().square().mean().backward()
+                grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+                grads = torch.cat(
+                    [g.to_local().flatten() if hasattr(g, "to_local") else g.flatten() for g in grads]
+                )
+                assert grads.dtype == torch.float32 and grads.abs().sum() > 0
+                in_bf16 = (grads == grads.bfloat16().float()).float().mean().item()
+                if comm == "bf16":
+                    assert in_bf16 == 1.0, (parallel, in_bf16)
+                else:
+                    assert in_bf16 < 0.5, (parallel, in_bf16)
+            finally:
+                trainer.close()
+
+
+def test_bf16_collectives_train_like_fp32_on_two_ranks(tmp_path):
+    cfg = tiny_config(max_steps=12, log_every=3)
+    single = Trainer(cfg)
+    single.fit()
+    initial = Trainer(cfg).model.state_dict()
+    for parallel in ("ddp", "fsdp"):
+        _spawn(
+            2,
+            str(tmp_path),
+            cfg.model_copy(update={"parallel": parallel, "comm_dtype": "bf16"}).model_dump_json(),
+        )
+        w0 = load_file(tmp_path / "rank0.safetensors")
+        if parallel == "ddp":  # replicas stay identical: every rank applies the same bf16 sum
+            w1 = load_file(tmp_path / "rank1.safetensors")
+            assert all(torch.equal(w0[n], w1[n]) for n in w0)
+        for name, want in single.model.state_dict().items():
+            assert_close(w0[name], want, 3e-2, f"{parallel} {name}")
+        assert sum((w0[n] - p).norm() for n, p in initial.items()) > 0.1
