@@ -204,6 +204,23 @@ def test_triton_mask_equals_reference(case, causal, dtype):
     assert torch.equal(out[0], ref[0]), f"indices\n{out[0]}\n{ref[0]}"
 
 
+@pytest.mark.interpret
+@pytest.mark.parametrize("children, warps", [(4, 2), (256, 8)])
+def test_triton_mask_tuning_overrides_keep_the_mask(children, warps):
+    from subq.ops.hip.mask import _hip_mask_triton
+
+    case = (520, 128, 16, 2, 2, 1, 4, 8)  # several chunks per iteration by default (64 children)
+    kw = _mask_kw(case, True)
+    q, k = _int_qk(1, case[0], 2, 1, 16, torch.float32)
+    ref = naive_hip_mask(q, k, **kw)
+    geo = {n: kw[n] for n in ("block_size_q", "block_stride_q", "block_size_k", "block_stride_k", "window")}
+    out = _hip_mask_triton(
+        q.to(DEVICE), k.to(DEVICE), G=kw["mask_k"] // kw["block_size_k"], sink=kw["sink_size"], causal=True,
+        q_offset=0, children_per_product=children, num_warps=warps, **geo,
+    )  # fmt: skip
+    assert torch.equal(out[1].cpu(), ref[1]) and torch.equal(out[0].cpu(), ref[0])
+
+
 TRITON_ATTN_CASES = [
     # B, T, H, H_kv, D, mask_k, bk, sink, window
     (1, 70, 2, 1, 20, 8, 2, 3, 5),

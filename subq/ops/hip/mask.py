@@ -192,15 +192,18 @@ def hip_mask_kernel(
 
 
 def _hip_mask_triton(
-    q, k, *, G, block_size_q, block_stride_q, block_size_k, block_stride_k, sink, window, causal, q_offset
-):
+    q, k, *, G, block_size_q, block_stride_q, block_size_k, block_stride_k, sink, window, causal, q_offset,
+    children_per_product=None, num_warps=None,
+):  # fmt: skip
+    """The launch; ``children_per_product`` (``CH``) and ``num_warps`` override the defaults (tuning)."""
     B, T_q, H, D = q.shape
     k = k.to(q.dtype).contiguous()
     q = q.contiguous()
     n_qb = triton.cdiv(T_q, block_size_q)
     BG = max(16, triton.next_power_of_2(G))
     KS = block_size_k // block_stride_k  # sampled keys per key block
-    CH = min(2 * BG, max(1, 64 // KS))  # children per scoring product: [CH * KS, D] keys
+    CH = min(2 * BG, children_per_product or max(1, 64 // KS))  # children per product: [CH * KS, D] keys
+    launch = {} if num_warps is None else {"num_warps": num_warps}
     indices = torch.empty(B, H, n_qb, G, device=q.device, dtype=torch.int32)
     counts = torch.empty(B, H, n_qb, device=q.device, dtype=torch.int32)
     work = torch.empty(B * H * n_qb, 2 * BG, device=q.device, dtype=torch.int32)  # branch sizes, scores
@@ -208,7 +211,7 @@ def _hip_mask_triton(
         q, k, indices, work, counts, T_q, k.shape[1], q_offset, sink, window, SCORE_FLOOR,
         H=H, H_KV=k.shape[2], D=D, G=G, BG=BG, BD=max(16, triton.next_power_of_2(D)), BQ=block_size_q,
         SQ=block_stride_q, BQS=max(16, block_size_q // block_stride_q), BK=block_size_k, SK=block_stride_k,
-        KS=KS, CH=CH, RB=2, CAUSAL=causal, PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        KS=KS, CH=CH, RB=2, CAUSAL=causal, PREC="ieee" if q.dtype == torch.float32 else "tf32", **launch,
     )  # fmt: skip
     return indices, counts
 
