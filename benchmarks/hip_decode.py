@@ -14,6 +14,10 @@ One new token (``q: [B, 1, H, D]``) attends a KV cache of ``T`` tokens (``[B, T,
   the window widened to ``window + refresh - 1`` (the widest of the interval: an upper bound);
 - ``hip_amortized``: one search plus ``refresh`` steps with windows ``window .. window + refresh -
   1``, divided by ``refresh``: the per-token cost of the ``hip`` layer's decode.
+- CUDA only: ``hip_search_split`` and ``hip_amortized_split``, the same with the search spread over
+  the GPU (``hierarchical_mask(mode="triton_split")``, two launches per iteration), and
+  ``split_mask_agreement``: the fraction of its block ids equal to the one-program search's at the
+  full length (the two score with different instructions, so near-ties can go either way).
 
 Before timing, HiP's decode output is checked against ``naive_block_sparse_attention`` (float32) on
 the same mask at ``min(T, 65536)``. Times, median microseconds:
@@ -189,11 +193,26 @@ def bench_length(T: int, args: argparse.Namespace, device) -> dict:
     row["kv_mib"] = 2 * k.numel() * k.element_size() / 2**20
     row["forms"] = {"sdpa": sdpa_decode(q, k, v, Hkv, device, args.reps)}
     forms = {"hip_search": search, "hip_cached": lambda: step(mask, wide), "hip_amortized": amortized}
+    if device.type == "cuda":
+
+        def search_split(k=k):
+            return hierarchical_mask(q, k, **{**search_kw, "mode": "triton_split"})
+
+        def amortized_split():
+            m = search_split()
+            for j in range(args.refresh):
+                step(m, args.window + j)
+
+        forms.update(hip_search_split=search_split, hip_amortized_split=amortized_split)
+        split, fused = search_split()[0], search()[0]
+        row["split_mask_agreement"] = round((split == fused).float().mean().item(), 4)
     row["forms"].update((name, measure(fn, device, args.reps)) for name, fn in forms.items())
-    row["forms"]["hip_amortized"] = {
-        key: (None if val is None else round(val / args.refresh, 2)) if key.endswith("_us") else val
-        for key, val in row["forms"]["hip_amortized"].items()
-    }
+    for name in ("hip_amortized", "hip_amortized_split"):
+        if name in row["forms"]:
+            row["forms"][name] = {
+                key: (None if val is None else round(val / args.refresh, 2)) if key.endswith("_us") else val
+                for key, val in row["forms"][name].items()
+            }
     if Hkv < H and not args.no_mha:
         row["forms"]["sdpa_mha"] = sdpa_decode(q, k, v, H, device, args.reps)
     if args.offload:
@@ -273,7 +292,7 @@ def gate(q, k, v, search, step, args) -> dict:
 def _speedups(row: dict) -> None:
     f = row["forms"]
     for base in ("sdpa", "sdpa_mha"):
-        for name in ("hip_cached", "hip_amortized", "offload_warm", "offload_cold"):
+        for name in ("hip_cached", "hip_amortized", "hip_amortized_split", "offload_warm", "offload_cold"):
             if base in f and name in f:
                 row[f"speedup_{name}_vs_{base}"] = _ratio(f[base], f[name])
 
@@ -378,6 +397,8 @@ def print_table(record: dict) -> None:
         f"window={c['window']} refresh={c['refresh']}"
     )
     names = ("sdpa", "sdpa_mha", "hip_search", "hip_cached", "hip_amortized")
+    if any("hip_search_split" in r.get("forms", {}) for r in record["rows"]):
+        names += ("hip_search_split", "hip_amortized_split")
     if c["offload"]:
         names += ("offload_warm", "offload_cold")
     print(f"{'T':>8} {'kv MiB':>9} {'gate':>10} | " + " | ".join(f"{n:>22}" for n in names) + " | speedups")
@@ -397,6 +418,9 @@ def print_table(record: dict) -> None:
         ups = {k[len("speedup_") :]: v for k, v in r.items() if k.startswith("speedup_")}
         cells.append(" ".join(f"{k}={_num(v)}x" for k, v in ups.items()))
         print(" | ".join(cells))
+        if "split_mask_agreement" in r:
+            agree = r["split_mask_agreement"]
+            print(f"{'':>8} split search: {agree:.2%} of block ids as the one-program search's")
         if "offload" in r:
             off = r["offload"]
             print(

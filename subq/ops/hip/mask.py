@@ -234,7 +234,9 @@ def hierarchical_mask(
     """HiP's block mask: ``(indices [B, H, n_qblocks, G] int32, counts [B, H, n_qblocks] int32)``.
 
     Arguments and semantics as :func:`~subq.ops.hip.naive.naive_hip_mask`; ``mode``: ``auto``
-    (Triton on CUDA, else the vectorised reference), ``triton``, ``torch`` or ``naive``.
+    (Triton on CUDA, else the vectorised reference), ``triton``, ``torch``, ``naive``, or
+    ``triton_split`` for the decode-time search (one causal query per sequence, ``block_size_q=1``)
+    spread over the GPU in two launches per iteration (:mod:`subq.ops.hip.decode_mask`).
     """
     kw = dict(
         mask_k=mask_k,
@@ -254,14 +256,27 @@ def hierarchical_mask(
 
         with torch.no_grad():
             return naive_hip_mask(q, k, **kw)
-    if mode != "triton":
-        raise ValueError(f"mode must be one of auto, triton, torch, naive; got {mode!r}")
+    if mode not in ("triton", "triton_split"):
+        raise ValueError(f"mode must be one of auto, triton, triton_split, torch, naive; got {mode!r}")
+    if mode == "triton_split" and (q.shape[1] != 1 or block_size_q != 1 or not causal):
+        raise ValueError(
+            "mode='triton_split' is the decode search: one causal query per sequence with block_size_q=1, "
+            f"got q {tuple(q.shape)}, block_size_q={block_size_q}, causal={causal}"
+        )
     if not (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
         raise RuntimeError(f"mode='triton' needs CUDA tensors, got device {q.device}")
     G = check_hip_args(**{n: kw[n] for n in kw if n not in ("causal", "q_offset")})
     if q.shape[-1] > 256:
         raise ValueError(f"the Triton mask kernel supports head dims <= 256, got D={q.shape[-1]}")
     q_offset = check_hip_inputs(q, k, None, causal=causal, q_offset=q_offset)
+    if mode == "triton_split":
+        from subq.ops.hip.decode_mask import decode_mask_split
+
+        with torch.no_grad():
+            return decode_mask_split(
+                q.detach(), k.detach().to(q.dtype), G=G, block_size_k=block_size_k,
+                block_stride_k=block_stride_k, sink=sink_size, window=window, q_offset=q_offset,
+            )  # fmt: skip
     with torch.no_grad():
         return _hip_mask_triton(
             q.detach(), k.detach(), G=G, block_size_q=block_size_q, block_stride_q=block_stride_q,
