@@ -25,7 +25,7 @@ from torch import Tensor
 
 from subq.ops.common.triton_compat import tl, triton
 from subq.ops.hip.checks import SCORE_FLOOR
-from subq.ops.hip.mask import _kth_largest
+from subq.ops.hip.mask import _children, _keep_best, _order_key
 
 
 @triton.jit(do_not_specialize=["T_k", "t", "sink", "window", "first", "lo", "N"])
@@ -63,14 +63,9 @@ def hip_decode_score_kernel(
     o_d = tl.arange(0, BD)
     b_q = tl.load(q + i_bh.to(tl.int64) * D + o_d, mask=o_d < D, other=0.0).to(tl.float32)
     c = i_c * CH + tl.arange(0, CH)  # children in position order: 2j left, 2j + 1 right of branch j
-    par = c // 2
-    m_par = par < G
     row = i_bh.to(tl.int64) * BG
-    p_s = tl.load(start + row + par, mask=m_par, other=0)
-    p_n = tl.load(size + row + par, mask=m_par, other=0)
+    par, p_n, c_start, c_size = _children(c, start + row, size + row, G)
     right = c % 2
-    c_start = p_s + right * (p_n // 2)
-    c_size = tl.where(right == 1, p_n - p_n // 2, p_n // 2)
     known = (right == 1) & (p_n >= 1) & (p_n <= 2) & (c * 0 + first == 0)
     rep = lo + tl.minimum(c_start + c_size // 2, N - 1)  # causal decode: candidates [lo, lo + N)
     o_ks = tl.arange(0, KS) * SK
@@ -86,10 +81,7 @@ def hip_decode_score_kernel(
     key_ok = (pos >= sink) & (pos < T_k) & (pos <= t - window)
     b_s = tl.where(key_ok, b_s, float("-inf"))
     s = tl.max(tl.reshape(b_s, [CH, KS]), 1)  # [CH]
-    # + 0.0 turns -0.0 into 0.0 so that equal scores get equal integer keys
-    s = tl.where(c_size > 0, tl.maximum(s, floor) + 0.0, float("-inf"))
-    bits = s.to(tl.int32, bitcast=True)
-    c_ord = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+    c_ord = _order_key(tl.where(c_size > 0, tl.maximum(s, floor), float("-inf")))
     c_ord = tl.where(known, tl.load(score + row + par, mask=known, other=0), c_ord)
     tl.store(child + i_bh.to(tl.int64) * 2 * BG + c, c_ord)
 
@@ -110,21 +102,11 @@ def hip_decode_select_kernel(
     i_bh = tl.program_id(0)
     o_c = tl.arange(0, 2 * BG)
     u = tl.load(child + i_bh.to(tl.int64) * 2 * BG + o_c).to(tl.int64) + 2**31
-    # the G best children, ties to the leftmost: the G-th largest key, then the first (G - #greater)
-    # of the keys equal to it
-    thr = _kth_largest(u, G, RB)
-    gt = (u > thr).to(tl.int32)
-    eq = (u == thr).to(tl.int32)
-    keep = (gt == 1) | ((eq == 1) & (tl.cumsum(eq, 0) - eq < G - tl.sum(gt, 0)))
-    slot = tl.cumsum(keep.to(tl.int32), 0) - 1  # survivors stay in position order
+    keep, slot = _keep_best(u, G, RB)  # the G best, ties to the leftmost, in position order
     row = i_bh.to(tl.int64) * BG
-    par = o_c // 2
-    m_par = par < G
-    p_s = tl.load(start + row + par, mask=m_par, other=0)
-    p_n = tl.load(size + row + par, mask=m_par, other=0)
-    right = o_c % 2
-    tl.store(start_out + row + slot, p_s + right * (p_n // 2), mask=keep)
-    tl.store(size_out + row + slot, tl.where(right == 1, p_n - p_n // 2, p_n // 2), mask=keep)
+    _, _, c_start, c_size = _children(o_c, start + row, size + row, G)
+    tl.store(start_out + row + slot, c_start, mask=keep)
+    tl.store(size_out + row + slot, c_size, mask=keep)
     tl.store(score_out + row + slot, (u - 2**31).to(tl.int32), mask=keep)
 
 

@@ -40,6 +40,36 @@ def _kth_largest(u, K, RB: tl.constexpr):
     return thr
 
 
+@triton.jit
+def _children(c, p_start, p_size, G: tl.constexpr):
+    """Children ``c`` in position order (``2j`` the left, ``2j + 1`` the right half of branch ``j``):
+    ``(parent, parent size, start, size)``; children of padding branches (``j >= G``) are empty."""
+    par = c // 2
+    m_par = par < G
+    p_s = tl.load(p_start + par, mask=m_par, other=0)
+    p_n = tl.load(p_size + par, mask=m_par, other=0)
+    right = c % 2
+    return par, p_n, p_s + right * (p_n // 2), tl.where(right == 1, p_n - p_n // 2, p_n // 2)
+
+
+@triton.jit
+def _order_key(score):
+    """Scores as int32 keys of the same order (-0.0 and 0.0 equal)."""
+    bits = (score + 0.0).to(tl.int32, bitcast=True)
+    return tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+
+
+@triton.jit
+def _keep_best(u, G: tl.constexpr, RB: tl.constexpr):
+    """The ``G`` largest of the keys ``u`` (``[n]`` int64 in ``[0, 2^32)``), ties to the leftmost:
+    ``(keep [n], slot [n])``, ``slot`` the rank of a kept key in position order."""
+    thr = _kth_largest(u, G, RB)
+    gt = (u > thr).to(tl.int32)
+    eq = (u == thr).to(tl.int32)
+    keep = (gt == 1) | ((eq == 1) & (tl.cumsum(eq, 0) - eq < G - tl.sum(gt, 0)))
+    return keep, tl.cumsum(keep.to(tl.int32), 0) - 1
+
+
 @triton.jit(do_not_specialize=["T_q", "T_k", "q_offset", "sink", "window"])
 def hip_mask_kernel(
     q,
@@ -131,13 +161,8 @@ def hip_mask_kernel(
             ordered = tl.zeros([2 * BG // CH, CH], dtype=tl.int32)
             for ci in range(2 * BG // CH):
                 c = ci * CH + o_ch  # [CH]
-                par = c // 2
-                m_par = par < G
-                p_s = tl.load(p_start + par, mask=m_par, other=0)
-                p_n = tl.load(p_size + par, mask=m_par, other=0)
+                par, p_n, c_start, c_size = _children(c, p_start, p_size, G)
                 right = c % 2
-                c_start = p_s + right * (p_n // 2)
-                c_size = tl.where(right == 1, p_n - p_n // 2, p_n // 2)
                 # a right child of a branch of <= 2 blocks has its parent's representative: reuse the score
                 # (vector & vector: the interpreter mishandles vector-bool & scalar-bool, see common.py)
                 known = (right == 1) & (p_n >= 1) & (p_n <= 2) & (c * 0 + first == 0)
@@ -157,27 +182,14 @@ def hip_mask_kernel(
                 b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)  # [BQS, CH * KS]
                 b_s = tl.where(m_r[:, None] & key_ok[None, :], b_s, float("-inf"))
                 score = tl.max(tl.reshape(tl.max(b_s, 0), [CH, KS]), 1)  # [CH]
-                # + 0.0 turns -0.0 into 0.0 so that equal scores get equal integer keys
-                score = tl.where(c_size > 0, tl.maximum(score, floor) + 0.0, float("-inf"))
-                bits = score.to(tl.int32, bitcast=True)
-                c_ord = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+                c_ord = _order_key(tl.where(c_size > 0, tl.maximum(score, floor), float("-inf")))
                 c_ord = tl.where(known, tl.load(p_score + par, mask=known, other=0), c_ord)
                 ordered = tl.where(o_row[:, None] == ci, c_ord[None, :], ordered)
             # keep the G best children, ties to the leftmost: the G-th largest key, then the first
             # (G - #greater) of the keys equal to it
             u = tl.reshape(ordered, [2 * BG]).to(tl.int64) + 2**31
-            thr = _kth_largest(u, G, RB)
-            gt = (u > thr).to(tl.int32)
-            eq = (u == thr).to(tl.int32)
-            keep = (gt == 1) | ((eq == 1) & (tl.cumsum(eq, 0) - eq < G - tl.sum(gt, 0)))
-            slot = tl.cumsum(keep.to(tl.int32), 0) - 1  # survivors stay in position order
-            par = o_c // 2
-            m_par = par < G
-            p_s = tl.load(p_start + par, mask=m_par, other=0)
-            p_n = tl.load(p_size + par, mask=m_par, other=0)
-            right = o_c % 2
-            c_start = p_s + right * (p_n // 2)
-            c_size = tl.where(right == 1, p_n - p_n // 2, p_n // 2)
+            keep, slot = _keep_best(u, G, RB)  # survivors stay in position order
+            _, _, c_start, c_size = _children(o_c, p_start, p_size, G)
             tl.debug_barrier()  # every parent is read before the survivors overwrite them
             tl.store(p_start + slot, c_start, mask=keep)
             tl.store(p_size + slot, c_size, mask=keep)
