@@ -102,7 +102,7 @@ class Attention(Mixer):
         k = k.view(B, T, self.num_kv_heads, self.head_dim)
         v = v.view(B, T, self.num_kv_heads, self.head_dim)
         if self.rotary is not None:
-            q, k = self.rotary(q, offset), self.rotary(k, offset)
+            q, k = self.rotary.rotate_pair(q, k, offset)
         return q, k, v
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mode: str) -> Tensor:

@@ -306,7 +306,7 @@ class Combiner(Mixer):
         """``x: [B, T, d_model]`` -> q, k, v ``[B, T, H, D]``."""
         q, k, v = self.qkv_proj(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(2)
         if self.rotary is not None:
-            q, k = self.rotary(q, offset), self.rotary(k, offset)
+            q, k = self.rotary.rotate_pair(q, k, offset)
         return q, k, v
 
     def _summary_keys(self, summaries: Tensor, x: Tensor) -> Tensor:
