@@ -12,8 +12,8 @@ and all-reduces gradients (``DistributedDataParallel``); ``parallel="fsdp"`` sha
 gradients and optimizer state over the ranks with PyTorch's ``fully_shard`` (FSDP2), one unit per
 block plus the root (embedding, final norm, tied head), in the parameters' own dtype (autocast does
 the bf16 compute, as in DDP). ``comm_dtype="bf16"`` halves the bytes the collectives move: DDP
-all-reduces its gradient buckets in bf16 (a communication hook; the sum is divided by the world size
-before the cast), FSDP all-gathers bf16 parameters and reduce-scatters bf16 gradients
+all-reduces its gradient buckets in bf16 (a communication hook; each rank divides its bf16 copy by
+the world size before the all-reduce), FSDP all-gathers bf16 parameters and reduce-scatters bf16 gradients
 (``MixedPrecisionPolicy``); the optimizer still updates fp32 weights. Checkpoints hold full tensors
 either way, so a run saved under one layout resumes under the other or on one process.
 """
