@@ -15,7 +15,7 @@ One new token (``q: [B, 1, H, D]``) attends a KV cache of ``T`` tokens (``[B, T,
 - ``hip_amortized``: one search plus ``refresh`` steps with windows ``window .. window + refresh -
   1``, divided by ``refresh``: the per-token cost of the ``hip`` layer's decode.
 - CUDA only: ``hip_search_split`` and ``hip_amortized_split``, the same with the search spread over
-  the GPU (``hierarchical_mask(mode="triton_split")``, two launches per iteration), and
+  the GPU (``hierarchical_mask(mode="triton_split")``, one launch per iteration), and
   ``split_mask_agreement``: the fraction of its block ids equal to the one-program search's at the
   full length (the two score with different instructions, so near-ties can go either way).
 

@@ -268,7 +268,7 @@ def test_triton_full_budget_equals_dense():
 
 @pytest.mark.parametrize("mode", ["torch", pytest.param("triton", marks=pytest.mark.interpret)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("splits", [1, 3, None])
+@pytest.mark.parametrize("splits", [1, 3, 7, None])
 def test_decode_matches_reference(mode, dtype, splits):
     B, T, H, H_kv, D = 2, 90, 4, 2, 20
     cache_k = torch.randn(B, 120, H_kv, D, dtype=dtype)
@@ -283,8 +283,10 @@ def test_decode_matches_reference(mode, dtype, splits):
     )
     dev = DEVICE if mode == "triton" else "cpu"
     q, k, v, indices, counts = (x.to(dev) for x in (q, k, v, indices, counts))
-    o, _ = hip_decode_attention(q, k, v, indices, counts, window=9, mode=mode, num_splits=splits, **geo)
-    assert_close(o.cpu(), o_ref, 1e-5 if dtype == torch.float32 else 2e-3, "o")
+    # twice: the Triton kernel's last split of a head merges and resets the head's ticket for the next call
+    for call in range(2):
+        o, _ = hip_decode_attention(q, k, v, indices, counts, window=9, mode=mode, num_splits=splits, **geo)
+        assert_close(o.cpu(), o_ref, 1e-5 if dtype == torch.float32 else 2e-3, f"o (call {call})")
 
 
 def test_bad_arguments_raise():

@@ -1,4 +1,4 @@
-"""The split decode-time mask search (two launches per iteration) against the reference search."""
+"""The split decode-time mask search (one launch per iteration) against the reference search."""
 
 from __future__ import annotations
 
@@ -59,6 +59,16 @@ def test_split_decode_mask_reads_a_view_of_a_longer_cache():
     geo = dict(block_size_k=2, block_stride_k=1, window=8)
     ref = naive_hip_mask(q, k, mask_k=16, block_size_q=1, block_stride_q=1, sink_size=4, causal=True, **geo)
     out = decode_mask_split(q.to(DEVICE), k.to(DEVICE), G=8, sink=4, q_offset=299, **geo)
+    assert torch.equal(out[0].cpu(), ref[0])
+
+
+@pytest.mark.interpret
+def test_split_decode_mask_reads_the_hugging_face_layout():
+    q, k = _int_qk(2, 300, 4, 2, 16)
+    hf = k.transpose(1, 2).contiguous().to(DEVICE)  # [B, H_kv, T, D], as a Hugging Face cache keeps it
+    geo = dict(block_size_k=2, block_stride_k=1, window=8)
+    ref = naive_hip_mask(q, k, mask_k=16, block_size_q=1, block_stride_q=1, sink_size=4, causal=True, **geo)
+    out = decode_mask_split(q.to(DEVICE), hf.transpose(1, 2), G=8, sink=4, q_offset=299, **geo)
     assert torch.equal(out[0].cpu(), ref[0])
 
 

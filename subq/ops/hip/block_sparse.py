@@ -77,7 +77,9 @@ def hip_attn_fwd_kernel(
     p_q = q + (i_b.to(tl.int64) * T_q * H + i_h) * D
     p_k = k + (i_b.to(tl.int64) * T_k * H_KV + i_hk) * D
     p_v = v + (i_b.to(tl.int64) * T_k * H_KV + i_hk) * DV
-    b_q = tl.load(p_q + o_m[:, None] * H * D + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.0)
+    # 64-bit row offsets: at T = 1M, 32 heads and D = 128 a row offset passes 2^31
+    o_m64 = o_m.to(tl.int64)
+    b_q = tl.load(p_q + o_m64[:, None] * H * D + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.0)
 
     blk = i_bh.to(tl.int64) * NQB + i_m
     count = tl.load(counts + blk)
@@ -94,10 +96,14 @@ def hip_attn_fwd_kernel(
         pos, exists, kind = _chunk_keys(c, n_sink, n_sel, p_idx, count, w_lo, BLOCK_K, BN)
         m_n = exists & (pos >= 0) & (pos < T_k)
         b_k = tl.load(
-            p_k + pos[:, None] * H_KV * D + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0
+            p_k + pos.to(tl.int64)[:, None] * H_KV * D + o_d[None, :],
+            mask=m_n[:, None] & m_d[None, :],
+            other=0.0,
         )
         b_v = tl.load(
-            p_v + pos[:, None] * H_KV * DV + o_dv[None, :], mask=m_n[:, None] & m_dv[None, :], other=0.0
+            p_v + pos.to(tl.int64)[:, None] * H_KV * DV + o_dv[None, :],
+            mask=m_n[:, None] & m_dv[None, :],
+            other=0.0,
         )
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * scale  # [BM, BN]
         m_s = _key_mask(t, pos, exists, kind, T_k, sink, window, CAUSAL) & m_m[:, None]
@@ -112,7 +118,7 @@ def hip_attn_fwd_kernel(
     b_o = b_o / b_l[:, None]
     p_o = o + (i_b.to(tl.int64) * T_q * H + i_h) * DV
     tl.store(
-        p_o + o_m[:, None] * H * DV + o_dv[None, :],
+        p_o + o_m64[:, None] * H * DV + o_dv[None, :],
         b_o.to(o.dtype.element_ty),
         mask=m_m[:, None] & m_dv[None, :],
     )

@@ -170,7 +170,7 @@ def hip_mask_kernel(
                 pos = tl.reshape(rep[:, None] * BK + o_ks[None, :], [CH * KS])  # [CH * KS]
                 need = tl.reshape(((c_size > 0) & ~known)[:, None] & (o_ks >= 0)[None, :], [CH * KS])
                 b_k = tl.load(
-                    p_k + pos[:, None] * H_KV * D + o_d[None, :],
+                    p_k + pos.to(tl.int64)[:, None] * H_KV * D + o_d[None, :],
                     mask=(need & (pos < T_k))[:, None] & (o_d < D)[None, :],
                     other=0.0,
                 )
@@ -205,9 +205,10 @@ def hip_mask_kernel(
 
 def _hip_mask_triton(
     q, k, *, G, block_size_q, block_stride_q, block_size_k, block_stride_k, sink, window, causal, q_offset,
-    children_per_product=None, num_warps=None,
+    children_per_product=None, num_warps=None, radix_bits=2,
 ):  # fmt: skip
-    """The launch; ``children_per_product`` (``CH``) and ``num_warps`` override the defaults (tuning)."""
+    """The launch; ``children_per_product`` (``CH``), ``num_warps`` and ``radix_bits`` (bits per step
+    of the radix select) override the defaults (tuning)."""
     B, T_q, H, D = q.shape
     k = k.to(q.dtype).contiguous()
     q = q.contiguous()
@@ -223,7 +224,7 @@ def _hip_mask_triton(
         q, k, indices, work, counts, T_q, k.shape[1], q_offset, sink, window, SCORE_FLOOR,
         H=H, H_KV=k.shape[2], D=D, G=G, BG=BG, BD=max(16, triton.next_power_of_2(D)), BQ=block_size_q,
         SQ=block_stride_q, BQS=max(16, block_size_q // block_stride_q), BK=block_size_k, SK=block_stride_k,
-        KS=KS, CH=CH, RB=2, CAUSAL=causal, PREC="ieee" if q.dtype == torch.float32 else "tf32", **launch,
+        KS=KS, CH=CH, RB=radix_bits, CAUSAL=causal, PREC="ieee" if q.dtype == torch.float32 else "tf32", **launch,
     )  # fmt: skip
     return indices, counts
 
@@ -248,7 +249,7 @@ def hierarchical_mask(
     Arguments and semantics as :func:`~subq.ops.hip.naive.naive_hip_mask`; ``mode``: ``auto``
     (Triton on CUDA, else the vectorised reference), ``triton``, ``torch``, ``naive``, or
     ``triton_split`` for the decode-time search (one causal query per sequence, ``block_size_q=1``)
-    spread over the GPU in two launches per iteration (:mod:`subq.ops.hip.decode_mask`).
+    spread over the GPU in one launch per iteration (:mod:`subq.ops.hip.decode_mask`).
     """
     kw = dict(
         mask_k=mask_k,

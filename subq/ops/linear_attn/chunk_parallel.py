@@ -384,12 +384,17 @@ def chunk_linear_attn_bwd_kernel(
 def _launch_config(taylor: bool, K: int, V: int) -> dict:
     """Chunk ``BT``, state-row block ``BR``, ``D_v`` blocks of the state (``BVS``) and chunk (``BVO``)
     kernels and ``GA``, the values of ``a`` per step of the chunk kernel's read of the Taylor state
-    (``GA = 4``: no register spills at ``f = 16`` on sm_90, see README.md), from
+    (``GA <= 4``: no register spills at ``f = 16`` on sm_90, see README.md), from
     ``benchmarks/linear_attn_tune.py --form parallel`` on the H200 (Triton 3.6): the
     fastest config that passed the correctness gate at BASED's and LiT's benchmark shapes. Smaller row
-    blocks (``BR=32`` with ``BVS=BVO=32``) gave wrong results there for ``D=128``: sweep before changing."""
+    blocks (``BR=32`` with ``BVS=BVO=32``) gave wrong results there for ``D=128``: sweep before changing.
+
+    BASED's forward state kernel (``[16, 64]`` row blocks walked over every chunk in sequence) runs
+    one warp without software pipelining (``num_stages=1``) and the chunk kernel reads the quadratic
+    state two values of ``a`` at a time: the BASED forward at T = 32k went from 6.78 to 3.45 ms in
+    the sweeps on the H200 (``BENCHMARKS.md``)."""
     BK = max(16, triton.next_power_of_2(K))
-    return dict(
+    cfg = dict(
         BT=64,
         BR=BK if taylor else min(BK, 64),
         BVS=64,
@@ -398,6 +403,19 @@ def _launch_config(taylor: bool, K: int, V: int) -> dict:
         num_warps=4,
         num_warps_bwd=8,
     )
+    if taylor:
+        cfg.update(GA=min(2, BK), num_warps_state=1, num_stages_state=1)
+    return cfg
+
+
+def _tuning(cfg: dict, kernel: str) -> dict:
+    """``num_warps`` (and ``num_stages`` when set) of the ``state`` or ``out`` kernel of the forward or
+    the reverse state kernel (``state_bwd``): a ``num_warps_<kernel>`` / ``num_stages_<kernel>`` entry
+    overrides ``num_warps`` and Triton's default stages."""
+    launch = {"num_warps": cfg.get(f"num_warps_{kernel}", cfg["num_warps"])}
+    if cfg.get(f"num_stages_{kernel}") is not None:
+        launch["num_stages"] = cfg[f"num_stages_{kernel}"]
+    return launch
 
 
 class ChunkParallelLinearAttention(torch.autograd.Function):
@@ -443,7 +461,7 @@ class ChunkParallelLinearAttention(torch.autograd.Function):
             REVERSE=False,
             USE_IN=h0 is not None,
             USE_OUT=output_final_state,
-            num_warps=cfg["num_warps"],
+            **_tuning(cfg, "state"),
         )
         o = torch.empty_like(v)
         den = q.new_empty(B, T, H, dtype=torch.float32)
@@ -465,7 +483,7 @@ class ChunkParallelLinearAttention(torch.autograd.Function):
             BV=BV,
             BKK=BK * BK if taylor else 1,
             GA=cfg["GA"],
-            num_warps=cfg["num_warps"],
+            **_tuning(cfg, "out"),
         )
         ctx.save_for_backward(q, k, v, o, den, hs, zs, h0, z0)
         ctx.args = (feature, normalize, scale_q, scale_k, eps)
@@ -511,7 +529,7 @@ class ChunkParallelLinearAttention(torch.autograd.Function):
             REVERSE=True,
             USE_IN=use_dht,
             USE_OUT=h0 is not None,
-            num_warps=cfg["num_warps"],
+            **_tuning(cfg, "state_bwd"),
         )
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         chunk_linear_attn_bwd_kernel[(NT, B * H)](
