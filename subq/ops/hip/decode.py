@@ -107,7 +107,9 @@ def hip_decode_kernel(
         tl.store(m_out + o_s + tl.arange(0, 1), b_m)
         tl.store(l_out + o_s + tl.arange(0, 1), b_l)
         tl.store(acc_out + o_s.to(tl.int64) * DV + o_dv, b_acc, mask=m_dv)
-        # acq_rel at GPU scope: the partial is visible before the ticket, and the last program sees all
+        # every warp's stores precede the ticket (one thread takes it, acq_rel at GPU scope), so the
+        # last program of the head sees all partials
+        tl.debug_barrier()
         if tl.atomic_add(ticket + i_bh, 1) == S - 1:
             _merge_partials(m_out, l_out, acc_out, o, i_bh, S, DV, BS, BDV)
             tl.atomic_xchg(ticket + i_bh, 0)

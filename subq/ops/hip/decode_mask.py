@@ -117,7 +117,9 @@ def hip_decode_search_kernel(
     c_ord = tl.where(known, tl.load(p_score + par, mask=known, other=0), c_ord)
     p_child = child + i_bh.to(tl.int64) * 2 * BG
     tl.store(p_child + c, c_ord)
-    # acq_rel at GPU scope: the scores are visible before the ticket, and the last program sees all
+    # every warp's stores precede the ticket (one thread takes it, acq_rel at GPU scope), so the
+    # last program of the head sees all scores
+    tl.debug_barrier()
     if tl.atomic_add(ticket + i_bh, 1) == 2 * BG // CH - 1:
         o_c = tl.arange(0, 2 * BG)
         u = tl.load(p_child + o_c, cache_modifier=".cg").to(tl.int64) + 2**31
