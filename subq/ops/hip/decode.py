@@ -138,7 +138,8 @@ _TICKETS: dict[torch.device, Tensor] = {}
 def _tickets(n: int, device: torch.device) -> Tensor:
     """A zeroed int32 counter per ``(batch, head)``, kept per device: each launch leaves it zeroed (the
     merging program resets its head's ticket), so it is allocated once, outside any CUDA graph capture
-    that replays the steady state."""
+    that replays the steady state. One buffer per device: HiP decode kernels running at the same time
+    on two streams of one device would share it."""
     t = _TICKETS.get(device)
     if t is None or t.numel() < n:
         t = _TICKETS[device] = torch.zeros(max(n, 1024), device=device, dtype=torch.int32)
