@@ -7,15 +7,16 @@ One new token (``q: [B, 1, H, D]``) attends a KV cache of ``T`` tokens (``[B, T,
   backend, GQA through ``enable_gqa=True`` on a ``[B, H_kv, T, D]`` cache (SDPA's own layout);
   ``sdpa_mha``: the same with the cache expanded to ``H`` heads (the ``ANCHORS.md`` decode anchor's
   configuration: 490 us at 128k with 32 heads; only when ``H_kv < H``);
-- ``hip_search``: the mask search of the newest query (``hierarchical_mask``, ``block_size_q=1``, as
-  the ``hip`` layer refreshes it);
+- ``hip_search``: the mask search of the newest query (``hierarchical_mask``, ``block_size_q=1``) in
+  one program per head (the layer's search on CPU);
 - ``hip_cached``: one decode step over a cached mask (``hip_decode_attention``, split-K) in the
   state of the last step of a refresh interval: the mask searched ``refresh - 1`` tokens earlier and
   the window widened to ``window + refresh - 1`` (the widest of the interval: an upper bound);
 - ``hip_amortized``: one search plus ``refresh`` steps with windows ``window .. window + refresh -
-  1``, divided by ``refresh``: the per-token cost of the ``hip`` layer's decode.
+  1``, divided by ``refresh``.
 - CUDA only: ``hip_search_split`` and ``hip_amortized_split``, the same with the search spread over
-  the GPU (``hierarchical_mask(mode="triton_split")``, one launch per iteration), and
+  the GPU (``hierarchical_mask(mode="triton_split")``, one launch per iteration): what the ``hip``
+  layer and ``subq_hip`` run on CUDA (``hip_amortized_split`` is their per-token decode cost), and
   ``split_mask_agreement``: the fraction of its block ids equal to the one-program search's at the
   full length (the two score with different instructions, so near-ties can go either way).
 
