@@ -35,3 +35,25 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> tuple[int, int, int, int, int]
 def check_window(window: int) -> None:
     if not isinstance(window, int) or isinstance(window, bool) or window < 1:
         raise ValueError(f"window must be a positive int, got {window!r}")
+
+
+INT32_ROWS_LIMIT = 2**31
+"""Kernels that index a sequence's ``[T, H, D]`` rows with 32-bit offsets take ``T * H * D`` below this."""
+
+
+def check_int32_rows(op: str, **tensors: Tensor) -> None:
+    """Raise ``ValueError`` when one sequence of a ``[B, T, ...]`` tensor has ``2^31`` elements or more:
+    the named Triton kernels compute offsets inside a sequence in 32 bits (the batch offset is 64-bit)."""
+    for name, t in tensors.items():
+        per_sequence = t[0].numel() if t.dim() > 0 and t.shape[0] > 0 else 0
+        if per_sequence >= INT32_ROWS_LIMIT:
+            raise ValueError(
+                f"{op}: the Triton kernels index one sequence with 32-bit offsets, so each sequence of "
+                f"{name} must have fewer than 2^31 elements; got {name} {tuple(t.shape)} "
+                f"({per_sequence:,} per sequence): use a shorter sequence, fewer heads, or mode='torch'"
+            )
+
+
+def fits_int32_rows(*tensors: Tensor) -> bool:
+    """Whether every ``[B, T, ...]`` tensor passes :func:`check_int32_rows` (for ``mode="auto"``)."""
+    return all(t.dim() == 0 or t.shape[0] == 0 or t[0].numel() < INT32_ROWS_LIMIT for t in tensors)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from subq.ops.common.checks import check_int32_rows
 from subq.ops.linear_attn.chunk import chunk_linear_attention
 from subq.ops.linear_attn.feature_maps import (
     FEATURE_MAPS,
@@ -181,6 +182,7 @@ def linear_attention(
         if callable(feature_map):
             raise ValueError("the Triton kernels take a named feature map, not a callable")
         check_fused_chunk_sizes(feature_map, q.shape[-1], v.shape[-1])
+        check_int32_rows("linear_attention", q=q, k=k, v=v)
     except ValueError as e:
         _warn_once(f"linear_attention: {e}; falling back to the PyTorch chunked form")
         return chunk_linear_attention(q, k, v, **kw)

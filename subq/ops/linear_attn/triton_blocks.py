@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from subq.ops.common.checks import check_int32_rows
 from subq.ops.linear_attn.feature_maps import feature_dim
 from subq.ops.linear_attn.limits import FEATURE_IDS, check_fused_chunk_sizes
 from subq.ops.linear_attn.naive import check_initial_state, check_linear_attention_inputs
@@ -26,6 +27,7 @@ def kernel_inputs(q: Tensor, k: Tensor, v: Tensor, feature_map: str, scale, eps,
     scale, eps)`` ready for launch (contiguous, ``k, v`` in the dtype of ``q``, the state in float32)."""
     B, T, H, D, Dv = check_linear_attention_inputs(q, k, v, scale, eps)
     check_fused_chunk_sizes(feature_map, D, Dv)
+    check_int32_rows("linear_attention", q=q, k=k, v=v)
     check_initial_state(initial_state, B, H, feature_dim(feature_map, D), Dv)
     q = q.contiguous()
     k, v = k.to(q.dtype).contiguous(), v.to(q.dtype).contiguous()

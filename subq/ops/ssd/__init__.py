@@ -10,6 +10,7 @@ import os
 import torch
 from torch import Tensor
 
+from subq.ops.common.checks import fits_int32_rows
 from subq.ops.ssd.chunk import chunk_ssd
 from subq.ops.ssd.naive import naive_recurrent_ssd, naive_ssd, segsum, ssd_matrix, ssd_step
 
@@ -47,8 +48,9 @@ def ssd(
     mode: str = "auto",
 ) -> tuple[Tensor, Tensor | None]:
     """Dispatch on ``mode``: ``triton`` (the chunked kernels), ``torch`` (chunked PyTorch), ``naive``
-    (quadratic reference) or ``auto`` (Triton on CUDA for float32/float16/bfloat16 and a
-    ``chunk_size`` the kernels take, a power of two in [16, 128]; else PyTorch).
+    (quadratic reference) or ``auto`` (Triton on CUDA for float32/float16/bfloat16, a ``chunk_size``
+    the kernels take, a power of two in [16, 128], and sequences of fewer than 2^31 elements; else
+    PyTorch).
     Arguments as in :func:`~subq.ops.ssd.naive.naive_ssd` and
     :func:`~subq.ops.ssd.chunk.chunk_ssd`."""
     kw = dict(D=D, initial_state=initial_state, output_final_state=output_final_state)
@@ -63,7 +65,7 @@ def ssd(
     if mode == "auto" and x.is_cuda and x.dtype != torch.float64 and triton_form_available(x):
         from subq.ops.ssd.fused_chunk import triton_chunk_size_ok
 
-        if triton_chunk_size_ok(chunk_size):
+        if triton_chunk_size_ok(chunk_size) and fits_int32_rows(x, B, C):
             return fused_chunk_ssd(x, dt, A, B, C, chunk_size=chunk_size, **kw)
     return chunk_ssd(x, dt, A, B, C, chunk_size=chunk_size, **kw)
 

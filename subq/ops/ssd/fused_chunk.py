@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from subq.ops.common.checks import check_int32_rows
 from subq.ops.ssd.naive import check_ssd_inputs
 
 
@@ -316,6 +317,7 @@ def fused_chunk_ssd(
         ``(y: [B, T, H, P] in the dtype of x, final_state: [B, H, P, N] float32 or None)``.
     """
     check_ssd_inputs(x, dt, A, B, C, D, initial_state)
+    check_int32_rows("ssd", x=x, B=B, C=C)
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"fused_chunk_ssd takes float32, float16 or bfloat16 x, got {x.dtype}")
     if not triton_chunk_size_ok(chunk_size):
