@@ -269,11 +269,23 @@ def test_triton_full_budget_equals_dense():
 @pytest.mark.parametrize("mode", ["torch", pytest.param("triton", marks=pytest.mark.interpret)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("splits", [1, 3, 7, None])
-def test_decode_matches_reference(mode, dtype, splits):
+@pytest.mark.parametrize("layout", ["slice", "hf_cache"])
+def test_decode_matches_reference(mode, dtype, splits, layout):
     B, T, H, H_kv, D = 2, 90, 4, 2, 20
-    cache_k = torch.randn(B, 120, H_kv, D, dtype=dtype)
-    cache_v = torch.randn(B, 120, H_kv, D, dtype=dtype)
-    k, v = cache_k[:, :T], cache_v[:, :T]  # a view into a larger cache
+    if layout == "slice":  # a view into a longer [B, T, H_kv, D] cache
+
+        def view(cache):
+            return cache[:, :T]
+
+        shape = (B, 120, H_kv, D)
+    else:  # Hugging Face's [B, H_kv, T_max, D] cache, sliced and transposed: read in place
+
+        def view(cache):
+            return cache[:, :, :T].transpose(1, 2)
+
+        shape = (B, H_kv, 120, D)
+    cache_k, cache_v = torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)
+    k, v = view(cache_k), view(cache_v)
     q = torch.randn(B, 1, H, D, dtype=dtype)
     geo = dict(block_size_k=2, sink_size=3)
     indices, counts = naive_hip_mask(q, k, mask_k=8, block_size_q=1, block_stride_q=1, window=6, **geo)
@@ -282,7 +294,8 @@ def test_decode_matches_reference(mode, dtype, splits):
         q.double(), k.double(), v.double(), indices, counts, block_size_q=1, window=9, **geo
     )
     dev = DEVICE if mode == "triton" else "cpu"
-    q, k, v, indices, counts = (x.to(dev) for x in (q, k, v, indices, counts))
+    k, v = view(cache_k.to(dev)), view(cache_v.to(dev))  # the layout on the device too
+    q, indices, counts = (x.to(dev) for x in (q, indices, counts))
     # twice: the Triton kernel's last split of a head merges and resets the head's ticket for the next call
     for call in range(2):
         o, _ = hip_decode_attention(q, k, v, indices, counts, window=9, mode=mode, num_splits=splits, **geo)

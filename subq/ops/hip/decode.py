@@ -45,8 +45,10 @@ def hip_decode_kernel(
     window,
     stride_kb,
     stride_kt,
+    stride_kh,
     stride_vb,
     stride_vt,
+    stride_vh,
     H: tl.constexpr,
     H_KV: tl.constexpr,
     D: tl.constexpr,
@@ -73,8 +75,8 @@ def hip_decode_kernel(
     n_sel = tl.cdiv(count * BLOCK_K, BN)
     n_chunks = n_sink + n_sel + tl.cdiv(tl.maximum(T_k - w_lo, 0), BN)
     per = tl.cdiv(n_chunks, S)
-    p_k = k + i_b.to(tl.int64) * stride_kb + i_hk * D
-    p_v = v + i_b.to(tl.int64) * stride_vb + i_hk * DV
+    p_k = k + i_b.to(tl.int64) * stride_kb + i_hk.to(tl.int64) * stride_kh
+    p_v = v + i_b.to(tl.int64) * stride_vb + i_hk.to(tl.int64) * stride_vh
 
     b_m = tl.full([1], -1.0e30, dtype=tl.float32)
     b_l = tl.zeros([1], dtype=tl.float32)
@@ -149,7 +151,8 @@ def _tickets(n: int, device: torch.device) -> Tensor:
 def _hip_decode_triton(q, k, v, indices, counts, *, scale, block_size_k, sink, window, num_splits):
     B, _, H, D = q.shape
     DV = v.shape[-1]
-    if k.stride(-1) != 1 or v.stride(-1) != 1 or k.stride(2) != D or v.stride(2) != DV:
+    v = v.to(k.dtype)
+    if k.stride(-1) != 1 or v.stride(-1) != 1:  # any other layout is read in place (HF's [B, H_kv, T, D])
         k, v = k.contiguous(), v.contiguous()
     BN = max(64, block_size_k)
     BD, BDV = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
@@ -164,9 +167,9 @@ def _hip_decode_triton(q, k, v, indices, counts, *, scale, block_size_k, sink, w
     acc = torch.empty(B * H, S, DV, device=q.device, dtype=torch.float32)
     o = torch.empty(B, 1, H, DV, device=q.device, dtype=q.dtype)
     hip_decode_kernel[(B * H, S)](
-        q.contiguous(), k, v.to(k.dtype), m, den, acc, o, _tickets(B * H, q.device),
+        q.contiguous(), k, v, m, den, acc, o, _tickets(B * H, q.device),
         indices.to(torch.int32).contiguous(), counts.to(torch.int32).contiguous(), scale, k.shape[1], sink,
-        window, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        window, k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         H=H, H_KV=k.shape[2], D=D, DV=DV, G=indices.shape[-1], S=S, BS=max(2, triton.next_power_of_2(S)),
         BN=BN, BD=BD, BDV=BDV, BLOCK_K=block_size_k, num_warps=2 if max(BD, BDV) <= 128 else 4,
     )  # fmt: skip
@@ -191,7 +194,8 @@ def hip_decode_attention(
 
     Args:
         q: `[B, 1, H, D]`, the token at position ``T_k - 1``; k: `[B, T_k, H_kv, D]`; v: `[B, T_k, H_kv, D_v]`
-            (views into a larger cache are fine).
+            (views are read in place when rows have unit stride: a slice of a larger cache, or Hugging
+            Face's ``[B, H_kv, T, D]`` cache transposed).
         indices, counts: `[B, H, 1, G]`, `[B, H, 1]`: a block mask for one query.
         window: effective window; num_splits: split-K factor (default: one chunk of 64 keys per
             ``(batch x head, split)`` program, at most 8 programs per SM).
