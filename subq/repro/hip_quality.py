@@ -373,22 +373,57 @@ def mask_quality(
     late = allowed.sum(-1) > hip.max_keys(causal)  # queries where the mask prunes
     if not late.any():
         raise ValueError(f"no query has more than {hip.max_keys(causal)} allowed keys at T={T}")
+    per_query, shared = block_oracle_mass(p, allowed, pos, hip, causal=causal)
     return {
         "equal_budget": (hip_mass / top)[..., late].mean().item(),
         "topk": topk[..., late].mean().item(),
         "hip_mass": hip_mass[..., late].mean().item(),
+        "block_oracle_query": (per_query / top)[..., late].mean().item(),
+        "block_oracle_shared": (shared / top)[..., late].mean().item(),
         "keys_per_query": n_keys[..., late].float().mean().item(),
         "queries": int(late.sum()),
     }
 
 
+def block_oracle_mass(
+    p: Tensor, allowed: Tensor, pos: Tensor, hip: HiPSettings, *, causal: bool
+) -> tuple[Tensor, Tensor]:
+    """Ceilings of a block selection at HiP's budget, from the dense probabilities ``p [B, H, n_q, T]``
+    of queries at positions ``pos`` (``allowed [n_q, T]``): the sinks and the window, plus the
+    ``mask_k / block_size_k`` key blocks of ``block_size_k`` keys with the most mass, chosen
+
+    - per query (``[B, H, n_q]``): the best any selector of such blocks can do;
+    - per query block (``block_size_q`` consecutive queries, by their summed mass), as HiP shares
+      one selection: the best a selector that shares blocks across a query block can do.
+
+    HiP's mass below the second shows what its hierarchical search (scoring branches by sampled
+    representatives) loses; the gap between the two, what sharing a selection costs; the first below
+    1, what key blocks of ``block_size_k`` cost against single keys."""
+    B, H, n_q, T = p.shape
+    keys = torch.arange(T, device=p.device)
+    sink = keys < hip.sink_size
+    d = pos[:, None] - keys[None, :]
+    win = ((d >= 0) & (d < hip.window)) if causal else (d.abs() <= hip.window)
+    fixed = allowed & (sink[None, :] | win)
+    free = allowed & ~fixed
+    bk, G, bq = hip.block_size_k, hip.mask_k // hip.block_size_k, hip.block_size_q
+    pad = (-T) % bk
+    blocks = F.pad(p * free, (0, pad)).unflatten(-1, (-1, bk)).sum(-1)  # [B, H, n_q, NB]
+    base = (p * fixed).sum(-1)
+    G = min(G, blocks.shape[-1])
+    per_query = base + blocks.topk(G, dim=-1).values.sum(-1)
+    if n_q % bq:
+        raise ValueError(f"the {n_q} queries must be whole query blocks of {bq}")
+    summed = blocks.unflatten(2, (n_q // bq, bq)).sum(3)  # [B, H, n_q / bq, NB]
+    chosen = summed.topk(G, dim=-1).indices.repeat_interleave(bq, dim=2)  # [B, H, n_q, G]
+    shared = base + blocks.gather(-1, chosen).sum(-1)
+    return per_query, shared
+
+
 def _average(per_layer: list[list[dict]]) -> dict:
     """Per-layer means over texts, then the mean over layers."""
     layers = [{key: float(np.mean([m[key] for m in maps])) for key in maps[0]} for maps in per_layer]
-    out = {
-        key: float(np.mean([lay[key] for lay in layers]))
-        for key in ("equal_budget", "topk", "hip_mass", "keys_per_query")
-    }
+    out = {key: float(np.mean([lay[key] for lay in layers])) for key in layers[0] if key != "queries"}
     return out | {"per_layer": layers}
 
 

