@@ -97,11 +97,17 @@ def test_lru_eviction_keeps_outputs_exact():
 
 @pytest.mark.interpret
 def test_triton_decode_on_the_compact_cache_equals_full_cache():
-    k, v, cache = _setup()
+    # the kernels run on the GPU when there is one (host memory stays the CPU), else in Triton's interpreter
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    k, v = torch.randn(B, T, HKV, D), torch.randn(B, T, HKV, D)
+    cache = OffloadedKVCache(k, v, device=dev, capacity=64, recent=32, **HP)
     q = torch.randn(B, 1, H, D)
-    mask = _mask(q, k)
+    mask = [m.to(dev) for m in _mask(q, k)]
+    q = q.to(dev)
     o = cache.decode(q, *mask, window=WINDOW, mode="triton", num_splits=2)
-    ref = hip_decode_attention(q, k, v, *mask, window=WINDOW, mode="triton", num_splits=2, **HP)[0]
+    ref = hip_decode_attention(
+        q, k.to(dev), v.to(dev), *mask, window=WINDOW, mode="triton", num_splits=2, **HP
+    )[0]
     assert torch.allclose(o, ref, rtol=1e-6, atol=1e-6), (o - ref).abs().max()
 
 

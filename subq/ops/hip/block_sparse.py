@@ -223,9 +223,12 @@ def _launch_dims(q: Tensor, k: Tensor, v: Tensor, block_size_q: int) -> dict:
 
 
 def _block_n(block_size_k: int, BD: int, backward: bool = False) -> int:
-    """Keys per chunk: 64 for head dims up to 128 in the forward (32 in the backward, which holds
-    ``dq`` and the ``dk, dv`` tiles besides), 32 above."""
-    return max(16, block_size_k, 64 if BD <= (64 if backward else 128) else 32)
+    """Keys per chunk: 32 in the forward (an H200 sweep at D = 128 found 32 keys on 4 warps 2.4x
+    faster than 64 on 8, ``BENCHMARKS.md``); in the backward, which holds ``dq`` and the ``dk, dv``
+    tiles besides, 64 for head dims up to 64 and 32 above."""
+    if backward:
+        return max(16, block_size_k, 64 if BD <= 64 else 32)
+    return max(32, block_size_k)
 
 
 class BlockSparseAttention(torch.autograd.Function):
@@ -242,7 +245,7 @@ class BlockSparseAttention(torch.autograd.Function):
         hip_attn_fwd_kernel[grid](
             q, k, v, o, lse, indices, counts, scale, T_q, T_k, q_offset, sink, window,
             G=indices.shape[-1], BN=BN, BLOCK_K=block_size_k, CAUSAL=causal, **dims,
-            num_warps=8 if BN * dims["BD"] >= 64 * 128 else 4,  # [64, 128] tiles: no spills at 8 warps
+            num_warps=8 if dims["BD"] > 128 else 4, num_stages=1,  # gathered keys: no pipelining
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, o, lse, indices, counts)
         ctx.args = (scale, q_offset, geo)

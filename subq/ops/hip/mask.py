@@ -179,9 +179,10 @@ def hip_mask_kernel(
                     key_ok = key_ok & (pos <= t_max - window)
                 else:
                     key_ok = key_ok & ((pos < t_max - window) | (pos > t_min + window))
-                b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)  # [BQS, CH * KS]
-                b_s = tl.where(m_r[:, None] & key_ok[None, :], b_s, float("-inf"))
-                score = tl.max(tl.reshape(tl.max(b_s, 0), [CH, KS]), 1)  # [CH]
+                # keys as the product's rows (CH * KS >= 64 of them: a wgmma tile on Hopper)
+                b_s = tl.dot(b_k, tl.trans(b_q), input_precision=PREC)  # [CH * KS, BQS]
+                b_s = tl.where(key_ok[:, None] & m_r[None, :], b_s, float("-inf"))
+                score = tl.max(tl.reshape(tl.max(b_s, 1), [CH, KS]), 1)  # [CH]
                 c_ord = _order_key(tl.where(c_size > 0, tl.maximum(score, floor), float("-inf")))
                 c_ord = tl.where(known, tl.load(p_score + par, mask=known, other=0), c_ord)
                 ordered = tl.where(o_row[:, None] == ci, c_ord[None, :], ordered)
@@ -205,10 +206,11 @@ def hip_mask_kernel(
 
 def _hip_mask_triton(
     q, k, *, G, block_size_q, block_stride_q, block_size_k, block_stride_k, sink, window, causal, q_offset,
-    children_per_product=None, num_warps=None, radix_bits=2,
+    children_per_product=None, num_warps=4, num_stages=1, radix_bits=2,
 ):  # fmt: skip
-    """The launch; ``children_per_product`` (``CH``), ``num_warps`` and ``radix_bits`` (bits per step
-    of the radix select) override the defaults (tuning)."""
+    """The launch; ``children_per_product`` (``CH``), ``num_warps``, ``num_stages`` and ``radix_bits``
+    (bits per step of the radix select) override the defaults (tuning). Defaults from an H200 sweep
+    (``BENCHMARKS.md``): 4 warps, no software pipelining (``num_stages=1``: 1.4x faster at 128k)."""
     B, T_q, H, D = q.shape
     k = k.to(q.dtype).contiguous()
     q = q.contiguous()
@@ -216,7 +218,6 @@ def _hip_mask_triton(
     BG = max(16, triton.next_power_of_2(G))
     KS = block_size_k // block_stride_k  # sampled keys per key block
     CH = min(2 * BG, children_per_product or max(1, 64 // KS))  # children per product: [CH * KS, D] keys
-    launch = {} if num_warps is None else {"num_warps": num_warps}
     indices = torch.empty(B, H, n_qb, G, device=q.device, dtype=torch.int32)
     counts = torch.empty(B, H, n_qb, device=q.device, dtype=torch.int32)
     work = torch.empty(B * H * n_qb, 2 * BG, device=q.device, dtype=torch.int32)  # branch sizes, scores
@@ -225,7 +226,7 @@ def _hip_mask_triton(
         H=H, H_KV=k.shape[2], D=D, G=G, BG=BG, BD=max(16, triton.next_power_of_2(D)), BQ=block_size_q,
         SQ=block_stride_q, BQS=max(16, block_size_q // block_stride_q), BK=block_size_k, SK=block_stride_k,
         KS=KS, CH=CH, RB=radix_bits, CAUSAL=causal, PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        **launch,
+        num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return indices, counts
 
