@@ -195,24 +195,42 @@ def bench(model_path, lengths, attns, decode_steps, repeats, seed, out_path, dev
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         model = runtime.load_causal_lm(model_path, attn=names[0], device=device, dtype=dtype, **hip)
+        console = _console()
+
+        def progress(r):
+            done = (
+                r.get("error")
+                or f"prefill {r['prefill_ms']:.2f} ms, decode {r['decode_ms_per_token']:.3f} ms/token"
+            )
+            console.print(f"T={r['T']} {r['attn']}: {done}", style="dim")
+
         rows = runtime.bench_attentions(
-            model, lens, names, decode_steps=decode_steps, repeats=repeats, seed=seed, hip=hip
+            model,
+            lens,
+            names,
+            decode_steps=decode_steps,
+            repeats=repeats,
+            seed=seed,
+            hip=hip,
+            progress=progress,
         )
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    console = _console()
     title = f"{type(model).__name__}, {device}, {next(model.parameters()).dtype}, HiP k={hip['mask_k']}"
     table = Table(title=title)
-    for col in ("T", "attn", "prefill ms", "decode ms/token", "prefill speedup", "decode speedup"):
+    cols = ("T", "attn", "prefill ms", "decode ms/token", "prefill speedup", "decode speedup", "peak MiB")
+    for col in cols:
         table.add_column(col, justify="left" if col == "attn" else "right")
     for r in rows:
+        failed = "error" in r
         table.add_row(
             str(r["T"]),
             r["attn"],
-            f"{r['prefill_ms']:.2f}",
-            f"{r['decode_ms_per_token']:.3f}",
+            r["error"] if failed else f"{r['prefill_ms']:.2f}",
+            "-" if failed else f"{r['decode_ms_per_token']:.3f}",
             f"{r['prefill_speedup']:.2f}x" if "prefill_speedup" in r else "-",
             f"{r['decode_speedup']:.2f}x" if "decode_speedup" in r else "-",
+            f"{r['peak_mib']:,.0f}" if "peak_mib" in r else "-",
         )
     console.print(table)
     record = {

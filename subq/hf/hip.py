@@ -83,8 +83,10 @@ def _dense(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Te
     """``[1, T, H, D]`` layout; queries aligned to the last keys."""
     qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     T_q, T_k = qh.shape[2], kh.shape[2]
+    if causal and T_q == T_k and T_q > 1:  # a prompt: SDPA's causal kernels, no [T, T] mask in memory
+        return sdpa_gqa(qh, kh, vh, is_causal=True, scale=scale).transpose(1, 2)
     mask = None
-    if causal and T_q > 1:
+    if causal and T_q > 1:  # a chunk of queries after cached keys
         mask = torch.ones(T_q, T_k, dtype=torch.bool, device=q.device).tril(T_k - T_q)
     return sdpa_gqa(qh, kh, vh, attn_mask=mask, scale=scale).transpose(1, 2)
 

@@ -90,3 +90,17 @@ def test_minilm_hip_embeddings_match_dense_on_real_sentences():
     subq.hf.configure_hip(hip, mask_k=4, block_size_q=16, sink_size=2, window=4, dense_layers=0)
     cos = (embed(hip) * ref).sum(-1)
     assert (cos > 0.9).all() and (cos < 1 - 1e-6).any(), f"cosine to dense embeddings {cos.tolist()}"
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "subq_hip"])
+def test_bench_timing_runs_without_autograd(attn):
+    # a timed forward that records a graph holds every activation: at 128k tokens it runs out of memory
+    from subq.hf import runtime
+
+    _, model = _llama_pair()
+    runtime.set_attention(model, attn, mask_k=32, block_size_q=16, sink_size=4, window=16, dense_layers=1)
+    grad_modes = []
+    model.register_forward_pre_hook(lambda *_: grad_modes.append(torch.is_grad_enabled()))
+    r = runtime.time_prefill_decode(model, torch.randint(0, 100, (1, 80)), decode_steps=2, repeats=2)
+    assert grad_modes == [False] * 5  # 2 prefills, a warm-up step and 2 timed steps
+    assert len(r["prefill_runs_ms"]) == 2 and len(r["decode_steps_ms"]) == 2 and r["decode_warmup_ms"] > 0
