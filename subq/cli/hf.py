@@ -30,6 +30,7 @@ EPILOG_BENCH = """
 Examples:
   subq hf bench --model ./llama --lengths 1024,4096                   # sdpa vs subq_hip
   subq hf bench --model ./llama --lengths 32768 --attn sdpa,subq_hip --k 512 --decode-steps 32
+  python benchmarks/make_random_llama.py random_llama     # no weights at hand: a random Llama to time
 """
 
 
@@ -168,7 +169,13 @@ def generate(model_path, attn, prompt_file, prompt_ids, max_new_tokens, as_json,
 @_hip_options
 @click.option("--lengths", required=True, help="Prompt lengths in tokens, e.g. 1024,4096.")
 @click.option("--attn", "attns", default="sdpa,subq_hip", show_default=True, help="Attentions to compare.")
-@click.option("--decode-steps", type=int, default=16, show_default=True, help="Timed decode steps per run.")
+@click.option(
+    "--decode-steps",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Timed decode steps per run (after one untimed warm-up step).",
+)
 @click.option("--repeats", type=int, default=3, show_default=True, help="Prefill runs (median).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
