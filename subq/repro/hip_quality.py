@@ -113,6 +113,7 @@ class ReproConfig(BaseModel):
     train_bytes: PositiveInt = 8_000_000
     retrieval_fraction: float = Field(0.5, ge=0, le=1)
     retrieval_pairs: PositiveInt = 1
+    retrieval_questions: PositiveInt = 1
     answer_weight: float = Field(4.0, ge=0)
     hip: HiPSettings = HiPSettings(mask_k=128, block_size_q=32, sink_size=4, window=64)
     eval_windows: PositiveInt = 16
@@ -180,15 +181,26 @@ def stdlib_source_bytes(split: str, max_bytes: int, stdlib: str | None = None) -
     return np.frombuffer(b"".join(chunks)[:max_bytes], dtype=np.uint8)
 
 
-def plant_pairs(window: np.ndarray, rng: np.random.Generator, n_pairs: int) -> tuple[np.ndarray, int, int]:
+QUESTION_BYTES = len("\nKEY-0000 = 0000")
+"""Bytes of one question line with its answer; consecutive answers are this far apart."""
+
+
+def plant_pairs(
+    window: np.ndarray, rng: np.random.Generator, n_pairs: int, n_questions: int = 1
+) -> tuple[np.ndarray, int, int]:
     """Real text ``window`` (``T + 1`` bytes) with ``n_pairs`` lines ``KEY-dddd = dddd`` inserted at random
-    depths (10%..90% of the text) and, at the end, the question ``KEY-dddd = `` about the first pair
-    followed by its answer. Returns ``(bytes [T + 1], answer_start, answer_len)``."""
+    depths (10%..90% of the text) and, at the end, ``n_questions`` questions ``KEY-dddd = `` about
+    distinct pairs in random order (the first pair is always asked, last), each followed by its answer.
+    Returns ``(bytes [T + 1], answer_start, answer_len)`` of the last answer; the others start
+    ``QUESTION_BYTES`` apart before it (:func:`answer_starts`)."""
+    if not 1 <= n_questions <= n_pairs:
+        raise ValueError(f"need 1 <= n_questions <= n_pairs, got {n_questions} and {n_pairs}")
     n = len(window)
     keys = rng.choice(10_000, size=n_pairs, replace=False)
     values = rng.integers(0, 10_000, size=n_pairs)
     pairs = [f"\nKEY-{k:04d} = {v:04d}\n".encode() for k, v in zip(keys, values, strict=True)]
-    tail = f"\nKEY-{keys[0]:04d} = {values[0]:04d}".encode()  # question + answer
+    asked = [*(1 + rng.permutation(n_pairs - 1)[: n_questions - 1]), 0]
+    tail = b"".join(f"\nKEY-{keys[i]:04d} = {values[i]:04d}".encode() for i in asked)  # questions + answers
     n_text = n - len(tail) - sum(map(len, pairs))
     if n_text < 1:
         raise ValueError(f"a window of {n} bytes is too short for {n_pairs} planted pairs")
@@ -199,6 +211,11 @@ def plant_pairs(window: np.ndarray, rng: np.random.Generator, n_pairs: int) -> t
         text[pos:pos] = pairs[i]
     out = np.frombuffer(bytes(text) + tail, dtype=np.uint8).copy()
     return out, n - 4, 4
+
+
+def answer_starts(last_start: int, n_questions: int) -> list[int]:
+    """Where the answers of :func:`plant_pairs`'s ``n_questions`` questions start, first to last."""
+    return [last_start - QUESTION_BYTES * i for i in range(n_questions - 1, -1, -1)]
 
 
 def _windows(data: np.ndarray, T: int, count: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -248,8 +265,9 @@ def train_lm(model, train: np.ndarray, cfg: ReproConfig, seed: int, device: str,
         rows, weights = [], torch.ones(cfg.batch_size, T)
         for b, window in enumerate(_windows(train, T, cfg.batch_size, rng)):
             if rng.uniform() < cfg.retrieval_fraction:
-                window, start, n = plant_pairs(window, rng, cfg.retrieval_pairs)
-                weights[b, start - 1 : start - 1 + n] = cfg.answer_weight
+                window, last, n = plant_pairs(window, rng, cfg.retrieval_pairs, cfg.retrieval_questions)
+                for start in answer_starts(last, cfg.retrieval_questions):
+                    weights[b, start - 1 : start - 1 + n] = cfg.answer_weight
             rows.append(torch.from_numpy(window.astype(np.int64)))
         batch = torch.stack(rows).to(device)
         for group in opt.param_groups:
@@ -500,11 +518,14 @@ def evaluate_methods(
     rng = np.random.default_rng(seed + 2)
     text = torch.from_numpy(np.stack(_windows(test, cfg.seq_len, cfg.eval_windows, rng)).astype(np.int64))
     planted = [
-        plant_pairs(w, rng, cfg.retrieval_pairs)
+        plant_pairs(w, rng, cfg.retrieval_pairs, cfg.retrieval_questions)
         for w in _windows(test, cfg.seq_len, cfg.retrieval_examples, rng)
     ]
     questions = torch.from_numpy(np.stack([p[0] for p in planted]).astype(np.int64))
-    start, n_ans = planted[0][1], planted[0][2]
+    starts, n_ans = answer_starts(planted[0][1], cfg.retrieval_questions), planted[0][2]
+    # the predictions of every answer byte: the last `keep` positions of the input
+    keep = cfg.seq_len - starts[0] + 1
+    ans = torch.tensor([s + i for s in starts for i in range(n_ans)])
     late = torch.arange(cfg.seq_len) >= cfg.hip.budget
     rows = []
     for method in METHODS:
@@ -522,9 +543,10 @@ def evaluate_methods(
         for batch in questions.split(cfg.eval_batch_size):
             batch = batch.to(device)
             with _autocast(device):
-                logits = model(batch[:, :-1], logits_to_keep=n_ans).logits  # the answer's predictions
-            pred = logits.argmax(-1)
-            correct.append((pred == batch[:, start : start + n_ans]).all(-1).cpu())
+                logits = model(batch[:, :-1], logits_to_keep=keep).logits  # from the first answer on
+            pred = logits.argmax(-1)[:, ans - 1 - (cfg.seq_len - keep)]  # predicted at the byte before
+            right = (pred == batch[:, ans]).view(len(batch), len(starts), n_ans).all(-1)
+            correct.append(right.flatten().cpu())  # one entry per question
         bpb, bpb_late = nll.mean().item(), nll[:, late].mean().item()
         rows.append(
             {

@@ -43,6 +43,26 @@ def test_plant_pairs_keeps_the_length_and_ends_with_the_answer():
         plant_pairs(window[:40], rng, 3)
 
 
+def test_plant_pairs_asks_several_questions_about_distinct_pairs():
+    from subq.repro.hip_quality import answer_starts
+
+    rng = np.random.default_rng(1)
+    window = np.frombuffer(b"x" * 401, dtype=np.uint8)
+    out, last, n = plant_pairs(window, rng, 4, n_questions=3)
+    text = out.tobytes().decode()
+    assert len(out) == 401 and last == 397
+    starts = answer_starts(last, 3)
+    keys = []
+    for s in starts:  # each answer follows its question and equals the planted value of that key
+        key = text[s - 11 : s - 3]
+        assert text[s - 12] == "\n" and key.startswith("KEY-")
+        assert f"\n{key} = {text[s : s + n]}\n" in text[: starts[0] - 12]
+        keys.append(key)
+    assert len(set(keys)) == 3 and text.count("KEY-") == 4 + 3
+    with pytest.raises(ValueError, match="n_questions"):
+        plant_pairs(window, rng, 2, n_questions=3)
+
+
 def test_mask_quality_is_a_ratio_over_the_pruned_queries():
     torch.manual_seed(0)
     q, k = torch.randn(1, 128, 2, 16), torch.randn(1, 128, 1, 16)
