@@ -28,15 +28,23 @@ def _to_block(vi, lo, n_left, right_start):
 
 @triton.jit
 def _kth_largest(u, K, RB: tl.constexpr):
-    """The ``K``-th largest entry of ``u`` (``[n]`` int64 in ``[0, 2^32)``): radix select, ``RB`` bits
-    per step, each step one ``[n, 2^RB]`` compare-and-count (no sort)."""
-    o_d = tl.arange(0, 2**RB).to(tl.int64)
+    """A threshold ``thr`` with ``#(u > thr) < K <= #(u >= thr)`` for ``u`` (``[n]`` uint32, or int64 in
+    ``[0, 2^32)``): radix select, ``RB`` bits per step, each step one ``[n, 2^RB]`` compare-and-count
+    (no sort). It is the ``K``-th largest entry, or, once exactly ``K`` entries reach the bucket the
+    ``K``-th lies in, that bucket's lower end (the select stops there: the ``K``-th largest is then
+    strictly above the next entry, so ``u >= thr`` is the same set)."""
+    o_d = tl.arange(0, 2**RB).to(u.dtype)
     thr = tl.max(u, 0) * 0
-    for s in tl.static_range(32 // RB):
-        cand = thr + (o_d << (32 - RB * (s + 1)))  # [2^RB] thr with every next digit
+    step = 0
+    n_ge = K + 1
+    while (step < 32 // RB) & (n_ge != K):
+        shift = (32 - RB * (step + 1)).to(u.dtype)
+        cand = thr + (o_d << shift)  # [2^RB] thr with every next digit
         cnt = tl.sum((u[:, None] >= cand[None, :]).to(tl.int32), 0)
-        digit = tl.sum((cnt >= K).to(tl.int64), 0) - 1  # digit 0 always qualifies
-        thr = thr + (digit << (32 - RB * (s + 1)))
+        digit = tl.sum((cnt >= K).to(tl.int32), 0) - 1  # digit 0 always qualifies
+        thr = thr + (digit.to(u.dtype) << shift)
+        n_ge = tl.sum(tl.where(o_d == digit.to(u.dtype), cnt, 0), 0)
+        step += 1
     return thr
 
 
@@ -60,8 +68,14 @@ def _order_key(score):
 
 
 @triton.jit
+def _unsigned_key(ordered):
+    """:func:`_order_key`'s int32 keys as uint32 keys of the same order."""
+    return (ordered ^ -0x80000000).to(tl.uint32, bitcast=True)
+
+
+@triton.jit
 def _keep_best(u, G: tl.constexpr, RB: tl.constexpr):
-    """The ``G`` largest of the keys ``u`` (``[n]`` int64 in ``[0, 2^32)``), ties to the leftmost:
+    """The ``G`` largest of the keys ``u`` (``[n]`` uint32, or int64 in ``[0, 2^32)``), ties to the leftmost:
     ``(keep [n], slot [n])``, ``slot`` the rank of a kept key in position order."""
     thr = _kth_largest(u, G, RB)
     gt = (u > thr).to(tl.int32)
@@ -132,46 +146,49 @@ def hip_mask_kernel(
     blk = i_bh.to(tl.int64) * NQB + i_m
     # the branch list lives in the program's rows of `indices` (starts) and `work` (sizes, scores)
     p_start = indices + blk * G
-    p_size = work + blk * 2 * BG
+    p_size = work + blk * 6 * BG
     p_score = p_size + BG
+    p_rep = p_size + 2 * BG  # this iteration's children: representative block (-1: not scored) ...
+    p_ord = p_size + 4 * BG  # ... and order key
     if N <= G:
         tl.store(p_start + o_g, tl.where(o_g < N, _to_block(o_g, lo, n_left, right_start), -1), mask=o_g < G)
         tl.store(counts + blk, N)
     else:
         o_d = tl.arange(0, BD)
-        o_r = tl.arange(0, BQS)
+        # the sampled query rows; padding rows (past the block or past T_q) repeat a real row, which
+        # leaves every max over rows as it is, so no score needs a row mask
+        o_r = tl.minimum(tl.arange(0, BQS), tl.minimum(BQ // SQ - 1, (T_q - 1 - i_m * BQ) // SQ))
         rows = i_m * BQ + o_r * SQ
-        m_r = (o_r < BQ // SQ) & (rows < T_q)
         p_q = q + ((i_b.to(tl.int64) * T_q + rows) * H + i_h) * D
-        b_q = tl.load(p_q[:, None] + o_d[None, :], mask=m_r[:, None] & (o_d < D)[None, :], other=0.0)
+        b_q = tl.load(p_q[:, None] + o_d[None, :], mask=(o_d < D)[None, :], other=0.0)
         p_k = k + (i_b.to(tl.int64) * T_k * H_KV + i_hk) * D
         o_c = tl.arange(0, 2 * BG)  # children in position order: 2j left, 2j + 1 right of branch j
         o_ch = tl.arange(0, CH)
-        o_ks = tl.arange(0, KS) * SK  # sampled key offsets inside a key block
-        o_row = tl.arange(0, 2 * BG // CH)
 
         start = (o_g * N) // G
         tl.store(p_start + o_g, start, mask=o_g < G)
         tl.store(p_size + o_g, tl.where(o_g < G, ((o_g + 1) * N) // G - start, 0))
         tl.debug_barrier()
+        neg_inf = _order_key(tl.full([2 * BG], float("-inf"), tl.float32))
+        o_j = tl.arange(0, CH * KS)  # key rows of a product: child j // KS, sampled key j % KS
         first = 1
         n_big = 1  # branches of more than one block (N > G: at least one)
         while n_big > 0:
-            # score the 2BG children CH at a time: a [CH * KS, BD] tile of sampled keys per product
-            ordered = tl.zeros([2 * BG // CH, CH], dtype=tl.int32)
+            # every child's representative at once: -1 where no key is read (an empty child keeps
+            # -inf; a right child of a branch of <= 2 blocks has its parent's representative and score)
+            par, p_n, c_start, c_size = _children(o_c, p_start, p_size, G)
+            known = ((o_c % 2) == 1) & (p_n >= 1) & (p_n <= 2) & (o_c * 0 + first == 0)
+            rep = _to_block(tl.minimum(c_start + c_size // 2, N - 1), lo, n_left, right_start)
+            tl.store(p_rep + o_c, tl.where((c_size > 0) & ~known, rep, -1))
+            tl.store(p_ord + o_c, tl.where(known, tl.load(p_score + par, mask=known, other=0), neg_inf))
+            tl.debug_barrier()
+            # score the children CH at a time: a [CH * KS, BD] tile of sampled keys per product
             for ci in range(2 * BG // CH):
-                c = ci * CH + o_ch  # [CH]
-                par, p_n, c_start, c_size = _children(c, p_start, p_size, G)
-                right = c % 2
-                # a right child of a branch of <= 2 blocks has its parent's representative: reuse the score
-                # (vector & vector: the interpreter mishandles vector-bool & scalar-bool, see common.py)
-                known = (right == 1) & (p_n >= 1) & (p_n <= 2) & (c * 0 + first == 0)
-                rep = _to_block(tl.minimum(c_start + c_size // 2, N - 1), lo, n_left, right_start)
-                pos = tl.reshape(rep[:, None] * BK + o_ks[None, :], [CH * KS])  # [CH * KS]
-                need = tl.reshape(((c_size > 0) & ~known)[:, None] & (o_ks >= 0)[None, :], [CH * KS])
+                r_j = tl.load(p_rep + ci * CH + o_j // KS)  # [CH * KS]
+                pos = r_j * BK + (o_j % KS) * SK
                 b_k = tl.load(
                     p_k + pos.to(tl.int64)[:, None] * H_KV * D + o_d[None, :],
-                    mask=(need & (pos < T_k))[:, None] & (o_d < D)[None, :],
+                    mask=((r_j >= 0) & (pos < T_k))[:, None] & (o_d < D)[None, :],
                     other=0.0,
                 )
                 key_ok = (pos >= sink) & (pos < T_k)
@@ -181,20 +198,20 @@ def hip_mask_kernel(
                     key_ok = key_ok & ((pos < t_max - window) | (pos > t_min + window))
                 # keys as the product's rows (CH * KS >= 64 of them: a wgmma tile on Hopper)
                 b_s = tl.dot(b_k, tl.trans(b_q), input_precision=PREC)  # [CH * KS, BQS]
-                b_s = tl.where(key_ok[:, None] & m_r[None, :], b_s, float("-inf"))
-                score = tl.max(tl.reshape(tl.max(b_s, 1), [CH, KS]), 1)  # [CH]
-                c_ord = _order_key(tl.where(c_size > 0, tl.maximum(score, floor), float("-inf")))
-                c_ord = tl.where(known, tl.load(p_score + par, mask=known, other=0), c_ord)
-                ordered = tl.where(o_row[:, None] == ci, c_ord[None, :], ordered)
+                b_s = tl.where(key_ok, tl.max(b_s, 1), float("-inf"))
+                score = tl.max(tl.reshape(b_s, [CH, KS]), 1)  # [CH]
+                c = ci * CH + o_ch
+                r_c = tl.load(p_rep + c)
+                tl.store(p_ord + c, _order_key(tl.maximum(score, floor)), mask=r_c >= 0)
+            tl.debug_barrier()
             # keep the G best children, ties to the leftmost: the G-th largest key, then the first
             # (G - #greater) of the keys equal to it
-            u = tl.reshape(ordered, [2 * BG]).to(tl.int64) + 2**31
-            keep, slot = _keep_best(u, G, RB)  # survivors stay in position order
-            _, _, c_start, c_size = _children(o_c, p_start, p_size, G)
+            ordered = tl.load(p_ord + o_c)
+            keep, slot = _keep_best(_unsigned_key(ordered), G, RB)  # survivors stay in position order
             tl.debug_barrier()  # every parent is read before the survivors overwrite them
             tl.store(p_start + slot, c_start, mask=keep)
             tl.store(p_size + slot, c_size, mask=keep)
-            tl.store(p_score + slot, (u - 2**31).to(tl.int32), mask=keep)
+            tl.store(p_score + slot, ordered, mask=keep)
             tl.debug_barrier()
             n_big = tl.sum((keep & (c_size > 1)).to(tl.int32), 0)
             first = 0
@@ -206,7 +223,7 @@ def hip_mask_kernel(
 
 def _hip_mask_triton(
     q, k, *, G, block_size_q, block_stride_q, block_size_k, block_stride_k, sink, window, causal, q_offset,
-    children_per_product=None, num_warps=4, num_stages=1, radix_bits=2,
+    children_per_product=None, num_warps=4, num_stages=1, radix_bits=2, max_registers=96,
 ):  # fmt: skip
     """The launch; ``children_per_product`` (``CH``), ``num_warps``, ``num_stages`` and ``radix_bits``
     (bits per step of the radix select) override the defaults (tuning). Defaults from an H200 sweep
@@ -220,13 +237,14 @@ def _hip_mask_triton(
     CH = min(2 * BG, children_per_product or max(1, 64 // KS))  # children per product: [CH * KS, D] keys
     indices = torch.empty(B, H, n_qb, G, device=q.device, dtype=torch.int32)
     counts = torch.empty(B, H, n_qb, device=q.device, dtype=torch.int32)
-    work = torch.empty(B * H * n_qb, 2 * BG, device=q.device, dtype=torch.int32)  # branch sizes, scores
+    # per program: branch sizes and scores (G each), children's representatives and scores (2G each)
+    work = torch.empty(B * H * n_qb, 6 * BG, device=q.device, dtype=torch.int32)
     hip_mask_kernel[(n_qb, B * H)](
         q, k, indices, work, counts, T_q, k.shape[1], q_offset, sink, window, SCORE_FLOOR,
         H=H, H_KV=k.shape[2], D=D, G=G, BG=BG, BD=max(16, triton.next_power_of_2(D)), BQ=block_size_q,
         SQ=block_stride_q, BQS=max(16, block_size_q // block_stride_q), BK=block_size_k, SK=block_stride_k,
         KS=KS, CH=CH, RB=radix_bits, CAUSAL=causal, PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=num_warps, num_stages=num_stages,
+        num_warps=num_warps, num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}),
     )  # fmt: skip
     return indices, counts
 
