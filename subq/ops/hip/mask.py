@@ -1,14 +1,15 @@
 """HiP's hierarchical block-mask search: a Triton kernel and the dispatcher.
 
 One program per (query block, batch x head). Its ``G`` branches live in its own rows of ``indices``
-(starts) and of a ``work`` buffer (sizes, scores), in position order. Each iteration scores the
-``2G`` children ``CH`` at a time, one ``[rows, CH * keys]`` tensor-core product per chunk (a right
-child of a branch of at most 2 blocks has its parent's representative and reuses its score), and keeps
-the ``G`` best without sorting: scores become order-preserving integers, a radix select finds the
-``G``-th largest, ties go to the leftmost, and a prefix sum writes the survivors back in position
-order. ``README.md`` ("Cost model") has the work per program.
-Semantics: :func:`~subq.ops.hip.naive.naive_hip_mask`, which the CPU path runs.
-"""
+(starts) and of a ``work`` buffer (sizes, scores), in position order. Each iteration first writes
+all ``2G`` children's representatives to a scratch part of that row (``-1`` for a child that reads
+no key: an empty one, or a right child of a branch of at most 2 blocks, which has its parent's
+representative and reuses its score), then scores them ``CH`` at a time, one ``[CH * keys, rows]``
+tensor-core product per chunk, into the same row. It keeps the ``G`` best without sorting: scores
+become order-preserving integers, a radix select finds the ``G``-th largest (stopping once the
+survivors are fixed), ties go to the leftmost, and a prefix sum writes the survivors back in
+position order. ``README.md`` ("Cost model") has the work per program.
+Semantics: :func:`~subq.ops.hip.naive.naive_hip_mask`, which the CPU path runs."""
 
 from __future__ import annotations
 
@@ -229,9 +230,11 @@ def _hip_mask_triton(
     q, k, *, G, block_size_q, block_stride_q, block_size_k, block_stride_k, sink, window, causal, q_offset,
     children_per_product=None, num_warps=4, num_stages=1, radix_bits=2, max_registers=96,
 ):  # fmt: skip
-    """The launch; ``children_per_product`` (``CH``), ``num_warps``, ``num_stages`` and ``radix_bits``
-    (bits per step of the radix select) override the defaults (tuning). Defaults from an H200 sweep
-    (``BENCHMARKS.md``): 4 warps, no software pipelining (``num_stages=1``: 1.4x faster at 128k)."""
+    """The launch; ``children_per_product`` (``CH``), ``num_warps``, ``num_stages``, ``radix_bits``
+    (bits per step of the radix select) and ``max_registers`` (``maxnreg`` on CUDA, head dims up to
+    128; ``None``: the compiler's choice) override the defaults (tuning). Defaults from H200 sweeps
+    (``BENCHMARKS.md``): 4 warps, no software pipelining (``num_stages=1``: 1.4x faster at 128k), a
+    cap of 96 registers (5 programs per SM instead of 4: 1.05x)."""
     B, T_q, H, D = q.shape
     k = k.to(q.dtype).contiguous()
     q = q.contiguous()
@@ -239,6 +242,7 @@ def _hip_mask_triton(
     BG = max(16, triton.next_power_of_2(G))
     KS = block_size_k // block_stride_k  # sampled keys per key block
     CH = min(2 * BG, children_per_product or max(1, 64 // KS))  # children per product: [CH * KS, D] keys
+    cap = max_registers if q.is_cuda and D <= 128 else None
     indices = torch.empty(B, H, n_qb, G, device=q.device, dtype=torch.int32)
     counts = torch.empty(B, H, n_qb, device=q.device, dtype=torch.int32)
     # per program: branch sizes and scores (G each), children's representatives and scores (2G each)
@@ -248,7 +252,7 @@ def _hip_mask_triton(
         H=H, H_KV=k.shape[2], D=D, G=G, BG=BG, BD=max(16, triton.next_power_of_2(D)), BQ=block_size_q,
         SQ=block_stride_q, BQS=max(16, block_size_q // block_stride_q), BK=block_size_k, SK=block_stride_k,
         KS=KS, CH=CH, RB=radix_bits, CAUSAL=causal, PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=num_warps, num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}),
+        num_warps=num_warps, num_stages=num_stages, **({"maxnreg": cap} if cap else {}),
     )  # fmt: skip
     return indices, counts
 
