@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from subq.ops.common.triton_compat import tl, triton
 from subq.ops.hip import hierarchical_mask, naive_hip_mask
 from subq.ops.hip.checks import candidate_ranges
 from subq.ops.hip.decode_mask import decode_candidates, decode_mask_split, split_iterations
+from subq.ops.hip.mask import _keep_best
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -113,3 +115,31 @@ def test_hierarchical_mask_split_mode():
     q2 = torch.randn(1, 2, 2, 16)
     with pytest.raises(ValueError, match="one causal query per sequence"):
         hierarchical_mask(q2.to(DEVICE), k.to(DEVICE), mode="triton_split", **kw)
+
+
+@triton.jit
+def _keep_best_kernel(u_ptr, keep_ptr, slot_ptr, N: tl.constexpr, G: tl.constexpr):
+    o = tl.arange(0, N)
+    keep, slot = _keep_best(tl.load(u_ptr + o), G, 2)
+    tl.store(keep_ptr + o, keep.to(tl.int32))
+    tl.store(slot_ptr + o, slot)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("n", [512, 32768], ids=["one_packed_scan", "two_scans"])
+def test_keep_best_keeps_the_g_largest_ties_leftmost_in_position_order(n):
+    """The selection on its own, at a size with one packed scan and at one that needs two, with many
+    ties (keys from a small range) and with distinct keys (the radix select stops early)."""
+    g = torch.Generator().manual_seed(n)
+    for high in (40, 2**32):
+        u = torch.randint(0, high, (n,), generator=g, dtype=torch.int64)
+        keep, slot = (
+            torch.empty(n, dtype=torch.int32, device=DEVICE),
+            torch.empty(n, dtype=torch.int32, device=DEVICE),
+        )
+        _keep_best_kernel[(1,)](u.to(torch.uint32).to(DEVICE), keep, slot, N=n, G=n // 2)
+        order = sorted(range(n), key=lambda i: (-int(u[i]), i))  # largest first, ties leftmost
+        want = torch.zeros(n, dtype=torch.bool)
+        want[order[: n // 2]] = True
+        assert torch.equal(keep.cpu().bool(), want)
+        assert torch.equal(slot.cpu()[want], torch.arange(n // 2, dtype=torch.int32))

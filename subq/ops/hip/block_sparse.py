@@ -128,7 +128,7 @@ def hip_attn_fwd_kernel(
             b_q, p_k, p_v, pos, pos < tl.minimum(sink, T_k), m_s, b_m, b_l, b_o, scale,
             H_KV, D, DV, o_d, o_dv, m_d, m_dv, DT, PREC,
         )  # fmt: skip
-    # selected blocks: never sinks or window keys of the whole block, except near its first rows
+    # selected blocks: a key that is a sink or in a query's window was taken by the other loops
     for c in range(tl.cdiv(count * BLOCK_K, BN)):
         j = c * BN + o_n
         m_sel = j < count * BLOCK_K

@@ -81,9 +81,11 @@ def _keep_best(u, G: tl.constexpr, RB: tl.constexpr):
     thr = _kth_largest(u, G, RB)
     gt = (u > thr).to(tl.int32)
     eq = (u == thr).to(tl.int32)
-    # one scan for both running counts (n <= 2^15): greater in the low half, equal in the high half
-    both = tl.cumsum(gt + (eq << 16), 0)
-    c_gt, c_eq = both & 0xFFFF, both >> 16
+    if u.shape[0] < 2**15:  # one scan for both running counts: greater in the low half, equal in the high
+        both = tl.cumsum(gt + (eq << 16), 0)
+        c_gt, c_eq = both & 0xFFFF, both >> 16
+    else:
+        c_gt, c_eq = tl.cumsum(gt, 0), tl.cumsum(eq, 0)
     n_eq = G - tl.sum(gt, 0)  # how many of the equal keys are kept: the leftmost
     keep = (gt == 1) | ((eq == 1) & (c_eq <= n_eq))
     return keep, c_gt + tl.minimum(c_eq, n_eq) - 1
