@@ -83,11 +83,13 @@ def test_rounded_precisions_in_interpreter(precision, one_thread):
 
 
 def test_strided_inputs_channels_first(one_thread):
-    """``u`` as the ``[B, T, C]`` view of channels-first storage (the benchmark's layout)."""
+    """``u`` as the ``[B, T, C]`` view of channels-first storage (the benchmark's layout): ``y`` comes
+    back in the same layout (unit stride in time, as the kernels write best)."""
     u_bct = torch.randn(2, 3, 128, device=DEVICE, requires_grad=True)
     h = (torch.randn(3, 128, device=DEVICE) / 128**0.5).requires_grad_()
     u = u_bct.transpose(1, 2)
     y = triton_long_conv(u, h, precision="ieee", min_factor=4)
+    assert y.stride() == u.stride()
     check_against_naive(u, h, y, torch.randn(2, 3, 128, device=DEVICE).transpose(1, 2), True, 1e-5)
 
 

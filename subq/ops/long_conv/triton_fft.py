@@ -93,15 +93,6 @@ def _cdot(ar, ai, br, bi, PREC: tl.constexpr):
 
 
 @triton.jit
-def _twiddle(idx, N: tl.constexpr, SIGN: tl.constexpr):
-    """``exp(SIGN 2 pi i idx / N)`` for integer ``idx >= 0``, reduced to an angle in ``(-pi, pi]``."""
-    r = idx % N
-    r = tl.where(r > N // 2, r - N, r)
-    ang = (SIGN * 6.283185307179586 / N) * r.to(tl.float32)
-    return tl.cos(ang), tl.sin(ang)
-
-
-@triton.jit
 def _load_mat(p, o_r, o_c, NC: tl.constexpr):
     """A real ``[len(o_r), len(o_c)]`` block of a row-major matrix with ``NC`` columns."""
     return tl.load(p + o_r[:, None] * NC + o_c[None, :])
@@ -118,6 +109,8 @@ def long_conv_fft_cols_kernel(
     fqi,
     twr,
     twi,
+    owr,
+    owi,
     T,
     s_b,
     s_c,
@@ -133,7 +126,6 @@ def long_conv_fft_cols_kernel(
     i_n, i_bc = tl.program_id(0), tl.program_id(1)
     i_b, i_c = i_bc // C, i_bc % C
     N1: tl.constexpr = P * Q
-    N: tl.constexpr = N1 * N2
     H1: tl.constexpr = N1 // 2 + 1  # kept rows k1 = 0 .. N1 / 2
     o_p, o_q = tl.arange(0, P), tl.arange(0, Q)
     o_n = i_n * BN + tl.arange(0, BN)
@@ -168,16 +160,16 @@ def long_conv_fft_cols_kernel(
     b_zr = tl.reshape(b_zr, (P, BN, Q))
     b_zi = tl.reshape(b_zi, (P, BN, Q))
 
-    # outer twiddle w_N^(n2 k1), k1 = k_p + P k_q; keep k1 < N1 / 2, i.e. k_q < Q / 2
+    # outer twiddle w_N^(n2 k1) (a table), k1 = k_p + P k_q; keep k1 < N1 / 2, i.e. k_q < Q / 2
     o_k1 = o_p[:, None, None] + P * o_q[None, None, :]
-    cr, ci = _twiddle(o_k1 * o_n[None, :, None], N, -1.0)
+    m_z = (o_q[None, None, :] < Q // 2) & (o_p[:, None, None] >= 0) & (o_n[None, :, None] < N2)
+    o_w = o_k1 * N2 + o_n[None, :, None]
+    cr, ci = tl.load(owr + o_w, mask=m_z, other=0.0), tl.load(owi + o_w, mask=m_z, other=0.0)
     b_zr, b_zi = b_zr * cr - b_zi * ci, b_zr * ci + b_zi * cr
     row0 = i_bc.to(tl.int64) * H1 * N2
-    o_z = row0 + o_k1 * N2 + o_n[None, :, None]
-    m_z = (o_q[None, None, :] < Q // 2) & (o_p[:, None, None] >= 0) & (o_n[None, :, None] < N2)
-    tl.store(zr + o_z, b_zr, mask=m_z)
-    tl.store(zi + o_z, b_zi, mask=m_z)
-    nr, ni = _twiddle(o_n * (N1 // 2), N, -1.0)
+    tl.store(zr + row0 + o_w, b_zr, mask=m_z)
+    tl.store(zi + row0 + o_w, b_zi, mask=m_z)
+    nr, ni = tl.load(owr + (N1 // 2) * N2 + o_n), tl.load(owi + (N1 // 2) * N2 + o_n)
     tl.store(zr + row0 + (N1 // 2) * N2 + o_n, b_nyq * nr)
     tl.store(zi + row0 + (N1 // 2) * N2 + o_n, b_nyq * ni)
 
@@ -205,6 +197,8 @@ def long_conv_fft_rows_kernel(
     f2i,
     t2r,
     t2i,
+    owr,
+    owi,
     a_sb,
     a_sc,
     a_ss,
@@ -255,7 +249,7 @@ def long_conv_fft_rows_kernel(
     b_yr, b_yi = b_yr * b_t2r + b_yi * b_t2i, b_yi * b_t2r - b_yr * b_t2i
     b_yr, b_yi = _cdot(b_f1r, -b_f1i, b_yr, b_yi, PREC)
     # inverse outer twiddle w_N^(-n2 k1); 1 / N and the weight 2 of the conjugate rows k1 = 1 .. N1/2-1
-    cr, ci = _twiddle(o_row * i_k, N, 1.0)
+    cr, ci = tl.load(owr + i_k * N2 + o_row), -tl.load(owi + i_k * N2 + o_row)  # conj(w_N^(n2 k1))
     scale = tl.where((i_k > 0) & (i_k < N1 // 2), 2.0, 1.0) / N
     b_wr = (b_yr * cr - b_yi * ci) * scale
     b_wi = (b_yr * ci + b_yi * cr) * scale
@@ -354,6 +348,23 @@ def _dft_tables(size: int, inner: int, device: torch.device) -> tuple[Tensor, ..
     return _TABLES[key]
 
 
+def _outer_twiddles(N1: int, N2: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``w_N^(k1 n2)`` for the kept rows ``k1 = 0 .. N1 / 2`` and ``n2 < N2`` (``N = N1 N2``):
+    ``[N1 / 2 + 1, N2]`` real and imaginary parts, float32 from float64 (exponents reduced mod ``N``)."""
+    key = ("outer", N1, N2, device)
+    if key not in _TABLES:
+        N = N1 * N2
+        r = torch.outer(torch.arange(N1 // 2 + 1, dtype=torch.int64), torch.arange(N2, dtype=torch.int64)) % N
+        w = torch.exp(-2j * math.pi * r.to(torch.float64) / N)
+        _TABLES[key] = tuple(t.to(device=device, dtype=torch.float32).contiguous() for t in (w.real, w.imag))
+    return _TABLES[key]
+
+
+COL_WARPS = 8
+"""Warps of the two column kernels: their ``[P, BN, Q]`` complex tiles need 251 registers per thread
+with spills on 4 warps (Triton 3.6, sm_90), 127 on 8 (``README.md``)."""
+
+
 class _Plan:
     def __init__(self, T: int, device: torch.device, precision: str, min_factor: int | None):
         if min_factor is None:
@@ -366,6 +377,7 @@ class _Plan:
         self.cols += _dft_tables(self.P, self.Q, device)[2:]
         self.rows = _dft_tables(self.R1, self.R2, device)[:2] + _dft_tables(self.R2, 1, device)[:2]
         self.rows += _dft_tables(self.R1, self.R2, device)[2:]
+        self.outer = _outer_twiddles(self.N1, self.N2, device)
         self.precision = precision
 
     def spectrum(self, x: Tensor, B: int, C: int, T: int, strides: tuple[int, int, int]) -> Tensor:
@@ -374,8 +386,8 @@ class _Plan:
         z = torch.empty(2, B * C, self.H1, self.N2, device=x.device, dtype=torch.float32)
         grid = (self.N2 // self.BN, B * C)
         long_conv_fft_cols_kernel[grid](
-            x, z[0], z[1], *self.cols, T, *strides, C=C, P=self.P, Q=self.Q, N2=self.N2, BN=self.BN,
-            PREC=self.precision,
+            x, z[0], z[1], *self.cols, *self.outer, T, *strides, C=C, P=self.P, Q=self.Q, N2=self.N2,
+            BN=self.BN, PREC=self.precision, num_warps=COL_WARPS,
         )  # fmt: skip
         return z
 
@@ -383,8 +395,8 @@ class _Plan:
         """``sum_s IDFT_rows(DFT_rows(a) [conj] DFT_rows(b))`` on the kept rows: ``[2, rows, H1, N2]``."""
         w = torch.empty(2, rows, self.H1, self.N2, device=a.device, dtype=torch.float32)
         long_conv_fft_rows_kernel[(self.H1, rows)](
-            a[0], a[1], b[0], b[1], w[0], w[1], *self.rows, *a_strides, *b_strides, C=C, NSUM=nsum,
-            N1=self.N1, R1=self.R1, R2=self.R2, CONJ=conj, PREC=self.precision,
+            a[0], a[1], b[0], b[1], w[0], w[1], *self.rows, *self.outer, *a_strides, *b_strides, C=C,
+            NSUM=nsum, N1=self.N1, R1=self.R1, R2=self.R2, CONJ=conj, PREC=self.precision,
         )  # fmt: skip
         return w
 
@@ -393,7 +405,7 @@ class _Plan:
         grid = (self.N2 // self.BN, w.shape[1])
         long_conv_ifft_cols_kernel[grid](
             w[0], w[1], y, *self.cols, T, *strides, C=C, P=self.P, Q=self.Q, N2=self.N2, BN=self.BN,
-            PREC=self.precision,
+            PREC=self.precision, num_warps=COL_WARPS,
         )  # fmt: skip
 
 
@@ -414,7 +426,7 @@ class TritonLongConvFunction(torch.autograd.Function):
         z_u = plan.spectrum(u, B, C, T, _btc_strides(u))  # [2, B C, H1, N2]
         z_h = plan.spectrum(h, 1, C, L, _filter_strides(h))  # [2, C, H1, N2]
         w = plan.product(z_u, z_h, B * C, C, (C, 1, 0), (0, 1, 0), 1, False)
-        y = torch.empty(B, T, C, device=u.device, dtype=u.dtype)
+        y = torch.empty_like(u)  # u's layout: a channels-first u gets a channels-first y (unit stride in t)
         plan.inverse(w, y, C, T, _btc_strides(y))
         ctx.save_for_backward(z_u, z_h)
         ctx.plan, ctx.shape, ctx.L, ctx.dtypes = plan, (B, T, C), L, (u.dtype, h.dtype)
@@ -429,7 +441,7 @@ class TritonLongConvFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # du = corr(dy, h): IDFT(DY conj(H))
             w = plan.product(z_dy, z_h, B * C, C, (C, 1, 0), (0, 1, 0), 1, True)
-            du = torch.empty(B, T, C, device=dy.device, dtype=ctx.dtypes[0])
+            du = torch.empty_like(dy, dtype=ctx.dtypes[0])
             plan.inverse(w, du, C, T, _btc_strides(du))
         if ctx.needs_input_grad[1]:
             # dh = sum_b corr(dy_b, u_b): IDFT(sum_b DY_b conj(U_b)), the first L lags
