@@ -14,7 +14,8 @@ test split with HiP at the paper's defaults (``mask_k = 512``, ``block_size_q = 
 - (c) planted-pair retrieval accuracy with each.
 
     python benchmarks/hip_quality_lm.py --steps 2879      # one H200: 2 minutes of training
-    python benchmarks/hip_quality_lm.py --device cpu --seq-len 2048 --steps 3 --batch 2 --d-model 64
+    python benchmarks/hip_quality_lm.py --device cpu --seq-len 1152 --steps 2 --batch 1 --d-model 32 \
+        --eval-windows 1 --retrieval-examples 1                    # smoke test
 
 The last stdout line is the JSON record (``--out PATH`` also writes it).
 """
@@ -37,6 +38,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--pairs", type=int, default=8, help="planted pairs (and questions) per window")
+    ap.add_argument("--eval-windows", type=int, default=16, help="held-out windows for perplexity")
+    ap.add_argument("--retrieval-examples", type=int, default=100, help="held-out windows with questions")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=None)
@@ -45,8 +48,9 @@ def main(argv=None) -> dict:
         seq_len=args.seq_len, d_model=args.d_model, n_layers=4, num_heads=8, num_kv_heads=2,
         batch_size=args.batch, train_steps=args.steps, lr=2e-3, warmup=min(200, args.steps // 10),
         train_bytes=40_000_000, retrieval_fraction=0.75, retrieval_pairs=args.pairs,
-        retrieval_questions=args.pairs, answer_weight=4.0, hip=hq.HiPSettings(), eval_windows=16,
-        eval_batch_size=4, retrieval_examples=100, quality_windows=2,
+        retrieval_questions=args.pairs, answer_weight=4.0, hip=hq.HiPSettings(),
+        eval_windows=args.eval_windows, eval_batch_size=4, retrieval_examples=args.retrieval_examples,
+        quality_windows=2,
         quality_queries=min(2048, args.seq_len // 2),
     )  # fmt: skip
     hq.register_attentions()

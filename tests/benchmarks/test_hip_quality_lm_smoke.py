@@ -1,0 +1,34 @@
+"""Smoke test of ``benchmarks/hip_quality_lm.py``: a two-step byte LM on CPU, every part measured."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "hip_quality_lm.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("hip_quality_lm_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_run_prints_results_and_json(bench, tmp_path, capsys, one_thread):
+    out = tmp_path / "q.json"
+    argv = ["--device", "cpu", "--seq-len", "1152", "--steps", "2", "--batch", "1", "--d-model", "32",
+            "--eval-windows", "1", "--retrieval-examples", "1", "--out", str(out)]  # fmt: skip
+    record = bench.main(argv)
+    stdout = capsys.readouterr().out
+    assert json.loads(stdout.strip().splitlines()[-1]) == json.loads(out.read_text())
+    assert "(a) mask quality" in stdout
+    assert [r["method"] for r in record["methods"]] == ["dense", "hip", "window", "sink_window"]
+    lm = record["byte_lm"]
+    assert len(lm["per_layer"]) == 4 and 0 < lm["equal_budget"] <= lm["block_oracle_query"] + 1e-6
+    assert record["methods"][0]["ppl_ratio"] == 1.0
+    assert all(0 <= r["retrieval_acc"] <= 1 for r in record["methods"])
