@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from subq.models import LanguageModel
 from subq.models.based import attention_config, based_config
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "generation.py"
+from tests.benchmarks.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def generation():
-    spec = importlib.util.spec_from_file_location("generation_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("generation")
 
 
 def test_tiny_run_prints_table_and_json(generation, tmp_path, capsys, one_thread):

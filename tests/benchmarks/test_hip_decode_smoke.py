@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "hip_decode.py"
+from tests.benchmarks.scripts import load_script
+
 TINY = ["--device", "cpu", "--lengths", "256,512", "--heads", "4", "--kv-heads", "2", "--head-dim", "16"]
 PRUNING = ["--mask-k", "32", "--window", "32", "--sink", "4"]  # G = 16 of up to ~240 candidate blocks
 
 
 @pytest.fixture(scope="module")
 def decode_bench():
-    spec = importlib.util.spec_from_file_location("hip_decode_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("hip_decode")
 
 
 def test_tiny_run_gates_times_and_ends_with_json(decode_bench, tmp_path, capsys, one_thread):
