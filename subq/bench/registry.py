@@ -66,6 +66,9 @@ class BenchSpec:
         sdpa_layers: the SDPA baseline the entry is compared with is this many causal SDPA calls in
             sequence (a 2-layer stack against 2 attention layers); 0: no SDPA baseline (an op whose
             comparison is another of its own modes).
+        gate_tol: mode -> the gate's relative-RMS tolerance for a mode whose documented accuracy is
+            looser than the benchmark dtype's default (a reduced-precision option of a float32 op);
+            the gate uses the larger of the two.
     """
 
     name: str
@@ -79,6 +82,7 @@ class BenchSpec:
     cuda_only: tuple[str, ...] = ("triton",)
     gate_max_T: int = 2048
     sdpa_layers: int = 1
+    gate_tol: Mapping[str, float] = field(default_factory=dict)
 
 
 BENCHES: dict[str, BenchSpec] = {}
@@ -96,6 +100,7 @@ def register_bench(
     cuda_only: tuple[str, ...] = ("triton",),
     gate_max_T: int = 2048,
     sdpa_layers: int = 1,
+    gate_tol: Mapping[str, float] | None = None,
 ) -> Callable[[Callable[[BenchShape], dict[str, Any]]], Callable[[BenchShape], dict[str, Any]]]:
     """Decorator on an entry's input maker: registers a :class:`BenchSpec` under ``name``.
 
@@ -117,6 +122,9 @@ def register_bench(
         raise ValueError(f"bench {name!r}: gate_max_T must be >= 1, got {gate_max_T}")
     if not isinstance(sdpa_layers, int) or sdpa_layers < 0:
         raise ValueError(f"bench {name!r}: sdpa_layers must be an int >= 0, got {sdpa_layers!r}")
+    gate_tol = dict(gate_tol or {})
+    if unknown := sorted(set(gate_tol) - set(modes)):
+        raise ValueError(f"bench {name!r}: gate_tol names modes it does not have: {', '.join(unknown)}")
 
     def wrap(make_inputs: Callable[[BenchShape], dict[str, Any]]) -> Callable[[BenchShape], dict[str, Any]]:
         if name in BENCHES and BENCHES[name].make_inputs is not make_inputs:
@@ -133,6 +141,7 @@ def register_bench(
             cuda_only=tuple(cuda_only),
             gate_max_T=gate_max_T,
             sdpa_layers=sdpa_layers,
+            gate_tol=gate_tol,
         )
         return make_inputs
 

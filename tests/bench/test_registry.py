@@ -53,8 +53,9 @@ def test_qkv_inputs_follow_the_shape():
         ({"modes": {}}, ValueError, "modes"),
         ({"params": {"window": None}}, TypeError, r"params\['window'\]"),
         ({"gate_max_T": 0}, ValueError, "gate_max_T"),
+        ({"gate_tol": {"nope": 1e-3}}, ValueError, "gate_tol names modes it does not have: nope"),
     ],
-    ids=["name", "no-modes", "param-type", "gate-cap"],
+    ids=["name", "no-modes", "param-type", "gate-cap", "gate-tol-mode"],
 )
 def test_register_bench_validates(monkeypatch, kwargs, error, match):
     monkeypatch.setattr(registry, "BENCHES", dict(registry.BENCHES))

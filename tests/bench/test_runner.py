@@ -120,6 +120,29 @@ def test_wrong_entry_fails_the_gate_and_reports_no_timings(scratch_registry):
         assert all(r[key] is None for key in TIMING_KEYS)
 
 
+def test_gate_tol_loosens_the_gate_of_one_mode_only(scratch_registry):
+    def rounded(q, k, v):  # a reduced-precision option: relative RMS 3e-4 off
+        return naive_attention(q, k, v)[0] * (1 + 3e-4)
+
+    @register_bench(
+        "loose",
+        modes={"torch": rounded, "strict": rounded},
+        reference=naive_attention,
+        flops=_attention_flops,
+        bytes=qkvo_bytes,
+        gate_tol={"torch": 1e-3},
+    )
+    def loose_inputs(s):
+        return qkv_inputs(s)
+
+    shape = BenchShape(1, 16, 2, 8, torch.float32, CPU)
+    spec = scratch_registry["loose"]
+    gate = check_gate(spec, "torch", shape, backward=False)
+    assert gate.passed and gate.tol == 1e-3
+    strict = check_gate(spec, "strict", shape, backward=False)
+    assert not strict.passed and strict.tol == 1e-4  # the float32 default
+
+
 def test_gate_catches_a_wrong_gradient(scratch_registry):
     class ScaledGrad(torch.autograd.Function):
         @staticmethod

@@ -3,7 +3,7 @@
 Layout ``u: [B, T, C]``, filter ``h: [C, L]`` with ``L <= T`` (``[2, C, L]``, forward and reverse
 halves, when ``causal=False``), ``bias: [C]``. Forms: ``naive_long_conv`` (the tap-by-tap reference),
 ``fft_long_conv`` (one FFT, O(T log T)), ``chunk_long_conv`` (dyadic blocks, O(T log^2 T), bitwise
-causal), ``triton_long_conv`` (Triton Monarch FFTs, the GPU form) and ``long_conv_step`` (one decoding
+causal), ``triton_long_conv`` (Triton FFTs by matmuls, the GPU form) and ``long_conv_step`` (one decoding
 step on the input history). See ``README.md``.
 """
 

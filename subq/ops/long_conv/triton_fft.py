@@ -1,16 +1,18 @@
-"""Triton causal long convolution: a real FFT of size ``N = 2 T`` as Monarch matrices, three kernels.
+"""Triton causal long convolution: a real FFT of size ``N = 2 T`` by matmuls, three kernels.
 
 The FFT is the four-step (Cooley-Tukey) split ``N = N1 x N2`` with ``n = n1 N2 + n2`` and
-``k = k1 + N1 k2``; every small DFT is a matmul (``tl.dot``) against a DFT matrix of size 2-64, so a
-DFT of ``N1 = P Q`` points is ``F_P . X . F_Q`` with a twiddle between (FlashFFTConv's Monarch form).
+``k = k1 + N1 k2``; every DFT is a matmul (``tl.dot``) against a DFT matrix. The columns (``N1 <= 512``
+points up to ``T = 1M``) are one matmul each; the rows (``N2 = R1 R2`` points) are ``F_R1 . X . F_R2``
+with a twiddle between (FlashFFTConv's Monarch form).
 
-1. :func:`long_conv_fft_cols_kernel`: column DFTs of size ``N1`` of the real input, then the twiddle
-   ``w_N^(n2 k1)``. Real input: only the rows ``k1 <= N1 / 2`` are kept (the others are their
-   conjugates), and the zero padding (``n >= T``, i.e. ``n1 >= N1 / 2``) is never read.
+1. :func:`long_conv_dft_cols_kernel`: the column DFTs of the real input by the ``[N1 / 2, N1 / 2]``
+   corner of ``F_N1``, then the twiddle ``w_N^(n2 k1)``. Real input: only the rows ``k1 <= N1 / 2``
+   are kept (the others are their conjugates), and the zero padding (``n >= T``, i.e.
+   ``n1 >= N1 / 2``) is never read nor multiplied.
 2. :func:`long_conv_fft_rows_kernel`: for each kept row ``k1``, the row DFTs of size ``N2`` of both
    operands, their product (or product with the conjugate: the correlations of the backward), the
    inverse row DFT and the inverse twiddle; both spectra stay in registers.
-3. :func:`long_conv_ifft_cols_kernel`: the complex-to-real inverse column DFT, only for the outputs
+3. :func:`long_conv_dft_icols_kernel`: the complex-to-real inverse column DFT, only for the outputs
    ``n < T``.
 
 HBM traffic per real signal of ``T`` samples: read ``T`` reals, write and read ``T / 2 + N2`` complex
@@ -30,7 +32,7 @@ from torch import Tensor
 from subq.ops.long_conv.naive import check_long_conv
 
 PRECISIONS = ("tf32x3", "tf32", "fp16", "ieee")
-MAX_ROW_LOG2 = 12  # rows of at most 4096 complex points: two operands in registers
+MAX_ROW_LOG2 = 12  # rows of at most 4096 complex points: both operands' rows in registers
 
 
 @triton.jit
@@ -58,38 +60,50 @@ def _half(x, s):
 
 
 @triton.jit
-def _dot(a, b, acc, PREC: tl.constexpr):
-    """``a @ b (+ acc)`` in float32; ``fp16``: both operands scaled by a power of two into [-1, 1]
-    (no overflow, exact scaling) and rounded to float16."""
+def _table_dot(f, x, acc, PREC: tl.constexpr):
+    """``f @ x + acc`` in float32 for a DFT table ``f`` already in the operand format of ``PREC``
+    (:func:`_dft_tables`: rounded to tf32, or float16); ``x`` is rounded or scaled here."""
     if PREC == "fp16":
-        sa, sb = _scale(a), _scale(b)
-        c = tl.dot(_half(a, sa), _half(b, sb), out_dtype=tl.float32) * (sa * sb)
-        if acc is not None:
-            c += acc
+        s = _scale(x)
+        c = acc + tl.dot(f, _half(x, s), out_dtype=tl.float32) * s
     else:
-        c = tl.dot(_rnd(a, PREC), _rnd(b, PREC), acc, input_precision=PREC)
+        c = tl.dot(f, _rnd(x, PREC), acc, input_precision=PREC)
     return c
 
 
 @triton.jit
-def _cdot(ar, ai, br, bi, PREC: tl.constexpr):
-    """``(ar + i ai) @ (br + i bi)``, four real matmuls with float32 accumulation."""
+def _table_cdot(fr, fi, xr, xi, LEFT: tl.constexpr, CONJ: tl.constexpr, PREC: tl.constexpr):
+    """``F X`` (``LEFT``) or ``X F`` for a complex DFT table ``F = fr + i fi`` (``conj(F)`` if ``CONJ``)
+    already in the operand format of ``PREC``, and complex data ``X = xr + i xi`` (rounded or scaled
+    here): four real matmuls, float32 accumulation."""
+    s = 1.0
     if PREC == "fp16":
-        sa = tl.maximum(_scale(ar), _scale(ai))
-        sb = tl.maximum(_scale(br), _scale(bi))
-        har, hai, hbr, hbi = _half(ar, sa), _half(ai, sa), _half(br, sb), _half(bi, sb)
-        cr = tl.dot(har, hbr, out_dtype=tl.float32)
-        cr = tl.dot(-hai, hbi, cr, out_dtype=tl.float32)
-        ci = tl.dot(har, hbi, out_dtype=tl.float32)
-        ci = tl.dot(hai, hbr, ci, out_dtype=tl.float32)
-        cr, ci = cr * (sa * sb), ci * (sa * sb)
+        s = tl.maximum(_scale(xr), _scale(xi))
+        xr, xi = _half(xr, s), _half(xi, s)
     else:
-        ar, ai, br, bi = _rnd(ar, PREC), _rnd(ai, PREC), _rnd(br, PREC), _rnd(bi, PREC)
-        cr = tl.dot(ar, br, input_precision=PREC)
-        cr = tl.dot(-ai, bi, cr, input_precision=PREC)
-        ci = tl.dot(ar, bi, input_precision=PREC)
-        ci = tl.dot(ai, br, ci, input_precision=PREC)
-    return cr, ci
+        xr, xi = _rnd(xr, PREC), _rnd(xi, PREC)
+    # Re = fr xr - fi xi, Im = fr xi + fi xr; conj(F): the fi terms change sign
+    if CONJ:
+        ur, ui = xi, -xr
+    else:
+        ur, ui = -xi, xr
+    if LEFT:
+        cr = _mm(fi, ur, _mm(fr, xr, None, PREC), PREC)
+        ci = _mm(fi, ui, _mm(fr, xi, None, PREC), PREC)
+    else:
+        cr = _mm(ur, fi, _mm(xr, fr, None, PREC), PREC)
+        ci = _mm(ui, fi, _mm(xi, fr, None, PREC), PREC)
+    return cr * s, ci * s
+
+
+@triton.jit
+def _mm(a, b, acc, PREC: tl.constexpr):
+    """``a @ b (+ acc)``, float32 accumulation, for operands already in the format of ``PREC``."""
+    if PREC == "fp16":
+        c = tl.dot(a, b, acc, out_dtype=tl.float32)
+    else:
+        c = tl.dot(a, b, acc, input_precision=PREC)
+    return c
 
 
 @triton.jit
@@ -98,89 +112,13 @@ def _load_mat(p, o_r, o_c, NC: tl.constexpr):
     return tl.load(p + o_r[:, None] * NC + o_c[None, :])
 
 
-@triton.jit(do_not_specialize=["T"])
-def long_conv_fft_cols_kernel(
-    x,
-    zr,
-    zi,
-    fpr,
-    fpi,
-    fqr,
-    fqi,
-    twr,
-    twi,
-    owr,
-    owi,
-    T,
-    s_b,
-    s_c,
-    s_t,
-    C: tl.constexpr,
-    P: tl.constexpr,
-    Q: tl.constexpr,
-    N2: tl.constexpr,
-    BN: tl.constexpr,
-    PREC: tl.constexpr,
-):
-    # program: columns n2 in [i_n * BN, (i_n + 1) * BN) of one real signal (b, c) of T samples
-    i_n, i_bc = tl.program_id(0), tl.program_id(1)
-    i_b, i_c = i_bc // C, i_bc % C
-    N1: tl.constexpr = P * Q
-    H1: tl.constexpr = N1 // 2 + 1  # kept rows k1 = 0 .. N1 / 2
-    o_p, o_q = tl.arange(0, P), tl.arange(0, Q)
-    o_n = i_n * BN + tl.arange(0, BN)
-    # tile [P, BN, Q]: element (p, j, q) is x[n1 N2 + n2] with n1 = Q p + q, n2 = o_n[j]
-    o_t = (Q * o_p[:, None, None] + o_q[None, None, :]) * N2 + o_n[None, :, None]
-    m_t = (o_p[:, None, None] < P // 2) & (o_t < T)  # rows n1 >= N1 / 2 are the zero padding
-    p_x = x + i_b.to(tl.int64) * s_b + i_c.to(tl.int64) * s_c
-    b_x = tl.load(p_x + o_t.to(tl.int64) * s_t, mask=m_t, other=0.0).to(tl.float32)  # [P, BN, Q]
-
-    # Nyquist row k1 = N1 / 2: sum_n1 (-1)^n1 x (Q even), exact in float32
-    sgn = 1.0 - 2.0 * (o_q % 2).to(tl.float32)
-    b_nyq = tl.sum(tl.sum(b_x * sgn[None, None, :], axis=2), axis=0)  # [BN]
-
-    # DFT over p (left), real input  [P, BN * Q]
-    b_x2 = tl.reshape(b_x, (P, BN * Q))
-    b_yr = _dot(_load_mat(fpr, o_p, o_p, P), b_x2, None, PREC)
-    b_yi = _dot(_load_mat(fpi, o_p, o_p, P), b_x2, None, PREC)
-    b_yr = tl.reshape(b_yr, (P, BN, Q))
-    b_yi = tl.reshape(b_yi, (P, BN, Q))
-    # inner twiddle w_N1^(q k_p)  [P, 1, Q]
-    b_twr = _load_mat(twr, o_p, o_q, Q)[:, None, :]
-    b_twi = _load_mat(twi, o_p, o_q, Q)[:, None, :]
-    b_yr, b_yi = b_yr * b_twr - b_yi * b_twi, b_yr * b_twi + b_yi * b_twr
-    # DFT over q (right)  [P * BN, Q]
-    b_zr, b_zi = _cdot(
-        tl.reshape(b_yr, (P * BN, Q)),
-        tl.reshape(b_yi, (P * BN, Q)),
-        _load_mat(fqr, o_q, o_q, Q),
-        _load_mat(fqi, o_q, o_q, Q),
-        PREC,
-    )
-    b_zr = tl.reshape(b_zr, (P, BN, Q))
-    b_zi = tl.reshape(b_zi, (P, BN, Q))
-
-    # outer twiddle w_N^(n2 k1) (a table), k1 = k_p + P k_q; keep k1 < N1 / 2, i.e. k_q < Q / 2
-    o_k1 = o_p[:, None, None] + P * o_q[None, None, :]
-    m_z = (o_q[None, None, :] < Q // 2) & (o_p[:, None, None] >= 0) & (o_n[None, :, None] < N2)
-    o_w = o_k1 * N2 + o_n[None, :, None]
-    cr, ci = tl.load(owr + o_w, mask=m_z, other=0.0), tl.load(owi + o_w, mask=m_z, other=0.0)
-    b_zr, b_zi = b_zr * cr - b_zi * ci, b_zr * ci + b_zi * cr
-    row0 = i_bc.to(tl.int64) * H1 * N2
-    tl.store(zr + row0 + o_w, b_zr, mask=m_z)
-    tl.store(zi + row0 + o_w, b_zi, mask=m_z)
-    nr, ni = tl.load(owr + (N1 // 2) * N2 + o_n), tl.load(owi + (N1 // 2) * N2 + o_n)
-    tl.store(zr + row0 + (N1 // 2) * N2 + o_n, b_nyq * nr)
-    tl.store(zi + row0 + (N1 // 2) * N2 + o_n, b_nyq * ni)
-
-
 @triton.jit
 def _row_dft(b_r, b_i, f1r, f1i, f2r, f2i, t2r, t2i, PREC: tl.constexpr):
     """Forward DFT of a row ``[R1, R2]`` (natural order ``n2 = R2 r1 + r2``); the result is in the
     order ``k2 = k_r1 + R1 k_r2`` (``[k_r1, k_r2]``)."""
-    b_r, b_i = _cdot(f1r, f1i, b_r, b_i, PREC)
+    b_r, b_i = _table_cdot(f1r, f1i, b_r, b_i, True, False, PREC)
     b_r, b_i = b_r * t2r - b_i * t2i, b_r * t2i + b_i * t2r
-    return _cdot(b_r, b_i, f2r, f2i, PREC)
+    return _table_cdot(f2r, f2i, b_r, b_i, False, False, PREC)
 
 
 @triton.jit
@@ -197,8 +135,10 @@ def long_conv_fft_rows_kernel(
     f2i,
     t2r,
     t2i,
-    owr,
-    owi,
+    o1r,
+    o1i,
+    o2r,
+    o2i,
     a_sb,
     a_sc,
     a_ss,
@@ -245,11 +185,14 @@ def long_conv_fft_rows_kernel(
         b_yi += b_ar * b_bi + b_ai * b_br
 
     # inverse row DFT: right by conj(F_R2), twiddle conj, left by conj(F_R1) -> natural order [R1, R2]
-    b_yr, b_yi = _cdot(b_yr, b_yi, b_f2r, -b_f2i, PREC)
+    b_yr, b_yi = _table_cdot(b_f2r, b_f2i, b_yr, b_yi, False, True, PREC)
     b_yr, b_yi = b_yr * b_t2r + b_yi * b_t2i, b_yi * b_t2r - b_yr * b_t2i
-    b_yr, b_yi = _cdot(b_f1r, -b_f1i, b_yr, b_yi, PREC)
+    b_yr, b_yi = _table_cdot(b_f1r, b_f1i, b_yr, b_yi, True, True, PREC)
     # inverse outer twiddle w_N^(-n2 k1); 1 / N and the weight 2 of the conjugate rows k1 = 1 .. N1/2-1
-    cr, ci = tl.load(owr + i_k * N2 + o_row), -tl.load(owi + i_k * N2 + o_row)  # conj(w_N^(n2 k1))
+    # w_N^(n2 k1) = w_N^(r1 R2 k1) w_N^(r2 k1) for n2 = r1 R2 + r2 (two small tables)
+    ar, ai = tl.load(o1r + i_k * R1 + o_1)[:, None], tl.load(o1i + i_k * R1 + o_1)[:, None]
+    br, bi = tl.load(o2r + i_k * R2 + o_2)[None, :], tl.load(o2i + i_k * R2 + o_2)[None, :]
+    cr, ci = ar * br - ai * bi, -(ar * bi + ai * br)  # conj(w_N^(n2 k1))
     scale = tl.where((i_k > 0) & (i_k < N1 // 2), 2.0, 1.0) / N
     b_wr = (b_yr * cr - b_yi * ci) * scale
     b_wi = (b_yr * ci + b_yi * cr) * scale
@@ -258,136 +201,217 @@ def long_conv_fft_rows_kernel(
     tl.store(wi + p_w, b_wi)
 
 
-@triton.jit(do_not_specialize=["T"])
-def long_conv_ifft_cols_kernel(
-    wr,
-    wi,
-    y,
-    fpr,
-    fpi,
-    fqr,
-    fqi,
-    twr,
-    twi,
+@triton.jit
+def _twiddle(ohr, ohi, olr, oli, o_m, i_n, o_j, NB: tl.constexpr, BN: tl.constexpr):
+    """``w_N^(k1 (i_n BN + j))`` for the rows ``k1 = o_m`` and ``j = o_j``: ``[len(o_m), BN]``, the
+    product of ``hi[k1, i_n] = w_N^(k1 i_n BN)`` (``[H1, NB]``) and ``lo[k1, j] = w_N^(k1 j)``
+    (``[H1, BN]``)."""
+    ar, ai = tl.load(ohr + o_m * NB + i_n)[:, None], tl.load(ohi + o_m * NB + i_n)[:, None]
+    o_l = o_m[:, None] * BN + o_j[None, :]
+    br, bi = tl.load(olr + o_l), tl.load(oli + o_l)
+    return ar * br - ai * bi, ar * bi + ai * br
+
+
+@triton.jit
+def long_conv_dft_cols_kernel(
+    x,
+    zr,
+    zi,
+    fr,
+    fi,
+    ohr,
+    ohi,
+    olr,
+    oli,
     T,
     s_b,
     s_c,
     s_t,
     C: tl.constexpr,
-    P: tl.constexpr,
-    Q: tl.constexpr,
+    N1: tl.constexpr,
     N2: tl.constexpr,
     BN: tl.constexpr,
+    BM: tl.constexpr,
+    BK: tl.constexpr,
+    UNIT_T: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    # program: columns n2 in [i_n * BN, (i_n + 1) * BN) of output row (b, c); real outputs n < T
+    # program: columns n2 in [i_n BN, (i_n + 1) BN) of one real signal (b, c) of T samples:
+    # Z[k1, n2] = w_N^(n2 k1) sum_{n1 < N1 / 2} F_N1[k1, n1] x[n1 N2 + n2] for k1 = 0 .. N1 / 2
+    # (rows n1 >= N1 / 2 are the zero padding; F_N1 is read as its [N1 / 2, N1 / 2] corner)
     i_n, i_bc = tl.program_id(0), tl.program_id(1)
     i_b, i_c = i_bc // C, i_bc % C
-    N1: tl.constexpr = P * Q
-    H1: tl.constexpr = N1 // 2 + 1
-    o_p, o_q = tl.arange(0, P), tl.arange(0, Q)
+    K: tl.constexpr = N1 // 2
+    o_j = tl.arange(0, BN)
+    o_n = i_n * BN + o_j
+    NB: tl.constexpr = N2 // BN
+    p_x = x + i_b.to(tl.int64) * s_b + i_c.to(tl.int64) * s_c
+    row0 = i_bc.to(tl.int64) * (K + 1) * N2
+    b_nyq = tl.zeros([BN], dtype=tl.float32)
+    for i_m in range(K // BM):
+        o_m = i_m * BM + tl.arange(0, BM)
+        b_zr = tl.zeros([BM, BN], dtype=tl.float32)
+        b_zi = tl.zeros([BM, BN], dtype=tl.float32)
+        for i_k in range(K // BK):
+            o_k = i_k * BK + tl.arange(0, BK)
+            o_t = o_k[:, None] * N2 + o_n[None, :]
+            if UNIT_T:
+                b_x = tl.load(p_x + o_t, mask=o_t < T, other=0.0).to(tl.float32)  # [BK, BN]
+            else:
+                b_x = tl.load(p_x + o_t.to(tl.int64) * s_t, mask=o_t < T, other=0.0).to(tl.float32)
+            if i_m == 0:  # Nyquist row k1 = N1 / 2: sum_n1 (-1)^n1 x, exact in float32
+                b_nyq += tl.sum(b_x * (1.0 - 2.0 * (o_k % 2).to(tl.float32))[:, None], axis=0)
+            b_zr = _table_dot(_load_mat(fr, o_m, o_k, K), b_x, b_zr, PREC)
+            b_zi = _table_dot(_load_mat(fi, o_m, o_k, K), b_x, b_zi, PREC)
+        # w_N^(k1 n2) = w_N^(k1 i_n BN) w_N^(k1 j) for n2 = i_n BN + j (two small tables)
+        cr, ci = _twiddle(ohr, ohi, olr, oli, o_m, i_n, o_j, NB, BN)
+        o_w = o_m[:, None] * N2 + o_n[None, :]
+        tl.store(zr + row0 + o_w, b_zr * cr - b_zi * ci)
+        tl.store(zi + row0 + o_w, b_zr * ci + b_zi * cr)
+    cr, ci = _twiddle(ohr, ohi, olr, oli, K + tl.arange(0, 1), i_n, o_j, NB, BN)
+    tl.store(zr + row0 + K * N2 + o_n[None, :], b_nyq[None, :] * cr)
+    tl.store(zi + row0 + K * N2 + o_n[None, :], b_nyq[None, :] * ci)
+
+
+@triton.jit
+def long_conv_dft_icols_kernel(
+    wr,
+    wi,
+    y,
+    fr,
+    fi,
+    T,
+    s_b,
+    s_c,
+    s_t,
+    C: tl.constexpr,
+    N1: tl.constexpr,
+    N2: tl.constexpr,
+    BN: tl.constexpr,
+    BM: tl.constexpr,
+    BK: tl.constexpr,
+    UNIT_T: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    # program: columns n2 in [i_n BN, (i_n + 1) BN) of output row (b, c), outputs n1 < N1 / 2 (t < T):
+    # y[n1, n2] = Re sum_k1 W[k1, n2] w_N1^(-n1 k1)
+    #           = (Re F W_re + Im F W_im)[n1, n2] + (-1)^n1 Re W[N1 / 2, n2]   (F: F_N1's corner)
+    i_n, i_bc = tl.program_id(0), tl.program_id(1)
+    i_b, i_c = i_bc // C, i_bc % C
+    K: tl.constexpr = N1 // 2
     o_n = i_n * BN + tl.arange(0, BN)
-    row0 = i_bc.to(tl.int64) * H1 * N2
-    # tile [P, BN, Q]: (k_p, j, k_q) is W'[k1 = k_p + P k_q, n2 = o_n[j]], kept for k1 < N1 / 2
-    o_k1 = o_p[:, None, None] + P * o_q[None, None, :]
-    o_w = row0 + o_k1 * N2 + o_n[None, :, None]
-    m_w = (o_q[None, None, :] < Q // 2) & (o_p[:, None, None] >= 0) & (o_n[None, :, None] < N2)
-    b_vr = tl.reshape(tl.load(wr + o_w, mask=m_w, other=0.0), (P * BN, Q))
-    b_vi = tl.reshape(tl.load(wi + o_w, mask=m_w, other=0.0), (P * BN, Q))
-    b_nyq = tl.load(wr + row0 + (N1 // 2) * N2 + o_n)  # [BN], real part of row k1 = N1 / 2
-
-    # inverse DFT over k_q (right, conj(F_Q)), twiddle w_N1^(-q k_p), inverse over k_p (left, real part)
-    b_gr, b_gi = _cdot(b_vr, b_vi, _load_mat(fqr, o_q, o_q, Q), -_load_mat(fqi, o_q, o_q, Q), PREC)
-    b_gr = tl.reshape(b_gr, (P, BN, Q))
-    b_gi = tl.reshape(b_gi, (P, BN, Q))
-    b_twr = _load_mat(twr, o_p, o_q, Q)[:, None, :]
-    b_twi = _load_mat(twi, o_p, o_q, Q)[:, None, :]
-    b_gr, b_gi = b_gr * b_twr + b_gi * b_twi, b_gi * b_twr - b_gr * b_twi
-    # Re(conj(F_P) G) = Re(F_P) Re(G) + Im(F_P) Im(G)
-    b_y = _dot(_load_mat(fpr, o_p, o_p, P), tl.reshape(b_gr, (P, BN * Q)), None, PREC)
-    b_y = _dot(_load_mat(fpi, o_p, o_p, P), tl.reshape(b_gi, (P, BN * Q)), b_y, PREC)
-    sgn = 1.0 - 2.0 * (o_q % 2).to(tl.float32)
-    b_y = tl.reshape(b_y, (P, BN, Q)) + sgn[None, None, :] * b_nyq[None, :, None]
-
-    o_t = (Q * o_p[:, None, None] + o_q[None, None, :]) * N2 + o_n[None, :, None]
-    m_t = (o_p[:, None, None] < P // 2) & (o_t < T)
+    row0 = i_bc.to(tl.int64) * (K + 1) * N2
+    b_nyq = tl.load(wr + row0 + K * N2 + o_n)  # [BN]
     p_y = y + i_b.to(tl.int64) * s_b + i_c.to(tl.int64) * s_c
-    tl.store(p_y + o_t.to(tl.int64) * s_t, b_y.to(y.dtype.element_ty), mask=m_t)
+    for i_m in range(K // BM):
+        o_m = i_m * BM + tl.arange(0, BM)
+        b_y = tl.zeros([BM, BN], dtype=tl.float32)
+        for i_k in range(K // BK):
+            o_k = i_k * BK + tl.arange(0, BK)
+            o_w = row0 + o_k[:, None] * N2 + o_n[None, :]
+            b_y = _table_dot(_load_mat(fr, o_m, o_k, K), tl.load(wr + o_w), b_y, PREC)
+            b_y = _table_dot(_load_mat(fi, o_m, o_k, K), tl.load(wi + o_w), b_y, PREC)
+        b_y += (1.0 - 2.0 * (o_m % 2).to(tl.float32))[:, None] * b_nyq[None, :]
+        o_t = o_m[:, None] * N2 + o_n[None, :]
+        if UNIT_T:
+            tl.store(p_y + o_t, b_y.to(y.dtype.element_ty), mask=o_t < T)
+        else:
+            tl.store(p_y + o_t.to(tl.int64) * s_t, b_y.to(y.dtype.element_ty), mask=o_t < T)
 
 
-def fft_plan(T: int, min_factor: int = 16) -> tuple[int, int, int, int]:
-    """``(P, Q, R1, R2)``: the FFT size ``N = P Q R1 R2 = 2 T'`` (``T'`` the least power of two
-    ``>= T`` that gives every factor at least ``min_factor``), columns ``N1 = P Q``, rows
-    ``N2 = R1 R2 <= 4096``. ``tl.dot`` on a GPU needs ``min_factor = 16`` (then ``T' >= 32768``)."""
+def fft_plan(T: int, min_factor: int = 16) -> tuple[int, int, int]:
+    """``(N1, R1, R2)``: the FFT size ``N = N1 R1 R2 = 2 T'`` (``T'`` the least power of two ``>= T``
+    that gives ``N1 / 2, R1, R2 >= min_factor``), columns ``N1``, rows ``N2 = R1 R2``.
+
+    Rows are 512 points (``16 x 32``: the row kernel's best size per point on the H200) while the
+    columns stay at most 512 (the column kernels' matmuls have ``N1 / 2`` terms); beyond ``T = 128k``
+    the rows grow, up to 4096 points (then ``N1`` grows). ``tl.dot`` on a GPU needs
+    ``min_factor = 16`` (then ``T' >= 4096``)."""
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
     if min_factor < 2 or min_factor & (min_factor - 1):
         raise ValueError(f"min_factor must be a power of two >= 2, got {min_factor}")
-    f = max(1, (min_factor - 1).bit_length())
-    n = max((2 * T - 1).bit_length(), 4 * f)
-    n1 = max(2 * f, n - MAX_ROW_LOG2)
-    n2 = n - n1
-    return 1 << (n1 // 2), 1 << (n1 - n1 // 2), 1 << (n2 // 2), 1 << (n2 - n2 // 2)
+    f = (min_factor - 1).bit_length()
+    n = max((2 * T - 1).bit_length(), 3 * f + 1)
+    n2 = min(MAX_ROW_LOG2, max(9, n - 9), n - f - 1)
+    return 1 << (n - n2), 1 << (n2 // 2), 1 << (n2 - n2 // 2)
 
 
 _TABLES: dict[tuple, tuple[Tensor, ...]] = {}
 
 
-def _dft_tables(size: int, inner: int, device: torch.device) -> tuple[Tensor, ...]:
-    """``F_size`` (``[size, size]``, ``exp(-2 pi i j k / size)``) and the twiddle
-    ``w_{size inner}^(k j)`` (``[size, inner]``), real and imaginary parts, float32 from float64."""
-    key = (size, inner, device)
+def _tf32(t: Tensor) -> Tensor:
+    """``t`` (float32) rounded to the nearest tf32 (10-bit mantissa, ties to even), in float32."""
+    b = t.contiguous().view(torch.int32)
+    b = (b + 0xFFF + ((b >> 13) & 1)) & ~0x1FFF
+    return b.view(torch.float32)
+
+
+def _operand(t: Tensor, precision: str) -> Tensor:
+    """A float32 DFT table (entries in ``[-1, 1]``) in the ``tl.dot`` operand format of ``precision``:
+    float16 for ``"fp16"``, float32 rounded to tf32 for ``"tf32"``, else float32 as it is."""
+    if precision == "fp16":
+        return t.half()
+    return _tf32(t) if precision == "tf32" else t
+
+
+def _dft_tables(
+    rows: int, cols: int, mod: int, device: torch.device, precision: str | None = None, step: int = 1
+) -> tuple[Tensor, Tensor]:
+    """``exp(-2 pi i j k step / mod)`` for ``j < rows``, ``k < cols``: real and imaginary parts, computed
+    in float64 (exponents reduced mod ``mod``), then float32, or the operand format of ``precision``."""
+    key = (rows, cols, mod, device, precision, step)
     if key not in _TABLES:
-        j = torch.arange(size, dtype=torch.float64)
-        m = torch.arange(inner, dtype=torch.float64)
-        f = torch.exp(-2j * math.pi * (torch.outer(j, j) % size) / size)
-        tw = torch.exp(-2j * math.pi * torch.outer(j, m) / (size * inner))
-        _TABLES[key] = tuple(
-            t.to(device=device, dtype=torch.float32).contiguous() for t in (f.real, f.imag, tw.real, tw.imag)
-        )
+        j, k = torch.arange(rows, dtype=torch.int64), torch.arange(cols, dtype=torch.int64) * step
+        jk = torch.outer(j, k) % mod
+        w = torch.exp(-2j * math.pi * jk.to(torch.float64) / mod)
+        parts = (w.real.to(device=device, dtype=torch.float32), w.imag.to(device=device, dtype=torch.float32))
+        if precision is not None:
+            parts = tuple(_operand(t, precision) for t in parts)
+        _TABLES[key] = tuple(t.contiguous() for t in parts)
     return _TABLES[key]
-
-
-def _outer_twiddles(N1: int, N2: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """``w_N^(k1 n2)`` for the kept rows ``k1 = 0 .. N1 / 2`` and ``n2 < N2`` (``N = N1 N2``):
-    ``[N1 / 2 + 1, N2]`` real and imaginary parts, float32 from float64 (exponents reduced mod ``N``)."""
-    key = ("outer", N1, N2, device)
-    if key not in _TABLES:
-        N = N1 * N2
-        r = torch.outer(torch.arange(N1 // 2 + 1, dtype=torch.int64), torch.arange(N2, dtype=torch.int64)) % N
-        w = torch.exp(-2j * math.pi * r.to(torch.float64) / N)
-        _TABLES[key] = tuple(t.to(device=device, dtype=torch.float32).contiguous() for t in (w.real, w.imag))
-    return _TABLES[key]
-
-
-COL_WARPS = 8
-"""Warps of the two column kernels: their ``[P, BN, Q]`` complex tiles need 251 registers per thread
-with spills on 4 warps (Triton 3.6, sm_90), 127 on 8 (``README.md``)."""
 
 
 class _Plan:
     def __init__(self, T: int, device: torch.device, precision: str, min_factor: int | None):
         if min_factor is None:
             min_factor = 16 if device.type == "cuda" else 2
-        self.P, self.Q, self.R1, self.R2 = fft_plan(T, min_factor)
-        self.N1, self.N2 = self.P * self.Q, self.R1 * self.R2
+        self.N1, self.R1, self.R2 = fft_plan(T, min_factor)
+        self.N2 = self.R1 * self.R2
         self.H1 = self.N1 // 2 + 1
-        self.BN = min(self.N2, max(1, 4096 // self.N1), 32)  # columns per program of the column passes
-        self.cols = _dft_tables(self.P, self.Q, device)[:2] + _dft_tables(self.Q, 1, device)[:2]
-        self.cols += _dft_tables(self.P, self.Q, device)[2:]
-        self.rows = _dft_tables(self.R1, self.R2, device)[:2] + _dft_tables(self.R2, 1, device)[:2]
-        self.rows += _dft_tables(self.R1, self.R2, device)[2:]
-        self.outer = _outer_twiddles(self.N1, self.N2, device)
+        K = self.N1 // 2
+        self.BN = min(64, self.N2)  # columns per program of the column kernels
+        # the column kernels' launches: output rows and sum terms per matmul, warps, pipelining stages
+        # (the fastest of a sweep at T = 64k and 1M on the H200, BENCHMARKS.md)
+        half = precision == "fp16"
+        self.fwd = dict(BM=min(64, K), BK=min(128 if half else 64, K), num_warps=4, num_stages=2)
+        if half and K <= 128:
+            self.inv = dict(BM=min(64, K), BK=min(128, K), num_warps=4, num_stages=1)
+        else:
+            bk = 128 if half else (64 if K > 128 else 32)
+            self.inv = dict(BM=min(128, K), BK=min(bk, K), num_warps=8, num_stages=1)
+        # columns: the [N1 / 2, N1 / 2] corner of F_N1; rows: F_R1, F_R2 and the twiddle w_N2^(r1 k_r2)
+        self.corner = _dft_tables(K, K, self.N1, device, precision)
+        self.rows = _dft_tables(self.R1, self.R1, self.R1, device, precision)
+        self.rows += _dft_tables(self.R2, self.R2, self.R2, device, precision)
+        self.rows += _dft_tables(self.R1, self.R2, self.N2, device)
+        # the outer twiddle w_N^(k1 n2) of the kept rows k1 = 0 .. N1 / 2, as products of two tables:
+        # n2 = i BN + j for the column kernel, n2 = r1 R2 + r2 for the row kernel
+        N = self.N1 * self.N2
+        self.outer_cols = _dft_tables(self.H1, self.N2 // self.BN, N, device, step=self.BN)
+        self.outer_cols += _dft_tables(self.H1, self.BN, N, device)
+        self.outer_rows = _dft_tables(self.H1, self.R1, N, device, step=self.R2)
+        self.outer_rows += _dft_tables(self.H1, self.R2, N, device)
         self.precision = precision
+        self.row_warps = 2 if self.N2 <= 512 else 4
 
     def spectrum(self, x: Tensor, B: int, C: int, T: int, strides: tuple[int, int, int]) -> Tensor:
         """Half spectrum (column pass) of ``B C`` real signals ``x[b, c, t]`` (``t < T``, zero after):
         ``[2, B C, N1 / 2 + 1, N2]`` float32 (real, imaginary planes)."""
         z = torch.empty(2, B * C, self.H1, self.N2, device=x.device, dtype=torch.float32)
-        grid = (self.N2 // self.BN, B * C)
-        long_conv_fft_cols_kernel[grid](
-            x, z[0], z[1], *self.cols, *self.outer, T, *strides, C=C, P=self.P, Q=self.Q, N2=self.N2,
-            BN=self.BN, PREC=self.precision, num_warps=COL_WARPS,
+        long_conv_dft_cols_kernel[(self.N2 // self.BN, B * C)](
+            x, z[0], z[1], *self.corner, *self.outer_cols, T, *strides, C=C, N1=self.N1, N2=self.N2,
+            BN=self.BN, UNIT_T=strides[2] == 1, PREC=self.precision, **self.fwd,
         )  # fmt: skip
         return z
 
@@ -395,17 +419,17 @@ class _Plan:
         """``sum_s IDFT_rows(DFT_rows(a) [conj] DFT_rows(b))`` on the kept rows: ``[2, rows, H1, N2]``."""
         w = torch.empty(2, rows, self.H1, self.N2, device=a.device, dtype=torch.float32)
         long_conv_fft_rows_kernel[(self.H1, rows)](
-            a[0], a[1], b[0], b[1], w[0], w[1], *self.rows, *self.outer, *a_strides, *b_strides, C=C,
+            a[0], a[1], b[0], b[1], w[0], w[1], *self.rows, *self.outer_rows, *a_strides, *b_strides, C=C,
             NSUM=nsum, N1=self.N1, R1=self.R1, R2=self.R2, CONJ=conj, PREC=self.precision,
+            num_warps=self.row_warps,
         )  # fmt: skip
         return w
 
     def inverse(self, w: Tensor, y: Tensor, C: int, T: int, strides: tuple[int, int, int]) -> None:
         """Write the real signals ``y[b, c, t]``, ``t < T``, from the row-pass output ``w``."""
-        grid = (self.N2 // self.BN, w.shape[1])
-        long_conv_ifft_cols_kernel[grid](
-            w[0], w[1], y, *self.cols, T, *strides, C=C, P=self.P, Q=self.Q, N2=self.N2, BN=self.BN,
-            PREC=self.precision, num_warps=COL_WARPS,
+        long_conv_dft_icols_kernel[(self.N2 // self.BN, w.shape[1])](
+            w[0], w[1], y, *self.corner, T, *strides, C=C, N1=self.N1, N2=self.N2, BN=self.BN,
+            UNIT_T=strides[2] == 1, PREC=self.precision, **self.inv,
         )  # fmt: skip
 
 
@@ -464,10 +488,10 @@ def triton_long_conv(
     precision: str = "tf32x3",
     min_factor: int | None = None,
 ) -> Tensor:
-    """Long convolution by Triton Monarch FFTs; same semantics as
+    """Long convolution by Triton FFTs (matmul DFTs); same semantics as
     :func:`~subq.ops.long_conv.naive.naive_long_conv`, for float32, float16 and bfloat16 inputs.
 
-    The FFT size is ``2 T'`` with ``T'`` the least power of two ``>= T`` (at least 32768 on a GPU, where
+    The FFT size is ``2 T'`` with ``T'`` the least power of two ``>= T`` (at least 4096 on a GPU, where
     every DFT factor must be at least 16): other lengths are zero-padded and the outputs sliced, which
     is exact. The transforms compute in float32 with ``tl.dot`` at ``precision``; outputs are stored in
     the dtype of ``u``. The bidirectional form adds the reverse half as a causal convolution of the
