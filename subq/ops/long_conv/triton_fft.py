@@ -213,6 +213,16 @@ def _twiddle(ohr, ohi, olr, oli, o_m, i_n, o_j, NB: tl.constexpr, BN: tl.constex
 
 
 @triton.jit
+def _program(MB: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """A column-kernel program's ``(i_mb, i_n, i_bc)`` from a 1-D grid whose fastest index is the block
+    of output rows: the programs that read the same input columns run side by side (L2 reuse)."""
+    NMB: tl.constexpr = N1 // 2 // BM // MB
+    NB: tl.constexpr = N2 // BN
+    pid = tl.program_id(0)
+    return pid % NMB, (pid // NMB) % NB, pid // (NMB * NB)
+
+
+@triton.jit
 def long_conv_dft_cols_kernel(
     x,
     zr,
@@ -233,22 +243,25 @@ def long_conv_dft_cols_kernel(
     BN: tl.constexpr,
     BM: tl.constexpr,
     BK: tl.constexpr,
+    MB: tl.constexpr,
     UNIT_T: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    # program: columns n2 in [i_n BN, (i_n + 1) BN) of one real signal (b, c) of T samples:
-    # Z[k1, n2] = w_N^(n2 k1) sum_{n1 < N1 / 2} F_N1[k1, n1] x[n1 N2 + n2] for k1 = 0 .. N1 / 2
-    # (rows n1 >= N1 / 2 are the zero padding; F_N1 is read as its [N1 / 2, N1 / 2] corner)
-    i_n, i_bc = tl.program_id(0), tl.program_id(1)
+    # program: MB blocks of BM output rows k1, for BN columns n2, of one real signal (b, c)
+    # of T samples: Z[k1, n2] = w_N^(n2 k1) sum_{n1 < N1 / 2} F_N1[k1, n1] x[n1 N2 + n2], k1 < N1 / 2
+    # (rows n1 >= N1 / 2 are the zero padding; F_N1 is read as its [N1 / 2, N1 / 2] corner); the
+    # programs of the first row block also write the Nyquist row k1 = N1 / 2
+    i_mb, i_n, i_bc = _program(MB, N1, N2, BM, BN)
     i_b, i_c = i_bc // C, i_bc % C
     K: tl.constexpr = N1 // 2
-    o_j = tl.arange(0, BN)
-    o_n = i_n * BN + o_j
     NB: tl.constexpr = N2 // BN
+    o_j = tl.arange(0, BN)
     p_x = x + i_b.to(tl.int64) * s_b + i_c.to(tl.int64) * s_c
     row0 = i_bc.to(tl.int64) * (K + 1) * N2
+    o_n = i_n * BN + o_j
     b_nyq = tl.zeros([BN], dtype=tl.float32)
-    for i_m in range(K // BM):
+    for i_mm in range(MB):
+        i_m = i_mb * MB + i_mm
         o_m = i_m * BM + tl.arange(0, BM)
         b_zr = tl.zeros([BM, BN], dtype=tl.float32)
         b_zi = tl.zeros([BM, BN], dtype=tl.float32)
@@ -268,9 +281,10 @@ def long_conv_dft_cols_kernel(
         o_w = o_m[:, None] * N2 + o_n[None, :]
         tl.store(zr + row0 + o_w, b_zr * cr - b_zi * ci)
         tl.store(zi + row0 + o_w, b_zr * ci + b_zi * cr)
-    cr, ci = _twiddle(ohr, ohi, olr, oli, K + tl.arange(0, 1), i_n, o_j, NB, BN)
-    tl.store(zr + row0 + K * N2 + o_n[None, :], b_nyq[None, :] * cr)
-    tl.store(zi + row0 + K * N2 + o_n[None, :], b_nyq[None, :] * ci)
+    if i_mb == 0:
+        cr, ci = _twiddle(ohr, ohi, olr, oli, K + tl.arange(0, 1), i_n, o_j, NB, BN)
+        tl.store(zr + row0 + K * N2 + o_n[None, :], b_nyq[None, :] * cr)
+        tl.store(zi + row0 + K * N2 + o_n[None, :], b_nyq[None, :] * ci)
 
 
 @triton.jit
@@ -290,21 +304,22 @@ def long_conv_dft_icols_kernel(
     BN: tl.constexpr,
     BM: tl.constexpr,
     BK: tl.constexpr,
+    MB: tl.constexpr,
     UNIT_T: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    # program: columns n2 in [i_n BN, (i_n + 1) BN) of output row (b, c), outputs n1 < N1 / 2 (t < T):
-    # y[n1, n2] = Re sum_k1 W[k1, n2] w_N1^(-n1 k1)
-    #           = (Re F W_re + Im F W_im)[n1, n2] + (-1)^n1 Re W[N1 / 2, n2]   (F: F_N1's corner)
-    i_n, i_bc = tl.program_id(0), tl.program_id(1)
+    # program: MB blocks of BM outputs n1 < N1 / 2 (t < T), for BN columns n2, of output
+    # row (b, c): y[n1, n2] = Re sum_k1 W[k1, n2] w_N1^(-n1 k1)
+    #                       = (Re F W_re + Im F W_im)[n1, n2] + (-1)^n1 Re W[N1 / 2, n2]   (F: F_N1's corner)
+    i_mb, i_n, i_bc = _program(MB, N1, N2, BM, BN)
     i_b, i_c = i_bc // C, i_bc % C
     K: tl.constexpr = N1 // 2
-    o_n = i_n * BN + tl.arange(0, BN)
     row0 = i_bc.to(tl.int64) * (K + 1) * N2
-    b_nyq = tl.load(wr + row0 + K * N2 + o_n)  # [BN]
     p_y = y + i_b.to(tl.int64) * s_b + i_c.to(tl.int64) * s_c
-    for i_m in range(K // BM):
-        o_m = i_m * BM + tl.arange(0, BM)
+    o_n = i_n * BN + tl.arange(0, BN)
+    b_nyq = tl.load(wr + row0 + K * N2 + o_n)  # [BN]
+    for i_mm in range(MB):
+        o_m = (i_mb * MB + i_mm) * BM + tl.arange(0, BM)
         b_y = tl.zeros([BM, BN], dtype=tl.float32)
         for i_k in range(K // BK):
             o_k = i_k * BK + tl.arange(0, BK)
@@ -384,12 +399,14 @@ class _Plan:
         # the column kernels' launches: output rows and sum terms per matmul, warps, pipelining stages
         # (the fastest of a sweep at T = 64k and 1M on the H200, BENCHMARKS.md)
         half = precision == "fp16"
-        self.fwd = dict(BM=min(64, K), BK=min(128 if half else 64, K), num_warps=4, num_stages=2)
+        # forward: one block of output rows per program; inverse: all of them
+        self.fwd = dict(BM=min(64, K), BK=min(128 if half else 64, K), MB=1, num_warps=4, num_stages=2)
         if half and K <= 128:
-            self.inv = dict(BM=min(64, K), BK=min(128, K), num_warps=4, num_stages=1)
+            self.inv = dict(BM=min(64, K), BK=min(128, K), MB=1, num_warps=4, num_stages=1)
         else:
             bk = 128 if half else (64 if K > 128 else 32)
-            self.inv = dict(BM=min(128, K), BK=min(bk, K), num_warps=8, num_stages=1)
+            self.inv = dict(BM=min(128, K), BK=min(bk, K), MB=1, num_warps=8, num_stages=1)
+        self.inv["MB"] = K // self.inv["BM"]
         # columns: the [N1 / 2, N1 / 2] corner of F_N1; rows: F_R1, F_R2 and the twiddle w_N2^(r1 k_r2)
         self.corner = _dft_tables(K, K, self.N1, device, precision)
         self.rows = _dft_tables(self.R1, self.R1, self.R1, device, precision)
@@ -405,11 +422,16 @@ class _Plan:
         self.precision = precision
         self.row_warps = 2 if self.N2 <= 512 else 4
 
+    def _programs(self, launch: dict, signals: int) -> int:
+        """Programs of a column kernel: blocks of ``MB BM`` output rows x blocks of ``BN`` columns x
+        signals."""
+        return (self.N1 // 2) // (launch["BM"] * launch["MB"]) * (self.N2 // self.BN) * signals
+
     def spectrum(self, x: Tensor, B: int, C: int, T: int, strides: tuple[int, int, int]) -> Tensor:
         """Half spectrum (column pass) of ``B C`` real signals ``x[b, c, t]`` (``t < T``, zero after):
         ``[2, B C, N1 / 2 + 1, N2]`` float32 (real, imaginary planes)."""
         z = torch.empty(2, B * C, self.H1, self.N2, device=x.device, dtype=torch.float32)
-        long_conv_dft_cols_kernel[(self.N2 // self.BN, B * C)](
+        long_conv_dft_cols_kernel[(self._programs(self.fwd, B * C),)](
             x, z[0], z[1], *self.corner, *self.outer_cols, T, *strides, C=C, N1=self.N1, N2=self.N2,
             BN=self.BN, UNIT_T=strides[2] == 1, PREC=self.precision, **self.fwd,
         )  # fmt: skip
@@ -427,7 +449,7 @@ class _Plan:
 
     def inverse(self, w: Tensor, y: Tensor, C: int, T: int, strides: tuple[int, int, int]) -> None:
         """Write the real signals ``y[b, c, t]``, ``t < T``, from the row-pass output ``w``."""
-        long_conv_dft_icols_kernel[(self.N2 // self.BN, w.shape[1])](
+        long_conv_dft_icols_kernel[(self._programs(self.inv, w.shape[1]),)](
             w[0], w[1], y, *self.corner, T, *strides, C=C, N1=self.N1, N2=self.N2, BN=self.BN,
             UNIT_T=strides[2] == 1, PREC=self.precision, **self.inv,
         )  # fmt: skip
