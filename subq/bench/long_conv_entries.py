@@ -28,13 +28,13 @@ has no SDPA baseline (``sdpa_layers=0``): its comparison is ``torch_fft``, in th
 ``x = x + hyena(x)`` twice (no norms, no MLPs), batch ``B``: the operator stack HyenaDNA times against
 attention (2 layers, width 128, batch 1). Each layer has HyenaDNA's hyperparameters (order 2,
 filter MLP width 64, ``emb_dim`` 5, short filter 3, ``w`` 10) and a filter as long as the sequence
-(``max_seq_len = T``). Modes: ``fft`` and ``chunk``, the layer's ``mode="torch"`` with that
-``long_conv_form``; reference: the same weights with ``mode="naive"``. In bf16 or fp16 the weights
-stay float32 and the stack runs under ``torch.autocast`` (as training does), and so does the
-reference: the gate compares the forms, not the precisions. (Under autocast the filter MLP runs in
-bf16 on rounded positional features; against float32 that alone moves the output by about 1e-2
-relative at T = 64 and 4e-2 at T = 512, in every form.) The runner's
-baseline is two causal SDPA calls in sequence (``sdpa_layers=2``) at ``[B, H, T, D]``: attention's
+(``max_seq_len = T``). Modes: ``fft``, ``chunk``, ``triton`` and ``triton_fp16`` (CUDA), the layer's
+``mode="torch"`` with that ``long_conv_form``; reference: the same weights with ``mode="naive"``.
+In bf16 or fp16 the weights stay float32 and the stack runs under ``torch.autocast`` (as training
+does), and so does the reference: the gate compares the forms, not the precisions. (Under autocast
+the filter MLP runs in bf16 on rounded positional features; against float32 that alone moves the
+output by about 1e-2 relative at T = 64 and 4e-2 at T = 512, in every form.) The runner's baseline
+is two causal SDPA calls in sequence (``sdpa_layers=2``) at ``[B, H, T, D]``: attention's
 operator alone, without the projections that the Hyena stack's time includes, so the speedup is a
 lower bound. Use ``H = 1, D = 128``: Hyena's operator is single-headed over all ``d`` channels, and
 head dim 128 is the one FlashAttention is tuned for (the attention FLOPs, ``2 T^2 H D``, are the same
@@ -173,6 +173,14 @@ def chunk_hyena_stack(x: Tensor, stack: HyenaStack) -> Tensor:
     return stack(x, mode="torch", form="chunk")
 
 
+def triton_hyena_stack(x: Tensor, stack: HyenaStack) -> Tensor:
+    return stack(x, mode="torch", form="triton")
+
+
+def triton_fp16_hyena_stack(x: Tensor, stack: HyenaStack) -> Tensor:
+    return stack(x, mode="torch", form="triton_fp16")
+
+
 def naive_hyena_stack(x: Tensor, stack: HyenaStack) -> Tensor:
     return stack(x, mode="naive", form="fft")
 
@@ -192,11 +200,18 @@ def hyena_bytes(s: BenchShape) -> float:
 
 @register_bench(
     "hyena",
-    modes={"fft": fft_hyena_stack, "chunk": chunk_hyena_stack},
+    modes={
+        "fft": fft_hyena_stack,
+        "chunk": chunk_hyena_stack,
+        "triton": triton_hyena_stack,
+        "triton_fp16": triton_fp16_hyena_stack,
+    },
     reference=naive_hyena_stack,
     flops=hyena_flops,
     bytes=hyena_bytes,
     sdpa_layers=HYENA_BENCH_LAYERS,
+    cuda_only=("triton", "triton_fp16"),
+    gate_tol={"triton_fp16": 3e-3},
 )
 def hyena_inputs(s: BenchShape) -> dict[str, object]:
     """``x: [B, T, d]`` standard normal (``d = H * D``) and ``stack``: a :class:`HyenaStack` of two

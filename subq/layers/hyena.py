@@ -35,7 +35,8 @@ one more). Differences, each deliberate:
 - ``mode="torch"`` computes the long convolutions with ``long_conv_form="chunk"`` by default, the
   exactly causal O(T log^2 T) form, so outputs are bitwise independent of later tokens;
   ``long_conv_form="fft"`` is the reference's single FFT (faster; later tokens move earlier outputs
-  by rounding).
+  by rounding); ``"triton"``, ``"triton_tf32"`` and ``"triton_fp16"`` run the Triton FFT convolution
+  (CUDA; the last two with operands rounded to 10 mantissa bits).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from subq.ops.short_conv import (
     short_conv_step,
 )
 
-LONG_CONV_FORMS = ("chunk", "fft")
+LONG_CONV_FORMS = ("chunk", "fft", "triton", "triton_tf32", "triton_fp16")
 
 
 def check_filter_args(
@@ -192,8 +193,11 @@ class Hyena(Mixer):
             ``max_seq_len`` taps.
         w: initial frequency of the Sin activations (default 1, the reference's; HyenaDNA uses 10).
         dropout: on the gated inputs of the long convolutions (default 0).
-        long_conv_form: ``"chunk"`` (default, bitwise causal) or ``"fft"``: how ``mode="torch"``
-            computes the long convolutions (``mode="naive"`` uses the tap-by-tap reference).
+        long_conv_form: ``"chunk"`` (default, bitwise causal), ``"fft"``, or the Triton FFT
+            convolution on CUDA: ``"triton"`` (float32-exact), ``"triton_tf32"`` or ``"triton_fp16"``
+            (faster, relative RMS about 7e-4; :func:`~subq.ops.long_conv.long_conv`): how
+            ``mode="torch"`` computes the long convolutions (``mode="naive"`` uses the tap-by-tap
+            reference).
         causal, layer_idx, mode, device, dtype: see :class:`~subq.layers.base.Mixer`.
 
     Decoding keeps the short convolution's last ``k`` inputs and the last ``min(t, max_seq_len - 1)``

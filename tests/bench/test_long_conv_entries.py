@@ -68,8 +68,11 @@ def test_torch_fft_form_is_the_anchor_expression(T):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_hyena_entry_gates_and_times_against_two_sdpa_layers(one_thread, dtype):
     rows = _tiny([get_bench("hyena")], Ts=(48,), dtype=dtype)
-    assert [r["mode"] for r in rows] == ["fft", "chunk"]
+    assert [r["mode"] for r in rows] == ["fft", "chunk", "triton", "triton_fp16"]
     for r in rows:
+        if r["mode"].startswith("triton"):  # CUDA only: skipped by the runner on a CPU
+            assert r["gate"]["status"] == "skipped", r["gate"]
+            continue
         assert r["gate"]["status"] == "pass", r["gate"]
         assert set(r["gate"]["errors"]) == {"o", "dx"}
         bound = 1e-5 if dtype == torch.float32 else 1e-2
@@ -90,8 +93,9 @@ def test_hyena_stack_shares_weights_across_forms_and_follows_the_layer(one_threa
     for layer in stack.layers:
         layer.mode = "naive"
         want = want + layer(want)
-    for fn in (*spec.modes.values(), spec.reference):
-        assert_close(fn(**x), want, 1e-5, fn.__name__)
+    for name, fn in (*spec.modes.items(), ("reference", spec.reference)):
+        # the Triton forms run in the interpreter here; fp16 operands carry ~1e-3 of rounding
+        assert_close(fn(**x), want, 3e-3 if name == "triton_fp16" else 1e-5, name)
 
 
 def test_sdpa_baseline_of_several_layers_is_the_composition():

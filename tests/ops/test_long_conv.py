@@ -192,8 +192,24 @@ def test_dispatcher_modes():
     y = naive_long_conv(u, h, bias, causal=False)
     for mode in ("auto", "fft", "chunk", "naive"):
         assert_close(long_conv(u, h, bias, causal=False, mode=mode), y, 1e-12, mode)
-    with pytest.raises(ValueError, match="mode must be one of auto, fft, chunk, naive, triton; got 'bogus'"):
+    modes = "auto, fft, chunk, naive, triton, triton_tf32, triton_fp16"
+    with pytest.raises(ValueError, match=f"mode must be one of {modes}; got 'bogus'"):
         long_conv(u, h, mode="bogus")
+
+
+def test_dispatcher_triton_modes_pick_the_precision(monkeypatch):
+    import subq.ops.long_conv as lc
+
+    seen = []
+
+    def fake(u, h, bias, *, causal, precision):
+        seen.append(precision)
+
+    monkeypatch.setattr(lc, "triton_long_conv", fake)
+    u, h = torch.randn(1, 8, 2), torch.randn(2, 8)
+    for mode in ("triton", "triton_tf32", "triton_fp16"):
+        long_conv(u, h, mode=mode)
+    assert seen == ["tf32x3", "tf32", "fp16"]
 
 
 @pytest.mark.parametrize("form", [naive_long_conv, fft_long_conv, chunk_long_conv])

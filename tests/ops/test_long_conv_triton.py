@@ -93,6 +93,18 @@ def test_strided_inputs_channels_first(one_thread):
     check_against_naive(u, h, y, torch.randn(2, 3, 128, device=DEVICE).transpose(1, 2), True, 1e-5)
 
 
+def test_token_major_inputs_keep_their_layout(one_thread):
+    """A contiguous ``[B, T, C]`` ``u`` (a layer's activations) is staged channels-first for the kernels;
+    ``y`` and ``du`` come back contiguous, as ``u`` and ``dy``."""
+    u, h = inputs(2, 96, 3, 96)
+    y = triton_long_conv(u, h, precision="ieee", min_factor=4)
+    assert y.is_contiguous()
+    g = torch.randn_like(y)
+    check_against_naive(u, h, y, g, True, 1e-5)
+    (du,) = torch.autograd.grad(triton_long_conv(u, h, precision="ieee", min_factor=4), u, g)
+    assert du.is_contiguous()
+
+
 def test_half_inputs_out_in_their_dtype(one_thread):
     u, h = (t.detach() for t in inputs(1, 128, 2, 128, dtype=torch.float64))
     y = triton_long_conv(u.half(), h.half(), min_factor=4)

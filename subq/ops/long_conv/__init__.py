@@ -24,7 +24,9 @@ def triton_long_conv(u: Tensor, h: Tensor, bias: Tensor | None = None, **kwargs)
     return fused(u, h, bias, **kwargs)
 
 
-LONG_CONV_MODES = ("auto", "fft", "chunk", "naive", "triton")
+LONG_CONV_MODES = ("auto", "fft", "chunk", "naive", "triton", "triton_tf32", "triton_fp16")
+TRITON_PRECISIONS = {"triton": "tf32x3", "triton_tf32": "tf32", "triton_fp16": "fp16"}
+"""The ``triton*`` modes and their :func:`triton_long_conv` ``precision``."""
 
 
 def long_conv(
@@ -40,7 +42,9 @@ def long_conv(
         causal: default True.
         mode: ``"fft"`` (:func:`fft_long_conv`), ``"chunk"`` (:func:`chunk_long_conv`, bitwise
             causal), ``"naive"`` (:func:`naive_long_conv`), ``"triton"`` (:func:`triton_long_conv`,
-            CUDA, float32 and half inputs) or ``"auto"`` (default: ``"fft"``).
+            CUDA, float32 and half inputs; float32-exact ``tf32x3`` matmuls), ``"triton_tf32"`` or
+            ``"triton_fp16"`` (its fast precisions: operands rounded to 10 mantissa bits, relative
+            RMS about 7e-4) or ``"auto"`` (default: ``"fft"``).
 
     Returns:
         ``y: [B, T, C]`` in the dtype of ``u``.
@@ -51,8 +55,8 @@ def long_conv(
         return naive_long_conv(u, h, bias, causal)
     if mode == "chunk":
         return chunk_long_conv(u, h, bias, causal=causal)
-    if mode == "triton":
-        return triton_long_conv(u, h, bias, causal=causal)
+    if mode in TRITON_PRECISIONS:
+        return triton_long_conv(u, h, bias, causal=causal, precision=TRITON_PRECISIONS[mode])
     return fft_long_conv(u, h, bias, causal=causal)
 
 
@@ -103,6 +107,7 @@ def long_conv_step(
 
 __all__ = [
     "LONG_CONV_MODES",
+    "TRITON_PRECISIONS",
     "chunk_long_conv",
     "fft_long_conv",
     "fft_size",

@@ -455,6 +455,22 @@ class _Plan:
         )  # fmt: skip
 
 
+def _time_contiguous(x: Tensor) -> Tensor:
+    """``x: [B, T, C]`` with unit stride in ``T`` (a view of channels-first storage): ``x`` itself when
+    it has that already, else a copy. The column kernels read and write 64-long runs in ``t``; on a
+    token-major ``[B, T, C]`` tensor every element would cost a 32-byte sector of its own."""
+    if x.shape[1] == 1 or x.stride(1) == 1:
+        return x
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def _like(y: Tensor, x: Tensor) -> Tensor:
+    """``y`` in the memory layout of ``x`` (a copy when they differ; both ``[B, T, C]``)."""
+    if y.stride() == x.stride():
+        return y
+    return torch.empty_like(x, dtype=y.dtype).copy_(y)
+
+
 def _btc_strides(t: Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(2), t.stride(1)
 
@@ -469,19 +485,21 @@ class TritonLongConvFunction(torch.autograd.Function):
         B, T, C = u.shape
         L = h.shape[-1]
         plan = _Plan(T, u.device, precision, min_factor)
+        u_in, u = u, _time_contiguous(u)
         z_u = plan.spectrum(u, B, C, T, _btc_strides(u))  # [2, B C, H1, N2]
         z_h = plan.spectrum(h, 1, C, L, _filter_strides(h))  # [2, C, H1, N2]
         w = plan.product(z_u, z_h, B * C, C, (C, 1, 0), (0, 1, 0), 1, False)
-        y = torch.empty_like(u)  # u's layout: a channels-first u gets a channels-first y (unit stride in t)
+        y = torch.empty_like(u)  # unit stride in t, as the kernels write best
         plan.inverse(w, y, C, T, _btc_strides(y))
         ctx.save_for_backward(z_u, z_h)
         ctx.plan, ctx.shape, ctx.L, ctx.dtypes = plan, (B, T, C), L, (u.dtype, h.dtype)
-        return y
+        return _like(y, u_in)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
         z_u, z_h = ctx.saved_tensors
         plan, (B, T, C), L = ctx.plan, ctx.shape, ctx.L
+        dy_in, dy = dy, _time_contiguous(dy)
         z_dy = plan.spectrum(dy, B, C, T, _btc_strides(dy))
         du = dh = None
         if ctx.needs_input_grad[0]:
@@ -489,6 +507,7 @@ class TritonLongConvFunction(torch.autograd.Function):
             w = plan.product(z_dy, z_h, B * C, C, (C, 1, 0), (0, 1, 0), 1, True)
             du = torch.empty_like(dy, dtype=ctx.dtypes[0])
             plan.inverse(w, du, C, T, _btc_strides(du))
+            du = _like(du, dy_in)
         if ctx.needs_input_grad[1]:
             # dh = sum_b corr(dy_b, u_b): IDFT(sum_b DY_b conj(U_b)), the first L lags
             w = plan.product(z_dy, z_u, C, C, (0, 1, C), (0, 1, C), B, True)
@@ -520,7 +539,9 @@ def triton_long_conv(
     time-reversed input with ``[0, h_rev]``. Not bitwise causal (as :func:`fft_long_conv`).
 
     Args:
-        u: `[B, T, C]`, CUDA (or CPU under ``TRITON_INTERPRET=1``), any strides.
+        u: `[B, T, C]`, CUDA (or CPU under ``TRITON_INTERPRET=1``), any strides. Fastest as the view
+            of channels-first ``[B, C, T]`` storage; other layouts are copied to it for the kernels
+            (and ``y`` back to ``u``'s layout).
         h: `[C, L]` (causal) or `[2, C, L]` (``causal=False``), ``1 <= L <= T``.
         bias: `[C]` or None (default None): adds ``bias * u``.
         causal: default True.
