@@ -154,11 +154,11 @@ def long_conv_fft_rows_kernel(
     PREC: tl.constexpr,
 ):
     # program: kept row k1 of output row (b, c); W = sum_s IDFT_row(DFT_row(A) * [conj] DFT_row(B))
-    i_k, i_bc = tl.program_id(0), tl.program_id(1)
-    i_b, i_c = i_bc // C, i_bc % C
     N2: tl.constexpr = R1 * R2
     N: tl.constexpr = N1 * N2
     H1: tl.constexpr = N1 // 2 + 1
+    i_k, i_bc = tl.program_id(0) % H1, tl.program_id(0) // H1  # a 1-D grid: any number of rows
+    i_b, i_c = i_bc // C, i_bc % C
     o_1, o_2 = tl.arange(0, R1), tl.arange(0, R2)
     o_row = o_1[:, None] * R2 + o_2[None, :]  # [R1, R2], natural order
     b_f1r, b_f1i = _load_mat(f1r, o_1, o_1, R1), _load_mat(f1i, o_1, o_1, R1)
@@ -440,7 +440,7 @@ class _Plan:
     def product(self, a: Tensor, b: Tensor, rows: int, C: int, a_strides, b_strides, nsum: int, conj: bool):
         """``sum_s IDFT_rows(DFT_rows(a) [conj] DFT_rows(b))`` on the kept rows: ``[2, rows, H1, N2]``."""
         w = torch.empty(2, rows, self.H1, self.N2, device=a.device, dtype=torch.float32)
-        long_conv_fft_rows_kernel[(self.H1, rows)](
+        long_conv_fft_rows_kernel[(self.H1 * rows,)](
             a[0], a[1], b[0], b[1], w[0], w[1], *self.rows, *self.outer_rows, *a_strides, *b_strides, C=C,
             NSUM=nsum, N1=self.N1, R1=self.R1, R2=self.R2, CONJ=conj, PREC=self.precision,
             num_warps=self.row_warps,
