@@ -49,7 +49,7 @@ def _rnd(x, PREC: tl.constexpr):
 
 @triton.jit
 def _scale(x):
-    """A power of two ``>= max |x|`` (1 for an all-zero block): ``x / scale`` is in ``[-1, 1]``."""
+    """A power of two ``>= max |x|`` (``2^-99`` for an all-zero block): ``x / scale`` is in ``[-1, 1]``."""
     m = tl.max(tl.max(tl.abs(x), axis=1), axis=0)
     return tl.exp2(tl.ceil(tl.log2(tl.maximum(m, 1e-30))))
 
