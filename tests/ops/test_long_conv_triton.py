@@ -93,6 +93,25 @@ def test_strided_inputs_channels_first(one_thread):
     check_against_naive(u, h, y, torch.randn(2, 3, 128, device=DEVICE).transpose(1, 2), True, 1e-5)
 
 
+@pytest.mark.parametrize("T,f", [(100, 2), (4096, 16)], ids=["T100-f2", "T4096-f16"])
+def test_every_output_is_written(T, f, monkeypatch, one_thread):
+    """Spectra, row outputs, ``y`` and the gradients allocated NaN-filled: an element a kernel fails
+    to write (a Nyquist row, a block of rows or columns) reaches the outputs as NaN."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def nan_empty(*args, **kwargs):
+        return empty(*args, **kwargs).fill_(float("nan"))
+
+    def nan_empty_like(*args, **kwargs):
+        return empty_like(*args, **kwargs).fill_(float("nan"))
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
+    monkeypatch.setattr(torch, "empty_like", nan_empty_like)
+    u, h = inputs(1, T, 2, T)
+    y = triton_long_conv(u, h, precision="ieee", min_factor=f)
+    check_against_naive(u, h, y, torch.randn_like(y), True, 1e-5, reference=fft_long_conv)
+
+
 def test_token_major_inputs_keep_their_layout(one_thread):
     """A contiguous ``[B, T, C]`` ``u`` (a layer's activations) is staged channels-first for the kernels;
     ``y`` and ``du`` come back contiguous, as ``u`` and ``dy``."""
