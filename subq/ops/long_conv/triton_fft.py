@@ -72,16 +72,27 @@ def _table_dot(f, x, acc, PREC: tl.constexpr):
 
 
 @triton.jit
-def _table_cdot(fr, fi, xr, xi, LEFT: tl.constexpr, CONJ: tl.constexpr, PREC: tl.constexpr):
-    """``F X`` (``LEFT``) or ``X F`` for a complex DFT table ``F = fr + i fi`` (``conj(F)`` if ``CONJ``)
-    already in the operand format of ``PREC``, and complex data ``X = xr + i xi`` (rounded or scaled
-    here): four real matmuls, float32 accumulation."""
-    s = 1.0
+def _pow2_max(xr, xi):
+    """A power of two ``>= max(|xr|, |xi|)`` over the block (one reduction for both parts)."""
+    m = tl.max(tl.max(tl.maximum(tl.abs(xr), tl.abs(xi)), axis=1), axis=0)
+    return tl.exp2(tl.ceil(tl.log2(tl.maximum(m, 1e-30))))
+
+
+@triton.jit
+def _operands(xr, xi, s, PREC: tl.constexpr):
+    """Complex data ``(xr + i xi) / s`` as ``tl.dot`` operands of ``PREC``: float16 (``s`` must bound
+    the parts), rounded to tf32, or float32 as it is (``s`` is a power of two: exact)."""
     if PREC == "fp16":
-        s = tl.maximum(_scale(xr), _scale(xi))
-        xr, xi = _half(xr, s), _half(xi, s)
+        return (xr * (1.0 / s)).to(tl.float16), (xi * (1.0 / s)).to(tl.float16)
     else:
-        xr, xi = _rnd(xr, PREC), _rnd(xi, PREC)
+        return _rnd(xr * (1.0 / s), PREC), _rnd(xi * (1.0 / s), PREC)
+
+
+@triton.jit
+def _cmm(fr, fi, xr, xi, LEFT: tl.constexpr, CONJ: tl.constexpr, PREC: tl.constexpr):
+    """``F X`` (``LEFT``) or ``X F`` for a complex DFT table ``F = fr + i fi`` (``conj(F)`` if ``CONJ``)
+    and complex data ``X = xr + i xi``, both already operands of ``PREC`` (:func:`_operands`): four
+    real matmuls, float32 accumulation."""
     # Re = fr xr - fi xi, Im = fr xi + fi xr; conj(F): the fi terms change sign
     if CONJ:
         ur, ui = xi, -xr
@@ -93,7 +104,7 @@ def _table_cdot(fr, fi, xr, xi, LEFT: tl.constexpr, CONJ: tl.constexpr, PREC: tl
     else:
         cr = _mm(ur, fi, _mm(xr, fr, None, PREC), PREC)
         ci = _mm(ui, fi, _mm(xi, fr, None, PREC), PREC)
-    return cr * s, ci * s
+    return cr, ci
 
 
 @triton.jit
@@ -113,12 +124,23 @@ def _load_mat(p, o_r, o_c, NC: tl.constexpr):
 
 
 @triton.jit
-def _row_dft(b_r, b_i, f1r, f1i, f2r, f2i, t2r, t2i, PREC: tl.constexpr):
-    """Forward DFT of a row ``[R1, R2]`` (natural order ``n2 = R2 r1 + r2``); the result is in the
-    order ``k2 = k_r1 + R1 k_r2`` (``[k_r1, k_r2]``)."""
-    b_r, b_i = _table_cdot(f1r, f1i, b_r, b_i, True, False, PREC)
-    b_r, b_i = b_r * t2r - b_i * t2i, b_r * t2i + b_i * t2r
-    return _table_cdot(f2r, f2i, b_r, b_i, False, False, PREC)
+def _row_dft(b_r, b_i, f1r, f1i, f2r, f2i, t2r, t2i, R: tl.constexpr, PREC: tl.constexpr):
+    """Forward DFT of a row ``[R1, R2]`` (natural order ``n2 = R2 r1 + r2``), in the order
+    ``k2 = k_r1 + R1 k_r2`` (``[k_r1, k_r2]``): ``(re, im, g)`` with the DFT ``g (re + i im)``.
+
+    The data stay in a scaled domain: divided by ``s`` (a power of two bounding the row; 1 unless
+    ``fp16``), the parts after ``F_R1`` are at most ``sqrt(2) R1``, and the twiddle table comes
+    divided by ``2 R`` (``R = max(R1, R2)``), so the second matmul's operands are below 1 in magnitude:
+    ``fp16`` needs no second reduction, and every scaling is an exact power of two."""
+    s = 1.0
+    if PREC == "fp16":
+        s = _pow2_max(b_r, b_i)
+    xr, xi = _operands(b_r, b_i, s, PREC)
+    cr, ci = _cmm(f1r, f1i, xr, xi, True, False, PREC)
+    cr, ci = cr * t2r - ci * t2i, cr * t2i + ci * t2r  # w_N2^(r2 k_r1) / (2 R)
+    xr, xi = _operands(cr, ci, 1.0, PREC)
+    cr, ci = _cmm(f2r, f2i, xr, xi, False, False, PREC)
+    return cr, ci, s * (2 * R)
 
 
 @triton.jit
@@ -157,6 +179,7 @@ def long_conv_fft_rows_kernel(
     N2: tl.constexpr = R1 * R2
     N: tl.constexpr = N1 * N2
     H1: tl.constexpr = N1 // 2 + 1
+    R: tl.constexpr = max(R1, R2)  # the row twiddle table t2 comes divided by 2 R (_row_dft)
     i_k, i_bc = tl.program_id(0) % H1, tl.program_id(0) // H1  # a 1-D grid: any number of rows
     i_b, i_c = i_bc // C, i_bc % C
     o_1, o_2 = tl.arange(0, R1), tl.arange(0, R2)
@@ -173,27 +196,34 @@ def long_conv_fft_rows_kernel(
         b_row = i_b * b_sb + i_c * b_sc + i_s * b_ss
         p_a = (a_row.to(tl.int64) * H1 + i_k) * N2 + o_row
         p_b = (b_row.to(tl.int64) * H1 + i_k) * N2 + o_row
-        b_ar, b_ai = _row_dft(
-            tl.load(ar + p_a), tl.load(ai + p_a), b_f1r, b_f1i, b_f2r, b_f2i, b_t2r, b_t2i, PREC
+        b_ar, b_ai, g_a = _row_dft(
+            tl.load(ar + p_a), tl.load(ai + p_a), b_f1r, b_f1i, b_f2r, b_f2i, b_t2r, b_t2i, R, PREC
         )
-        b_br, b_bi = _row_dft(
-            tl.load(br + p_b), tl.load(bi + p_b), b_f1r, b_f1i, b_f2r, b_f2i, b_t2r, b_t2i, PREC
+        b_br, b_bi, g_b = _row_dft(
+            tl.load(br + p_b), tl.load(bi + p_b), b_f1r, b_f1i, b_f2r, b_f2i, b_t2r, b_t2i, R, PREC
         )
         if CONJ:
             b_bi = -b_bi
-        b_yr += b_ar * b_br - b_ai * b_bi
-        b_yi += b_ar * b_bi + b_ai * b_br
+        b_yr += (b_ar * b_br - b_ai * b_bi) * (g_a * g_b)
+        b_yi += (b_ar * b_bi + b_ai * b_br) * (g_a * g_b)
 
-    # inverse row DFT: right by conj(F_R2), twiddle conj, left by conj(F_R1) -> natural order [R1, R2]
-    b_yr, b_yi = _table_cdot(b_f2r, b_f2i, b_yr, b_yi, False, True, PREC)
+    # inverse row DFT: right by conj(F_R2), twiddle conj, left by conj(F_R1) -> natural order [R1, R2],
+    # in the scaled domain of _row_dft: the result is g_y times the inverse
+    g_y = 1.0
+    if PREC == "fp16":
+        g_y = _pow2_max(b_yr, b_yi)
+    xr, xi = _operands(b_yr, b_yi, g_y, PREC)
+    b_yr, b_yi = _cmm(b_f2r, b_f2i, xr, xi, False, True, PREC)
     b_yr, b_yi = b_yr * b_t2r + b_yi * b_t2i, b_yi * b_t2r - b_yr * b_t2i
-    b_yr, b_yi = _table_cdot(b_f1r, b_f1i, b_yr, b_yi, True, True, PREC)
+    xr, xi = _operands(b_yr, b_yi, 1.0, PREC)
+    b_yr, b_yi = _cmm(b_f1r, b_f1i, xr, xi, True, True, PREC)
+    g_y = g_y * (2 * R)
     # inverse outer twiddle w_N^(-n2 k1); 1 / N and the weight 2 of the conjugate rows k1 = 1 .. N1/2-1
     # w_N^(n2 k1) = w_N^(r1 R2 k1) w_N^(r2 k1) for n2 = r1 R2 + r2 (two small tables)
     ar, ai = tl.load(o1r + i_k * R1 + o_1)[:, None], tl.load(o1i + i_k * R1 + o_1)[:, None]
     br, bi = tl.load(o2r + i_k * R2 + o_2)[None, :], tl.load(o2i + i_k * R2 + o_2)[None, :]
     cr, ci = ar * br - ai * bi, -(ar * bi + ai * br)  # conj(w_N^(n2 k1))
-    scale = tl.where((i_k > 0) & (i_k < N1 // 2), 2.0, 1.0) / N
+    scale = tl.where((i_k > 0) & (i_k < N1 // 2), 2.0, 1.0) * (g_y / N)
     b_wr = (b_yr * cr - b_yi * ci) * scale
     b_wi = (b_yr * ci + b_yi * cr) * scale
     p_w = (i_bc.to(tl.int64) * H1 + i_k) * N2 + o_row
@@ -411,7 +441,9 @@ class _Plan:
         self.corner = _dft_tables(K, K, self.N1, device, precision)
         self.rows = _dft_tables(self.R1, self.R1, self.R1, device, precision)
         self.rows += _dft_tables(self.R2, self.R2, self.R2, device, precision)
-        self.rows += _dft_tables(self.R1, self.R2, self.N2, device)
+        self.rows += tuple(
+            t / (2 * max(self.R1, self.R2)) for t in _dft_tables(self.R1, self.R2, self.N2, device)
+        )
         # the outer twiddle w_N^(k1 n2) of the kept rows k1 = 0 .. N1 / 2, as products of two tables:
         # n2 = i BN + j for the column kernel, n2 = r1 R2 + r2 for the row kernel
         N = self.N1 * self.N2
