@@ -38,6 +38,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--pairs", type=int, default=8, help="planted pairs (and questions) per window")
+    ap.add_argument(
+        "--keys", choices=("digits", "byte"), default="digits",
+        help="planted keys: 'KEY-dddd = ' (digits) or one byte that UTF-8 text never holds (byte)",
+    )  # fmt: skip
     ap.add_argument("--eval-windows", type=int, default=16, help="held-out windows for perplexity")
     ap.add_argument("--retrieval-examples", type=int, default=100, help="held-out windows with questions")
     ap.add_argument("--seed", type=int, default=0)
@@ -48,7 +52,7 @@ def main(argv=None) -> dict:
         seq_len=args.seq_len, d_model=args.d_model, n_layers=4, num_heads=8, num_kv_heads=2,
         batch_size=args.batch, train_steps=args.steps, lr=2e-3, warmup=min(200, args.steps // 10),
         train_bytes=40_000_000, retrieval_fraction=0.75, retrieval_pairs=args.pairs,
-        retrieval_questions=args.pairs, answer_weight=4.0, hip=hq.HiPSettings(),
+        retrieval_questions=args.pairs, retrieval_keys=args.keys, answer_weight=4.0, hip=hq.HiPSettings(),
         eval_windows=args.eval_windows, eval_batch_size=4, retrieval_examples=args.retrieval_examples,
         quality_windows=2,
         quality_queries=min(2048, args.seq_len // 2),

@@ -36,6 +36,7 @@ import math
 import sysconfig
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -114,6 +115,7 @@ class ReproConfig(BaseModel):
     retrieval_fraction: float = Field(0.5, ge=0, le=1)
     retrieval_pairs: PositiveInt = 1
     retrieval_questions: PositiveInt = 1
+    retrieval_keys: Literal["digits", "byte"] = "digits"
     answer_weight: float = Field(4.0, ge=0)
     hip: HiPSettings = HiPSettings(mask_k=128, block_size_q=32, sink_size=4, window=64)
     eval_windows: PositiveInt = 16
@@ -182,25 +184,44 @@ def stdlib_source_bytes(split: str, max_bytes: int, stdlib: str | None = None) -
 
 
 QUESTION_BYTES = len("\nKEY-0000 = 0000")
-"""Bytes of one question line with its answer; consecutive answers are this far apart."""
+"""Bytes of one question line with its answer (``"digits"`` keys); consecutive answers are this far
+apart."""
+KEY_BYTES = bytes([0xC0, 0xC1, *range(0xF5, 0x100)])
+"""The ``"byte"`` keys: the 13 bytes that never occur in UTF-8 text, so a key is one token that the
+context holds exactly where it was planted."""
+
+
+def question_bytes(keys: str = "digits") -> int:
+    """Bytes of one question with its answer for ``keys`` (``"digits"``: ``KEY-dddd = dddd``,
+    ``"byte"``: one key byte then ``dddd``)."""
+    return QUESTION_BYTES if keys == "digits" else len("\n?0000")
 
 
 def plant_pairs(
-    window: np.ndarray, rng: np.random.Generator, n_pairs: int, n_questions: int = 1
+    window: np.ndarray, rng: np.random.Generator, n_pairs: int, n_questions: int = 1, keys: str = "digits"
 ) -> tuple[np.ndarray, int, int]:
     """Real text ``window`` (``T + 1`` bytes) with ``n_pairs`` lines ``KEY-dddd = dddd`` inserted at random
     depths (10%..90% of the text) and, at the end, ``n_questions`` questions ``KEY-dddd = `` about
     distinct pairs in random order (the first pair is always asked, last), each followed by its answer.
+    With ``keys="byte"`` a key is one of :data:`KEY_BYTES` (at most 13 pairs) followed directly by
+    its value: a one-token match, what an induction head does, instead of a nine-byte one.
     Returns ``(bytes [T + 1], answer_start, answer_len)`` of the last answer; the others start
-    ``QUESTION_BYTES`` apart before it (:func:`answer_starts`)."""
+    :func:`question_bytes` apart before it (:func:`answer_starts`)."""
     if not 1 <= n_questions <= n_pairs:
         raise ValueError(f"need 1 <= n_questions <= n_pairs, got {n_questions} and {n_pairs}")
+    if keys not in ("digits", "byte"):
+        raise ValueError(f"keys must be 'digits' or 'byte', got {keys!r}")
+    if keys == "byte" and n_pairs > len(KEY_BYTES):
+        raise ValueError(f"byte keys allow at most {len(KEY_BYTES)} pairs, got {n_pairs}")
     n = len(window)
-    keys = rng.choice(10_000, size=n_pairs, replace=False)
+    if keys == "digits":
+        names = [f"KEY-{k:04d} = ".encode() for k in rng.choice(10_000, size=n_pairs, replace=False)]
+    else:
+        names = [bytes([k]) for k in rng.choice(list(KEY_BYTES), size=n_pairs, replace=False)]
     values = rng.integers(0, 10_000, size=n_pairs)
-    pairs = [f"\nKEY-{k:04d} = {v:04d}\n".encode() for k, v in zip(keys, values, strict=True)]
+    pairs = [b"\n" + k + f"{v:04d}\n".encode() for k, v in zip(names, values, strict=True)]
     asked = [*(1 + rng.permutation(n_pairs - 1)[: n_questions - 1]), 0]
-    tail = b"".join(f"\nKEY-{keys[i]:04d} = {values[i]:04d}".encode() for i in asked)  # questions + answers
+    tail = b"".join(b"\n" + names[i] + f"{values[i]:04d}".encode() for i in asked)  # questions + answers
     n_text = n - len(tail) - sum(map(len, pairs))
     if n_text < 1:
         raise ValueError(f"a window of {n} bytes is too short for {n_pairs} planted pairs")
@@ -213,9 +234,10 @@ def plant_pairs(
     return out, n - 4, 4
 
 
-def answer_starts(last_start: int, n_questions: int) -> list[int]:
+def answer_starts(last_start: int, n_questions: int, keys: str = "digits") -> list[int]:
     """Where the answers of :func:`plant_pairs`'s ``n_questions`` questions start, first to last."""
-    return [last_start - QUESTION_BYTES * i for i in range(n_questions - 1, -1, -1)]
+    step = question_bytes(keys)
+    return [last_start - step * i for i in range(n_questions - 1, -1, -1)]
 
 
 def _windows(data: np.ndarray, T: int, count: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -265,8 +287,10 @@ def train_lm(model, train: np.ndarray, cfg: ReproConfig, seed: int, device: str,
         rows, weights = [], torch.ones(cfg.batch_size, T)
         for b, window in enumerate(_windows(train, T, cfg.batch_size, rng)):
             if rng.uniform() < cfg.retrieval_fraction:
-                window, last, n = plant_pairs(window, rng, cfg.retrieval_pairs, cfg.retrieval_questions)
-                for start in answer_starts(last, cfg.retrieval_questions):
+                window, last, n = plant_pairs(
+                    window, rng, cfg.retrieval_pairs, cfg.retrieval_questions, cfg.retrieval_keys
+                )
+                for start in answer_starts(last, cfg.retrieval_questions, cfg.retrieval_keys):
                     weights[b, start - 1 : start - 1 + n] = cfg.answer_weight
             rows.append(torch.from_numpy(window.astype(np.int64)))
         batch = torch.stack(rows).to(device)
@@ -518,11 +542,12 @@ def evaluate_methods(
     rng = np.random.default_rng(seed + 2)
     text = torch.from_numpy(np.stack(_windows(test, cfg.seq_len, cfg.eval_windows, rng)).astype(np.int64))
     planted = [
-        plant_pairs(w, rng, cfg.retrieval_pairs, cfg.retrieval_questions)
+        plant_pairs(w, rng, cfg.retrieval_pairs, cfg.retrieval_questions, cfg.retrieval_keys)
         for w in _windows(test, cfg.seq_len, cfg.retrieval_examples, rng)
     ]
     questions = torch.from_numpy(np.stack([p[0] for p in planted]).astype(np.int64))
-    starts, n_ans = answer_starts(planted[0][1], cfg.retrieval_questions), planted[0][2]
+    starts = answer_starts(planted[0][1], cfg.retrieval_questions, cfg.retrieval_keys)
+    n_ans = planted[0][2]
     # the predictions of every answer byte: the last `keep` positions of the input
     keep = cfg.seq_len - starts[0] + 1
     ans = torch.tensor([s + i for s in starts for i in range(n_ans)])

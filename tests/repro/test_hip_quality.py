@@ -63,6 +63,31 @@ def test_plant_pairs_asks_several_questions_about_distinct_pairs():
         plant_pairs(window, rng, 2, n_questions=3)
 
 
+def test_plant_pairs_with_byte_keys():
+    """One key byte that UTF-8 text never holds, then the value: each key appears once in the
+    context and once in its question, directly before the answer."""
+    from subq.repro.hip_quality import KEY_BYTES, answer_starts
+
+    rng = np.random.default_rng(2)
+    window = np.frombuffer(b"x" * 201, dtype=np.uint8)
+    out, last, n = plant_pairs(window, rng, 5, n_questions=4, keys="byte")
+    data = out.tobytes()
+    assert len(out) == 201 and n == 4 and last == 197
+    starts = answer_starts(last, 4, keys="byte")
+    asked = []
+    for s in starts:
+        key = data[s - 1]
+        assert key in KEY_BYTES and data[s - 2] == ord("\n")
+        assert data.count(bytes([key])) == 2  # planted once, asked once
+        assert b"\n" + bytes([key]) + data[s : s + n] + b"\n" in data[: starts[0] - 2]
+        asked.append(key)
+    assert len(set(asked)) == 4 and sum(data.count(bytes([k])) for k in KEY_BYTES) == 5 + 4
+    with pytest.raises(ValueError, match="at most 13 pairs"):
+        plant_pairs(np.frombuffer(b"x" * 2001, dtype=np.uint8), rng, 14, keys="byte")
+    with pytest.raises(ValueError, match="keys must be 'digits' or 'byte'"):
+        plant_pairs(window, rng, 2, keys="hex")
+
+
 def test_mask_quality_is_a_ratio_over_the_pruned_queries():
     torch.manual_seed(0)
     q, k = torch.randn(1, 128, 2, 16), torch.randn(1, 128, 1, 16)
