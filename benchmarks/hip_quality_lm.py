@@ -14,6 +14,7 @@ test split with HiP at the paper's defaults (``mask_k = 512``, ``block_size_q = 
 - (c) planted-pair retrieval accuracy with each.
 
     python benchmarks/hip_quality_lm.py --steps 2879      # one H200: 2 minutes of training
+    python benchmarks/hip_quality_lm.py --keys byte --answer-weight 30   # one-byte keys (retrieval)
     python benchmarks/hip_quality_lm.py --device cpu --seq-len 1152 --steps 2 --batch 1 --d-model 32 \
         --eval-windows 1 --retrieval-examples 1                    # smoke test
 
@@ -42,6 +43,7 @@ def main(argv=None) -> dict:
         "--keys", choices=("digits", "byte"), default="digits",
         help="planted keys: 'KEY-dddd = ' (digits) or one byte that UTF-8 text never holds (byte)",
     )  # fmt: skip
+    ap.add_argument("--answer-weight", type=float, default=4.0, help="training weight of the answer bytes")
     ap.add_argument("--eval-windows", type=int, default=16, help="held-out windows for perplexity")
     ap.add_argument("--retrieval-examples", type=int, default=100, help="held-out windows with questions")
     ap.add_argument("--seed", type=int, default=0)
@@ -52,7 +54,8 @@ def main(argv=None) -> dict:
         seq_len=args.seq_len, d_model=args.d_model, n_layers=4, num_heads=8, num_kv_heads=2,
         batch_size=args.batch, train_steps=args.steps, lr=2e-3, warmup=min(200, args.steps // 10),
         train_bytes=40_000_000, retrieval_fraction=0.75, retrieval_pairs=args.pairs,
-        retrieval_questions=args.pairs, retrieval_keys=args.keys, answer_weight=4.0, hip=hq.HiPSettings(),
+        retrieval_questions=args.pairs, retrieval_keys=args.keys, answer_weight=args.answer_weight,
+        hip=hq.HiPSettings(),
         eval_windows=args.eval_windows, eval_batch_size=4, retrieval_examples=args.retrieval_examples,
         quality_windows=2,
         quality_queries=min(2048, args.seq_len // 2),
