@@ -15,6 +15,8 @@ test split with HiP at the paper's defaults (``mask_k = 512``, ``block_size_q = 
 
     python benchmarks/hip_quality_lm.py --steps 2879      # one H200: 2 minutes of training
     python benchmarks/hip_quality_lm.py --keys byte --answer-weight 30   # one-byte keys (retrieval)
+    python benchmarks/hip_quality_lm.py --keys byte --answer-weight 30 --hip-variants 32:1,16:1 \
+        --save lm.safetensors                                      # and HiP with smaller query blocks
     python benchmarks/hip_quality_lm.py --device cpu --seq-len 1152 --steps 2 --batch 1 --d-model 32 \
         --eval-windows 1 --retrieval-examples 1                    # smoke test
 
@@ -46,6 +48,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--answer-weight", type=float, default=4.0, help="training weight of the answer bytes")
     ap.add_argument("--eval-windows", type=int, default=16, help="held-out windows for perplexity")
     ap.add_argument("--retrieval-examples", type=int, default=100, help="held-out windows with questions")
+    ap.add_argument(
+        "--hip-variants", default="",
+        help="more HiP query-block settings for (c), as block_size_q:block_stride_q pairs, e.g. 32:1,16:1",
+    )  # fmt: skip
+    ap.add_argument("--save", default=None, help="write the trained LM's weights here (safetensors)")
+    ap.add_argument("--load", default=None, help="evaluate these weights (from --save) instead of training")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=None)
@@ -63,12 +71,25 @@ def main(argv=None) -> dict:
     hq.register_attentions()
     train = hq.stdlib_source_bytes("train", cfg.train_bytes)
     test = hq.stdlib_source_bytes("test", cfg.train_bytes)
+    variants = [tuple(int(v) for v in pair.split(":")) for pair in args.hip_variants.split(",") if pair]
     model = hq.build_lm(cfg, args.seed, args.device)
-    t0 = time.perf_counter()
-    training = hq.train_lm(model, train, cfg, args.seed, args.device)
-    print(f"trained {args.steps} steps in {time.perf_counter() - t0:.0f} s; last-100 training loss "
-          f"{sum(training['losses'][-100:]) / len(training['losses'][-100:]):.3f} bits/byte ({len(train)} "
-          f"training bytes, {args.steps * args.batch * args.seq_len / len(train):.1f} passes)")  # fmt: skip
+    if args.load:
+        from safetensors.torch import load_model
+
+        load_model(model, args.load, device=args.device)
+        training = {"seconds": 0.0, "losses": [], "loaded": args.load}
+    else:
+        t0 = time.perf_counter()
+        training = hq.train_lm(model, train, cfg, args.seed, args.device)
+        last = training["losses"][-100:]
+        passes = args.steps * args.batch * args.seq_len / len(train)
+        print(f"trained {args.steps} steps in {time.perf_counter() - t0:.0f} s; last-100 training loss "
+              f"{sum(last) / len(last):.3f} bits/byte ({len(train)} training bytes, "
+              f"{passes:.1f} passes)")  # fmt: skip
+    if args.save:
+        from safetensors.torch import save_model
+
+        save_model(model, args.save)
     lm = hq.lm_quality(model, test, cfg, args.seed, args.device)
     layers = ", ".join(f"{x['equal_budget']:.3f}" for x in lm["per_layer"])
     print(f"(a) mask quality {lm['equal_budget']:.3f} (per layer {layers}); ceilings: shared "
@@ -78,6 +99,16 @@ def main(argv=None) -> dict:
         print(f"{r['method']:>12}: {r['bits_per_byte']:.4f} bits/byte, ppl / dense {r['ppl_ratio']:.4f} "
               f"(past the budget {r['ppl_late_ratio']:.4f}), "
               f"retrieval {100 * r['retrieval_acc']:.1f}%")  # fmt: skip
+    for bq, sq in variants:
+        hip = cfg.hip.model_copy(update={"block_size_q": bq, "block_stride_q": sq})
+        (r,) = hq.evaluate_methods(model, test, cfg.model_copy(update={"hip": hip}), args.seed, args.device,
+                                   methods=("hip",))  # fmt: skip
+        r.update(method=f"hip bq={bq} sq={sq}", hip=hip.model_dump(), ppl_ratio=r["ppl"] / rows[0]["ppl"],
+                 retrieval_gap=100 * (r["retrieval_acc"] - rows[0]["retrieval_acc"]))  # fmt: skip
+        r["ppl_late_ratio"] = r["ppl_late"] / rows[0]["ppl_late"]
+        rows.append(r)
+        acc = 100 * r["retrieval_acc"]
+        print(f"{r['method']:>12}: ppl / dense {r['ppl_ratio']:.4f}, retrieval {acc:.1f}%")
     import transformers
 
     record = {
