@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from subq.ops.common.launch import FastLaunch
 from subq.ops.long_conv.naive import check_long_conv
 
 PRECISIONS = ("tf32x3", "tf32", "fp16", "ieee")
@@ -463,7 +464,7 @@ class _Plan:
         """Half spectrum (column pass) of ``B C`` real signals ``x[b, c, t]`` (``t < T``, zero after):
         ``[2, B C, N1 / 2 + 1, N2]`` float32 (real, imaginary planes)."""
         z = torch.empty(2, B * C, self.H1, self.N2, device=x.device, dtype=torch.float32)
-        long_conv_dft_cols_kernel[(self._programs(self.fwd, B * C),)](
+        _COLS[(self._programs(self.fwd, B * C),)](
             x, z[0], z[1], *self.corner, *self.outer_cols, T, *strides, C=C, N1=self.N1, N2=self.N2,
             BN=self.BN, UNIT_T=strides[2] == 1, PREC=self.precision, **self.fwd,
         )  # fmt: skip
@@ -472,7 +473,7 @@ class _Plan:
     def product(self, a: Tensor, b: Tensor, rows: int, C: int, a_strides, b_strides, nsum: int, conj: bool):
         """``sum_s IDFT_rows(DFT_rows(a) [conj] DFT_rows(b))`` on the kept rows: ``[2, rows, H1, N2]``."""
         w = torch.empty(2, rows, self.H1, self.N2, device=a.device, dtype=torch.float32)
-        long_conv_fft_rows_kernel[(self.H1 * rows,)](
+        _ROWS[(self.H1 * rows,)](
             a[0], a[1], b[0], b[1], w[0], w[1], *self.rows, *self.outer_rows, *a_strides, *b_strides, C=C,
             NSUM=nsum, N1=self.N1, R1=self.R1, R2=self.R2, CONJ=conj, PREC=self.precision,
             num_warps=self.row_warps,
@@ -481,10 +482,25 @@ class _Plan:
 
     def inverse(self, w: Tensor, y: Tensor, C: int, T: int, strides: tuple[int, int, int]) -> None:
         """Write the real signals ``y[b, c, t]``, ``t < T``, from the row-pass output ``w``."""
-        long_conv_dft_icols_kernel[(self._programs(self.inv, w.shape[1]),)](
+        _ICOLS[(self._programs(self.inv, w.shape[1]),)](
             w[0], w[1], y, *self.corner, T, *strides, C=C, N1=self.N1, N2=self.N2, BN=self.BN,
             UNIT_T=strides[2] == 1, PREC=self.precision, **self.inv,
         )  # fmt: skip
+
+
+# the kernels' launches: compiled once per specialization, then launched without Triton's binder
+_COLS = FastLaunch(long_conv_dft_cols_kernel)
+_ROWS = FastLaunch(long_conv_fft_rows_kernel)
+_ICOLS = FastLaunch(long_conv_dft_icols_kernel)
+_PLANS: dict[tuple, _Plan] = {}
+
+
+def _plan(T: int, device: torch.device, precision: str, min_factor: int | None) -> _Plan:
+    """The (cached) plan of length ``T`` on ``device``."""
+    key = (T, device, precision, min_factor)
+    if key not in _PLANS:
+        _PLANS[key] = _Plan(T, device, precision, min_factor)
+    return _PLANS[key]
 
 
 def _time_contiguous(x: Tensor) -> Tensor:
@@ -516,7 +532,7 @@ class TritonLongConvFunction(torch.autograd.Function):
     def forward(ctx, u: Tensor, h: Tensor, precision: str, min_factor: int | None) -> Tensor:
         B, T, C = u.shape
         L = h.shape[-1]
-        plan = _Plan(T, u.device, precision, min_factor)
+        plan = _plan(T, u.device, precision, min_factor)
         u_in, u = u, _time_contiguous(u)
         z_u = plan.spectrum(u, B, C, T, _btc_strides(u))  # [2, B C, H1, N2]
         z_h = plan.spectrum(h, 1, C, L, _filter_strides(h))  # [2, C, H1, N2]
