@@ -61,6 +61,7 @@ from subq.bench.registry import BenchShape, register_bench
 from subq.layers import get_mixer
 from subq.models.hyena_dna import HYENA_LAYER
 from subq.ops.long_conv import chunk_long_conv, fft_long_conv, naive_long_conv, triton_long_conv
+from subq.ops.short_conv import naive_short_conv, short_conv
 
 HYENA_BENCH_LAYERS = 2
 
@@ -225,3 +226,45 @@ def hyena_inputs(s: BenchShape) -> dict[str, object]:
         device=s.device,
     )
     return {"x": torch.randn(s.B, s.T, s.H * s.D, dtype=s.dtype, device=s.device), "stack": stack}
+
+
+# ---- short convolution ---------------------------------------------------------------------------------
+def _short_conv_mode(mode: str):
+    def run(x: Tensor, w: Tensor, b: Tensor, k: int) -> Tensor:
+        return short_conv(x, w, b, mode=mode)
+
+    run.__name__ = f"{mode}_short_conv"
+    return run
+
+
+def _naive_short_conv(x: Tensor, w: Tensor, b: Tensor, k: int) -> Tensor:
+    return naive_short_conv(x, w, b)
+
+
+def short_conv_flops(s: BenchShape) -> float:
+    return 2 * s.params["k"] * s.B * s.T * s.H * s.D
+
+
+def short_conv_bytes(s: BenchShape) -> float:
+    """Read ``x``, write ``y`` (``[B, T, C]``; the weights are negligible)."""
+    return 2 * s.B * s.T * s.H * s.D * s.dtype.itemsize
+
+
+@register_bench(
+    "short_conv",
+    modes={"torch": _short_conv_mode("torch"), "triton": _short_conv_mode("triton")},
+    reference=_naive_short_conv,
+    flops=short_conv_flops,
+    bytes=short_conv_bytes,
+    params={"k": 3},
+    sdpa_layers=0,
+)
+def short_conv_inputs(s: BenchShape) -> dict[str, Tensor]:
+    """The causal depthwise convolution of Hyena and BASED on a projection's output: ``x: [B, T, C]``
+    token-major (``C = H * D`` contiguous), ``w: [C, k]``, ``b: [C]``. ``torch`` is ``F.conv1d`` on the
+    transposed input (:func:`~subq.ops.short_conv.short_conv`), ``triton`` the kernels of
+    :mod:`subq.ops.short_conv.triton_conv`."""
+    C, k = s.H * s.D, s.params["k"]
+    x = torch.randn(s.B, s.T, C, dtype=s.dtype, device=s.device)
+    w = torch.randn(C, k, dtype=s.dtype, device=s.device) / k**0.5
+    return {"x": x, "w": w, "b": torch.randn(C, dtype=s.dtype, device=s.device)}

@@ -45,6 +45,18 @@ def test_long_conv_entry_gates_and_times_every_mode(one_thread):
         assert r["flops_fwd"] > 0 and r["bytes_fwd"] == (2 + 1) * r["T"] * 16 * 4
 
 
+def test_short_conv_entry_gates_the_torch_form_and_skips_triton_on_cpu(one_thread):
+    rows = _tiny([get_bench("short_conv")])
+    assert [(r["mode"], r["T"]) for r in rows] == [(m, T) for m in ("torch", "triton") for T in (32, 100)]
+    for r in rows:
+        if r["mode"] == "triton":
+            assert r["gate"]["status"] == "skipped" and r["gate"]["message"] == "needs CUDA", r["gate"]
+            continue
+        assert r["gate"]["status"] == "pass" and set(r["gate"]["errors"]) == {"o", "dx", "dw", "db"}
+        assert r["params"] == {"k": 3} and r["flops_fwd"] == 2 * 3 * r["T"] * 16
+        assert _positive(r["fwd_ms"]) and _positive(r["fwd_bwd_ms"]) and r["sdpa_fwd_ms"] is None
+
+
 def test_long_conv_inputs_are_channels_first_views():
     s = BenchShape(2, 40, 3, 4, torch.float32, CPU)
     x = get_bench("long_conv").make_inputs(s)

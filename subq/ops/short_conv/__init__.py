@@ -20,17 +20,26 @@ from subq.ops.short_conv.checks import (
 from subq.ops.short_conv.naive import naive_short_conv
 
 
-def short_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+def short_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, mode: str = "torch") -> Tensor:
     """Causal depthwise convolution: ``y[:, t] = bias + sum_j weight[:, j] * x[:, t - (k - 1) + j]``.
 
     Args:
         x: `[B, T, C]`.
         weight: `[C, k]`, ``2 <= k <= 8``; tap ``k - 1`` multiplies the current token.
         bias: `[C]` or None (default None).
+        mode: ``"torch"`` (default: ``F.conv1d`` on the transposed input) or ``"triton"`` (the kernels of
+            :mod:`subq.ops.short_conv.triton_conv`, on ``[B, T, C]`` in place; CUDA, or Triton's
+            interpreter).
 
     Returns:
         ``y: [B, T, C]`` in the dtype of ``x``.
     """
+    if mode == "triton":
+        from subq.ops.short_conv.triton_conv import triton_short_conv
+
+        return triton_short_conv(x, weight, bias)
+    if mode != "torch":
+        raise ValueError(f"mode must be 'torch' or 'triton', got {mode!r}")
     B, T, C, k = check_short_conv(x, weight, bias)
     xt = F.pad(x.transpose(1, 2), (k - 1, 0))  # [B, C, k - 1 + T], zeros before t = 0
     return F.conv1d(xt, weight[:, None, :], bias, groups=C).transpose(1, 2)  # [B, T, C]

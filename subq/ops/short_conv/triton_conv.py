@@ -1,0 +1,134 @@
+"""Triton depthwise short convolution on ``[B, T, C]``, forward and backward.
+
+``y[b, t, c] = bias[c] + sum_j w[c, j] x[b, t - pad + j, c]`` (zero outside ``0 <= t < T``), for
+``k = w.shape[1]`` taps: ``pad = k - 1`` is the causal convolution of
+:func:`~subq.ops.short_conv.short_conv`, ``pad = k // 2`` the centred one of Hydra. ``F.conv1d``
+takes ``[B, C, T]``: on the ``[B, T, C]`` activations of a projection it needs a transposed copy in
+and out, and its depthwise CUDA kernel is slow in bf16 (0.71 ms per Hydra layer at 4k,
+``BENCHMARKS.md``). These kernels read the activations where they are (any strides) and keep ``C``
+contiguous in every tile.
+
+- ``short_conv_fwd_kernel``: one program per ``[BT, BC]`` output tile, the ``k`` shifted input tiles
+  summed in float32. The input gradient is the same kernel on ``dy`` with the taps reversed and
+  ``pad' = k - 1 - pad``.
+- ``short_conv_dw_kernel``: per ``[BT, BC]`` tile, partial ``dw [k, BC]`` and ``dbias [BC]`` in
+  float32, summed over tiles by the caller (deterministic).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from subq.ops.short_conv.checks import check_short_conv
+
+
+@triton.jit
+def short_conv_fwd_kernel(
+    x, w, bias, y, T, C, s_xb, s_xt, s_xc, s_yb, s_yt, s_yc,
+    K: tl.constexpr, PAD: tl.constexpr, HAS_BIAS: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+):  # fmt: skip
+    i_t, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    o_t = i_t * BT + tl.arange(0, BT)
+    o_c = i_c * BC + tl.arange(0, BC)
+    m_c = o_c < C
+    p_x = x + i_b.to(tl.int64) * s_xb + o_c[None, :] * s_xc
+    acc = tl.zeros([BT, BC], dtype=tl.float32)
+    for j in tl.static_range(K):
+        t_in = o_t - PAD + j
+        m = ((t_in >= 0) & (t_in < T))[:, None] & m_c[None, :]
+        b_x = tl.load(p_x + t_in[:, None].to(tl.int64) * s_xt, mask=m, other=0.0).to(tl.float32)
+        b_w = tl.load(w + o_c * K + j, mask=m_c, other=0.0).to(tl.float32)
+        acc += b_x * b_w[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias + o_c, mask=m_c, other=0.0).to(tl.float32)[None, :]
+    p_y = y + i_b.to(tl.int64) * s_yb + o_t[:, None].to(tl.int64) * s_yt + o_c[None, :] * s_yc
+    tl.store(p_y, acc.to(y.dtype.element_ty), mask=(o_t < T)[:, None] & m_c[None, :])
+
+
+@triton.jit
+def short_conv_dw_kernel(
+    x, dy, dw, db, T, C, s_xb, s_xt, s_xc, s_yb, s_yt, s_yc,
+    K: tl.constexpr, PAD: tl.constexpr, HAS_BIAS: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+):  # fmt: skip
+    i_t, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    tile = i_b.to(tl.int64) * tl.num_programs(0) + i_t  # partials: [tiles, K, C] and [tiles, C]
+    o_t = i_t * BT + tl.arange(0, BT)
+    o_c = i_c * BC + tl.arange(0, BC)
+    m_c = o_c < C
+    m_out = (o_t < T)[:, None] & m_c[None, :]
+    p_dy = dy + i_b.to(tl.int64) * s_yb + o_t[:, None].to(tl.int64) * s_yt + o_c[None, :] * s_yc
+    b_dy = tl.load(p_dy, mask=m_out, other=0.0).to(tl.float32)
+    p_x = x + i_b.to(tl.int64) * s_xb + o_c[None, :] * s_xc
+    for j in tl.static_range(K):
+        t_in = o_t - PAD + j
+        m = ((t_in >= 0) & (t_in < T))[:, None] & m_c[None, :]
+        b_x = tl.load(p_x + t_in[:, None].to(tl.int64) * s_xt, mask=m, other=0.0).to(tl.float32)
+        tl.store(dw + (tile * K + j) * C + o_c, tl.sum(b_dy * b_x, 0), mask=m_c)
+    if HAS_BIAS:
+        tl.store(db + tile * C + o_c, tl.sum(b_dy, 0), mask=m_c)
+
+
+def _launch_fwd(x: Tensor, w: Tensor, bias: Tensor | None, pad: int, out_dtype: torch.dtype) -> Tensor:
+    B, T, C = x.shape
+    y = torch.empty(B, T, C, device=x.device, dtype=out_dtype)
+    BT, BC = _tiles(C)
+    short_conv_fwd_kernel[(triton.cdiv(T, BT), triton.cdiv(C, BC), B)](
+        x, w, bias, y, T, C, *x.stride(), *y.stride(), K=w.shape[1], PAD=pad, HAS_BIAS=bias is not None,
+        BT=BT, BC=BC, num_warps=4,
+    )  # fmt: skip
+    return y
+
+
+def _tiles(C: int) -> tuple[int, int]:
+    """``[BT, BC]`` tiles: 64 channels (128-byte rows in bf16) by 64 steps, fewer channels when ``C`` is
+    small."""
+    BC = min(64, triton.next_power_of_2(C))
+    return 4096 // BC if BC < 64 else 64, BC
+
+
+class TritonShortConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, pad: int) -> Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.pad, ctx.has_bias = pad, bias is not None
+        return _launch_fwd(x, w, bias, pad, x.dtype)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x, w = ctx.saved_tensors
+        B, T, C = x.shape
+        K = w.shape[1]
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            # dx[t] = sum_j w[j] dy[t + pad - j]: the forward on dy, taps reversed, pad' = K - 1 - pad
+            dx = _launch_fwd(dy, w.flip(1).contiguous(), None, K - 1 - ctx.pad, x.dtype)
+        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+            BT, BC = _tiles(C)
+            tiles = B * triton.cdiv(T, BT)
+            dw_part = torch.empty(tiles, K, C, device=x.device, dtype=torch.float32)
+            db_part = torch.empty(tiles, C, device=x.device, dtype=torch.float32) if ctx.has_bias else None
+            short_conv_dw_kernel[(triton.cdiv(T, BT), triton.cdiv(C, BC), B)](
+                x, dy, dw_part, db_part, T, C, *x.stride(), *dy.stride(), K=K, PAD=ctx.pad,
+                HAS_BIAS=ctx.has_bias, BT=BT, BC=BC, num_warps=4,
+            )  # fmt: skip
+            dw = dw_part.sum(0).t().contiguous().to(w.dtype)  # [C, K]
+            if ctx.has_bias:
+                db = db_part.sum(0).to(w.dtype)
+        return dx, dw, db, None
+
+
+def triton_short_conv(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, *, padding: int | None = None
+) -> Tensor:
+    """Depthwise convolution of ``x: [B, T, C]`` (any strides) by ``weight: [C, k]`` with the Triton
+    kernels; ``padding`` zeros before ``t = 0`` (default ``k - 1``: causal, as
+    :func:`~subq.ops.short_conv.short_conv`; ``k // 2`` with odd ``k``: centred), the output as long
+    as the input. Computes in float32, returns the dtype of ``x``; forward and backward."""
+    B, T, C, k = check_short_conv(x, weight, bias)
+    pad = k - 1 if padding is None else padding
+    if not isinstance(pad, int) or not 0 <= pad <= k - 1:
+        raise ValueError(f"padding must be an int in [0, k - 1 = {k - 1}], got {padding!r}")
+    return TritonShortConv.apply(x, weight, bias, pad)
