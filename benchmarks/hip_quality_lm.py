@@ -109,6 +109,12 @@ def main(argv=None) -> dict:
         rows.append(r)
         acc = 100 * r["retrieval_acc"]
         print(f"{r['method']:>12}: ppl / dense {r['ppl_ratio']:.4f}, retrieval {acc:.1f}%")
+    needles = None
+    if args.keys == "byte":
+        needles = hq.needle_coverage(model, test, cfg, args.seed, args.device)
+        print("needles: dense probability in the retrieving head, per layer "
+              + ", ".join(f"{v:.3f}" for v in needles["needle_prob"]) + "; kept by HiP's mask "
+              + ", ".join(f"{v:.3f}" for v in needles["covered"]))  # fmt: skip
     import transformers
 
     record = {
@@ -120,6 +126,7 @@ def main(argv=None) -> dict:
         "training": {"seconds": training["seconds"], "losses_every_10": training["losses"][::10]},
         "byte_lm": lm,
         "methods": rows,
+        "needles": needles,
     }
     line = json.dumps(record)
     if args.out:

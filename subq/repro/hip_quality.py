@@ -532,6 +532,60 @@ def lm_quality(model, test: np.ndarray, cfg: ReproConfig, seed: int, device: str
     }
 
 
+@torch.no_grad()
+def needle_coverage(model, test: np.ndarray, cfg: ReproConfig, seed: int, device: str) -> dict:
+    """Why retrieval (c) fails or holds under HiP: on held-out windows with byte-key pairs planted,
+    for every question's answer digit ``d`` (query: the byte before it; needle: the same digit of the
+    planted value), per layer, the dense attention probability on the needle in the head that puts the
+    most on it (``needle_prob``) and whether HiP's mask of that query's block keeps the needle in that
+    head (``covered``; sink and window count as kept), averaged over questions and digits. Needs
+    ``retrieval_keys="byte"``."""
+    if cfg.retrieval_keys != "byte":
+        raise ValueError("needle_coverage needs retrieval_keys='byte' (the key byte marks the needle)")
+    T, hip = cfg.seq_len, cfg.hip
+    tail = question_bytes("byte") * cfg.retrieval_questions + 1  # the questions' query positions
+    n_q = min(T, -(-tail // hip.block_size_q) * hip.block_size_q)
+    if T % hip.block_size_q:
+        raise ValueError(f"seq_len {T} must be a multiple of block_size_q {hip.block_size_q}")
+    rng = np.random.default_rng(seed + 3)
+    model.set_attn_implementation(CAPTURE)
+    prob: list[list[float]] = [[] for _ in range(cfg.n_layers)]
+    covered: list[list[float]] = [[] for _ in range(cfg.n_layers)]
+    for window in _windows(test, T, cfg.retrieval_examples, rng):
+        x, last, n_ans = plant_pairs(window, rng, cfg.retrieval_pairs, cfg.retrieval_questions, "byte")
+        pairs = []  # (query position, needle position) of every answer digit
+        for start in answer_starts(last, cfg.retrieval_questions, "byte"):
+            needle = int(np.flatnonzero(x == x[start - 1])[0]) + 1  # the planted value's first digit
+            pairs += [(start - 1 + d, needle + d) for d in range(n_ans)]
+        _CAPTURED.clear()
+        with _autocast(device):
+            model(torch.from_numpy(x[None, :-1].astype(np.int64)).to(device))
+        for layer, (q, k, _) in enumerate(_CAPTURED):
+            off = T - n_q
+            geo = dict(block_size_q=hip.block_size_q, block_size_k=hip.block_size_k, sink_size=hip.sink_size,
+                       window=hip.window)  # fmt: skip
+            indices, counts = hierarchical_mask(
+                q[:, off:], k, mask_k=hip.mask_k, block_stride_q=hip.block_stride_q,
+                block_stride_k=hip.block_stride_k, causal=True, q_offset=off, **geo,
+            )  # fmt: skip
+            est = hip_token_mask(indices, counts, n_q, T, causal=True, q_offset=off, **geo)[0]  # [H, n_q, T]
+            H = q.shape[2]
+            kh = k[0].repeat_interleave(H // k.shape[2], dim=1)  # [T, H, D]
+            for qpos, npos in pairs:
+                scores = torch.einsum("hd,shd->hs", q[0, qpos], kh[: qpos + 1]) * q.shape[-1] ** -0.5
+                p = scores.softmax(-1)[:, npos]  # [H]
+                head = int(p.argmax())
+                prob[layer].append(p[head].item())
+                covered[layer].append(float(est[head, qpos - off, npos]))
+    _CAPTURED.clear()
+    model.set_attn_implementation("sdpa")
+    return {
+        "questions": cfg.retrieval_examples * cfg.retrieval_questions,
+        "needle_prob": [float(np.mean(v)) for v in prob],
+        "covered": [float(np.mean(v)) for v in covered],
+    }
+
+
 # ---- (b) perplexity and (c) retrieval ---------------------------------------------------------------
 @torch.no_grad()
 def evaluate_methods(

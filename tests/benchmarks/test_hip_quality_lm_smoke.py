@@ -34,7 +34,7 @@ def test_hip_variants_and_saved_weights(bench, tmp_path, capsys, one_thread):
     reproduces every measurement without training."""
     weights = tmp_path / "lm.safetensors"
     argv = ["--device", "cpu", "--seq-len", "1152", "--batch", "1", "--d-model", "32", "--eval-windows", "1",
-            "--retrieval-examples", "1", "--hip-variants", "32:1"]  # fmt: skip
+            "--retrieval-examples", "1", "--hip-variants", "32:1", "--keys", "byte"]  # fmt: skip
     trained = bench.main([*argv, "--steps", "2", "--save", str(weights)])
     loaded = bench.main([*argv, "--load", str(weights)])
     capsys.readouterr()
@@ -44,3 +44,7 @@ def test_hip_variants_and_saved_weights(bench, tmp_path, capsys, one_thread):
     for a, b in zip(trained["methods"], loaded["methods"], strict=True):
         assert a["bits_per_byte"] == pytest.approx(b["bits_per_byte"], rel=1e-5)
     assert trained["byte_lm"]["equal_budget"] == pytest.approx(loaded["byte_lm"]["equal_budget"], rel=1e-5)
+    needles = trained["needles"]
+    assert needles["questions"] == 8 and len(needles["needle_prob"]) == len(needles["covered"]) == 4
+    assert all(0 <= v <= 1 for v in needles["needle_prob"] + needles["covered"])
+    assert needles == loaded["needles"]

@@ -130,3 +130,23 @@ def test_micro_run_writes_table_json_and_plot(tmp_path):
     for part in ("minilm", "byte_lm"):
         assert 0 < saved[part]["equal_budget"] <= 1 + 1e-6 and len(saved[part]["per_layer"]) in (2, 6)
     assert len(saved["training"]["losses"]) == 3 and len(saved["verdicts"]) >= 3
+
+
+def test_needle_coverage_is_complete_when_hip_keeps_everything_and_partial_when_it_prunes():
+    """With ``mask_k >= T`` every needle is kept; with HiP's mask at its smallest (one branch, tiny
+    window) some are not; the dense probabilities do not depend on HiP's settings."""
+    from subq.repro.hip_quality import build_lm, needle_coverage, register_attentions, stdlib_source_bytes
+
+    register_attentions()
+    cfg = MICRO.model_copy(update={"retrieval_keys": "byte", "retrieval_pairs": 4, "retrieval_questions": 2})
+    model = build_lm(cfg, 0, "cpu")
+    test = stdlib_source_bytes("test", 200_000)
+    everything = HiPSettings(mask_k=128, block_size_q=16, sink_size=2, window=8)
+    full = needle_coverage(model, test, cfg.model_copy(update={"hip": everything}), 0, "cpu")
+    assert full["questions"] == 6 and full["covered"] == [1.0, 1.0]
+    tiny = HiPSettings(mask_k=2, block_size_q=16, sink_size=0, window=1)
+    pruned = needle_coverage(model, test, cfg.model_copy(update={"hip": tiny}), 0, "cpu")
+    assert pruned["needle_prob"] == pytest.approx(full["needle_prob"])
+    assert min(pruned["covered"]) < 1.0
+    with pytest.raises(ValueError, match="needs retrieval_keys='byte'"):
+        needle_coverage(model, test, MICRO, 0, "cpu")
