@@ -135,8 +135,8 @@ class HyenaStack(nn.Module):
     """``x = x + layer(x)`` over ``n_layers`` float32 Hyena layers of width ``d_model`` with HyenaDNA's
     hyperparameters, under ``torch.autocast(dtype=autocast_dtype)`` when that is set.
 
-    ``forward(x, mode=, form=)`` runs every layer in ``mode`` (``"torch"`` or ``"naive"``) with
-    ``long_conv_form=form``: the forms share one set of weights.
+    ``forward(x, mode=, form=, short=)`` runs every layer in ``mode`` (``"torch"`` or ``"naive"``) with
+    ``long_conv_form=form`` and ``short_conv_mode=short``: the forms share one set of weights.
     """
 
     def __init__(
@@ -156,9 +156,9 @@ class HyenaStack(nn.Module):
         )
         self.autocast_dtype = autocast_dtype
 
-    def forward(self, x: Tensor, *, mode: str, form: str) -> Tensor:
+    def forward(self, x: Tensor, *, mode: str, form: str, short: str = "torch") -> Tensor:
         for layer in self.layers:
-            layer.mode, layer.long_conv_form = mode, form
+            layer.mode, layer.long_conv_form, layer.short_conv_mode = mode, form, short
         cast = self.autocast_dtype is not None
         with torch.autocast(x.device.type, dtype=self.autocast_dtype) if cast else nullcontext():
             for layer in self.layers:
@@ -180,6 +180,10 @@ def triton_hyena_stack(x: Tensor, stack: HyenaStack) -> Tensor:
 
 def triton_fp16_hyena_stack(x: Tensor, stack: HyenaStack) -> Tensor:
     return stack(x, mode="torch", form="triton_fp16")
+
+
+def all_triton_hyena_stack(x: Tensor, stack: HyenaStack) -> Tensor:
+    return stack(x, mode="torch", form="triton_fp16", short="triton")
 
 
 def naive_hyena_stack(x: Tensor, stack: HyenaStack) -> Tensor:
@@ -206,13 +210,14 @@ def hyena_bytes(s: BenchShape) -> float:
         "chunk": chunk_hyena_stack,
         "triton": triton_hyena_stack,
         "triton_fp16": triton_fp16_hyena_stack,
+        "all_triton": all_triton_hyena_stack,
     },
     reference=naive_hyena_stack,
     flops=hyena_flops,
     bytes=hyena_bytes,
     sdpa_layers=HYENA_BENCH_LAYERS,
-    cuda_only=("triton", "triton_fp16"),
-    gate_tol={"triton_fp16": 3e-3},
+    cuda_only=("triton", "triton_fp16", "all_triton"),
+    gate_tol={"triton_fp16": 3e-3, "all_triton": 3e-3},
 )
 def hyena_inputs(s: BenchShape) -> dict[str, object]:
     """``x: [B, T, d]`` standard normal (``d = H * D``) and ``stack``: a :class:`HyenaStack` of two

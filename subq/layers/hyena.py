@@ -198,6 +198,9 @@ class Hyena(Mixer):
             (faster, relative RMS about 7e-4; :func:`~subq.ops.long_conv.long_conv`): how
             ``mode="torch"`` computes the long convolutions (``mode="naive"`` uses the tap-by-tap
             reference).
+        short_conv_mode: how ``mode="torch"`` computes the short convolution: ``"torch"`` (default,
+            ``F.conv1d``) or ``"triton"`` (:func:`~subq.ops.short_conv.triton_conv.triton_short_conv`,
+            in place on the projection's ``[B, T, 3 d]`` output; CUDA).
         causal, layer_idx, mode, device, dtype: see :class:`~subq.layers.base.Mixer`.
 
     Decoding keeps the short convolution's last ``k`` inputs and the last ``min(t, max_seq_len - 1)``
@@ -224,6 +227,7 @@ class Hyena(Mixer):
         w: float = 1.0,
         dropout: float = 0.0,
         long_conv_form: str = "chunk",
+        short_conv_mode: str = "torch",
         causal: bool = True,
         layer_idx: int | None = None,
         mode: str = "auto",
@@ -236,6 +240,9 @@ class Hyena(Mixer):
         check_filter_args(filter_order, emb_dim, short_filter_order, max_seq_len, dropout)
         if long_conv_form not in LONG_CONV_FORMS:
             raise ValueError(f"long_conv_form must be one of {LONG_CONV_FORMS}, got {long_conv_form!r}")
+        if short_conv_mode not in ("torch", "triton"):
+            raise ValueError(f"short_conv_mode must be 'torch' or 'triton', got {short_conv_mode!r}")
+        self.short_conv_mode = short_conv_mode
         self.order, self.filter_order, self.emb_dim = order, filter_order, emb_dim
         self.short_filter_order, self.max_seq_len, self.long_conv_form = (
             short_filter_order,
@@ -285,8 +292,11 @@ class Hyena(Mixer):
         order, filters)``."""
         T, d = x.shape[1], self.d_model
         p = self.in_proj(x)  # [B, T, (N+1)d]
-        conv = naive_short_conv if mode == "naive" else short_conv
-        *xs, v = conv(p, *self._short_filter(p)).split(d, dim=-1)  # [B, T, d] each
+        if mode == "naive":
+            conv = naive_short_conv(p, *self._short_filter(p))
+        else:
+            conv = short_conv(p, *self._short_filter(p), mode=self.short_conv_mode)
+        *xs, v = conv.split(d, dim=-1)  # [B, T, d] each
         h = self.long_filters(min(T, self.max_seq_len))  # [N-1, (2,) d, L]
         form = "naive" if mode == "naive" else self.long_conv_form
         inputs = []
@@ -353,5 +363,6 @@ class Hyena(Mixer):
         return (
             f"{super().extra_repr()}, order={self.order}, filter_order={self.filter_order}, "
             f"emb_dim={self.emb_dim}, short_filter_order={self.short_filter_order}, "
-            f"max_seq_len={self.max_seq_len}, long_conv_form={self.long_conv_form!r}"
+            f"max_seq_len={self.max_seq_len}, long_conv_form={self.long_conv_form!r}, "
+            f"short_conv_mode={self.short_conv_mode!r}"
         )

@@ -122,16 +122,22 @@ def test_forms_agree_forward_and_gradients(causal, T, one_thread):
 
 
 @pytest.mark.parametrize(
-    "form,causal,tol",
-    [("triton", True, 1e-4), ("triton_fp16", False, 3e-3)],
-    ids=["triton-causal", "fp16-bidir"],
+    "form,short,causal,tol",
+    [
+        ("triton", "torch", True, 1e-4),
+        ("triton_fp16", "torch", False, 3e-3),
+        ("triton", "triton", True, 1e-4),
+    ],
+    ids=["triton-causal", "fp16-bidir", "triton-short-conv"],
 )
-def test_triton_forms_match_the_reference(form, causal, tol, one_thread):
-    """The Triton FFT convolution inside the layer (float32; on a CPU the kernels run in Triton's
-    interpreter), forward and gradients against the naive layer. The layer's activations are
-    token-major, so this also covers the copy to channels-first storage and back."""
+def test_triton_forms_match_the_reference(form, short, causal, tol, one_thread):
+    """The Triton FFT convolution (and the Triton short convolution) inside the layer (float32; on a
+    CPU the kernels run in Triton's interpreter), forward and gradients against the naive layer. The
+    layer's activations are token-major, so this also covers the copy to channels-first storage and
+    back, and the short convolution in place on the projection."""
     kw = {"filter_order": 16, "max_seq_len": 64, "order": 2, "causal": causal}
-    fast, naive = Hyena(16, long_conv_form=form, **kw).eval(), Hyena(16, mode="naive", **kw).eval()
+    fast = Hyena(16, long_conv_form=form, short_conv_mode=short, **kw).eval()
+    naive = Hyena(16, mode="naive", **kw).eval()
     fast.load_state_dict(naive.state_dict())
     x = torch.randn(2, 50, 16, requires_grad=True)
     g = torch.randn(2, 50, 16)
