@@ -64,6 +64,31 @@ def test_triton_two_halves_equal_the_whole(one_thread):
 
 
 @pytest.mark.interpret
+def test_triton_reads_projection_slices_in_place(one_thread):
+    """``x``, ``B``, ``C`` as slices of one ``[b, T, H P + 2 G N + 5]`` projection (time stride wider
+    than a row) give the contiguous inputs' outputs and gradients, through to the projection."""
+    b, T, H, P, G, N = 2, 37, 2, 4, 1, 8
+    proj = torch.randn(b, T, H * P + 2 * G * N + 5, requires_grad=True)
+    dt = torch.nn.functional.softplus(torch.randn(b, T, H)).requires_grad_()
+    A = (-torch.rand(H) - 0.2).requires_grad_()
+
+    def run(copy: bool):
+        x = proj[..., : H * P].unflatten(-1, (H, P))
+        B = proj[..., H * P : H * P + G * N].unflatten(-1, (G, N))
+        C = proj[..., H * P + G * N : H * P + 2 * G * N].unflatten(-1, (G, N))
+        assert x.stride(1) == B.stride(1) == proj.shape[-1]
+        if copy:
+            x, B, C = x.contiguous(), B.contiguous(), C.contiguous()
+        y, _ = fused_chunk_ssd(x, dt, A, B, C, chunk_size=16)
+        return (y, *torch.autograd.grad((y * g).sum(), [proj, dt, A]))
+
+    g = torch.randn(b, T, H, P)
+    strided, copied = run(False), run(True)
+    for name, a, r in zip(("y", "dproj", "ddt", "dA"), strided, copied, strict=True):
+        assert_close(a, r, 1e-6, name)
+
+
+@pytest.mark.interpret
 @pytest.mark.parametrize("form", ["triton", "torch"])
 def test_long_memory_gradients(form, one_thread):
     """Small steps (dt ~ U(0, 0.01)) keep ~1000 tokens in the state: ``dA`` and ``ddt`` sum over

@@ -1,7 +1,10 @@
 """Triton chunked SSD, forward and backward: the GPU training path.
 
-The kernels take the discretised inputs ``xbar = dt x`` and the per-step log decays ``a = dt A`` (both
-made by PyTorch around them, so autograd carries ``dt``, ``A`` and ``D``); ``README.md`` has the math.
+The kernels read ``x``, ``dt`` and ``A`` and form the discretised inputs ``xbar = dt x`` (rounded to the
+dtype of ``x`` for the matmuls) and the per-step log decays ``a = dt A`` in registers, chunk by chunk;
+the backward kernel returns ``dxbar`` and ``da``, from which PyTorch makes ``dx``, ``ddt`` and ``dA``
+(``D`` is added around the kernels). ``x``, ``B`` and ``C`` are read in place with any batch and time
+strides (slices of a projection), with unit-stride last dimensions. ``README.md`` has the math.
 
 - ``ssd_fwd_kernel``: one program per (block of ``P``, batch x head) walks the chunks and keeps the
   state ``h [P, N]`` in registers (float32): inside a chunk the masked quadratic form, across chunks
@@ -25,21 +28,26 @@ from subq.ops.ssd.naive import check_ssd_inputs
 
 
 @triton.jit
-def _load_chunk(p_x, p_a, p_B, p_C, o_t, m_t, o_p, m_p, o_n, m_n, H, G, P: tl.constexpr, N: tl.constexpr):
-    """``xbar [BT, BP]``, the inclusive cumulative log decay from the chunk's start ``[BT]``, the
-    chunk's total log decay, ``B, C [BT, BN]``; padded rows are zero (no decay, no input)."""
-    b_x = tl.load(p_x + o_t[:, None] * H * P + o_p[None, :], mask=m_t[:, None] & m_p[None, :], other=0.0)
-    b_a = tl.load(p_a + o_t * H, mask=m_t, other=0.0).to(tl.float32)
+def _load_chunk(p_x, p_dt, A_h, p_B, p_C, o_t, m_t, o_p, m_p, o_n, m_n, s_xt, s_bt, H):
+    """``xbar = dt x [BT, BP]`` (in the dtype of ``x``), ``x [BT, BP]``, ``dt [BT]``, the inclusive
+    cumulative log decay ``dt A`` from the chunk's start ``[BT]``, the chunk's total log decay,
+    ``B, C [BT, BN]``; padded rows are zero (no decay, no input)."""
+    o_t64 = o_t.to(tl.int64)
+    b_x = tl.load(p_x + o_t64[:, None] * s_xt + o_p[None, :], mask=m_t[:, None] & m_p[None, :], other=0.0)
+    b_dt = tl.load(p_dt + o_t64 * H, mask=m_t, other=0.0).to(tl.float32)
+    b_xbar = (b_x.to(tl.float32) * b_dt[:, None]).to(b_x.dtype)
+    b_a = b_dt * A_h
     m_tn = m_t[:, None] & m_n[None, :]
-    b_B = tl.load(p_B + o_t[:, None] * G * N + o_n[None, :], mask=m_tn, other=0.0)
-    b_C = tl.load(p_C + o_t[:, None] * G * N + o_n[None, :], mask=m_tn, other=0.0)
-    return b_x, tl.cumsum(b_a, 0), tl.sum(b_a, 0), b_B, b_C
+    b_B = tl.load(p_B + o_t64[:, None] * s_bt + o_n[None, :], mask=m_tn, other=0.0)
+    b_C = tl.load(p_C + o_t64[:, None] * s_bt + o_n[None, :], mask=m_tn, other=0.0)
+    return b_xbar, b_x, b_dt, tl.cumsum(b_a, 0), tl.sum(b_a, 0), b_B, b_C
 
 
 @triton.jit(do_not_specialize=["T"])
 def ssd_fwd_kernel(
     x,
-    a,
+    dt,
+    A,
     Bm,
     Cm,
     y,
@@ -47,6 +55,10 @@ def ssd_fwd_kernel(
     ht,
     hs,
     T,
+    s_xb,
+    s_xt,
+    s_bb,
+    s_bt,
     H: tl.constexpr,
     G: tl.constexpr,
     P: tl.constexpr,
@@ -70,11 +82,13 @@ def ssd_fwd_kernel(
     m_p, m_n = o_p < P, o_n < N
     m_pn = m_p[:, None] & m_n[None, :]
     m_causal = o_i[:, None] >= o_i[None, :]
-    # [B, T, H, *] rows of this (batch, head): row t of a tensor with last dim K is at t * H * K
+    # x, B, C in place (batch and time strides); dt [B, T, H] and y [B, T, H, P] contiguous
     row0 = i_b.to(tl.int64) * T * H + i_h
-    p_x, p_a = x + row0 * P, a + row0
-    p_B = Bm + (i_b.to(tl.int64) * T * G + i_g) * N
-    p_C = Cm + (i_b.to(tl.int64) * T * G + i_g) * N
+    p_x = x + i_b.to(tl.int64) * s_xb + i_h * P
+    p_dt = dt + row0
+    A_h = tl.load(A + i_h).to(tl.float32)
+    p_B = Bm + i_b.to(tl.int64) * s_bb + i_g * N
+    p_C = Cm + i_b.to(tl.int64) * s_bb + i_g * N
     p_state = o_p[:, None] * N + o_n[None, :]  # [BP, BN] inside one [P, N] state
 
     if USE_INITIAL_STATE:
@@ -86,8 +100,8 @@ def ssd_fwd_kernel(
     for i_t in range(NT):
         o_t = i_t * BT + o_i
         m_t = o_t < T
-        b_x, b_acs, b_last, b_B, b_C = _load_chunk(
-            p_x, p_a, p_B, p_C, o_t, m_t, o_p, m_p, o_n, m_n, H, G, P, N
+        b_x, _, _, b_acs, b_last, b_B, b_C = _load_chunk(
+            p_x, p_dt, A_h, p_B, p_C, o_t, m_t, o_p, m_p, o_n, m_n, s_xt, s_bt, H
         )
         if STORE_STATES:
             tl.store(hs + (i_bh.to(tl.int64) * NT + i_t) * P * N + p_state, b_h, mask=m_pn)
@@ -99,7 +113,7 @@ def ssd_fwd_kernel(
             # the state before the chunk, decayed to each position  [BT, BN] @ [BN, BP]
             b_y += tl.exp(b_acs)[:, None] * tl.dot(b_C, tl.trans(b_h).to(DT), input_precision=PREC)
             tl.store(
-                y + row0 * P + o_t[:, None] * H * P + o_p[None, :],
+                y + row0 * P + o_t[:, None].to(tl.int64) * H * P + o_p[None, :],
                 b_y.to(DT),
                 mask=m_t[:, None] & m_p[None, :],
             )
@@ -114,7 +128,8 @@ def ssd_fwd_kernel(
 @triton.jit(do_not_specialize=["T"])
 def ssd_bwd_kernel(
     x,
-    a,
+    dt,
+    A,
     Bm,
     Cm,
     dy,
@@ -123,9 +138,14 @@ def ssd_bwd_kernel(
     dx,
     dB,
     dC,
-    da,
+    ddt,
+    dA,
     dh0,
     T,
+    s_xb,
+    s_xt,
+    s_bb,
+    s_bt,
     NB: tl.constexpr,
     H: tl.constexpr,
     G: tl.constexpr,
@@ -149,14 +169,18 @@ def ssd_bwd_kernel(
     m_pn = m_p[:, None] & m_n[None, :]
     m_causal = o_i[:, None] >= o_i[None, :]
     row0 = i_b.to(tl.int64) * T * H + i_h
-    p_x, p_dy, p_a = x + row0 * P, dy + row0 * P, a + row0
-    p_B = Bm + (i_b.to(tl.int64) * T * G + i_g) * N
-    p_C = Cm + (i_b.to(tl.int64) * T * G + i_g) * N
+    p_x = x + i_b.to(tl.int64) * s_xb + i_h * P
+    p_dt = dt + row0
+    A_h = tl.load(A + i_h).to(tl.float32)
+    p_dy = dy + row0 * P
+    p_B = Bm + i_b.to(tl.int64) * s_bb + i_g * N
+    p_C = Cm + i_b.to(tl.int64) * s_bb + i_g * N
     p_dx = dx + row0 * P
-    # dB, dC and da: one float32 partial per block of P, per head (the caller sums blocks and groups)
+    # dB, dC, ddt and dA: one float32 partial per block of P, per head (the caller sums blocks and groups)
     p_dB = dB + (i_p.to(tl.int64) * NB * T * H + row0) * N
     p_dC = dC + (i_p.to(tl.int64) * NB * T * H + row0) * N
-    p_da = da + i_p.to(tl.int64) * NB * T * H + row0
+    p_ddt = ddt + i_p.to(tl.int64) * NB * T * H + row0
+    p_dA = dA + i_p.to(tl.int64) * NB * T * H + row0
     p_state = o_p[:, None] * N + o_n[None, :]
 
     if USE_FINAL_STATE_GRAD:
@@ -171,10 +195,11 @@ def ssd_bwd_kernel(
         m_t = o_t < T
         m_tp = m_t[:, None] & m_p[None, :]
         m_tn = m_t[:, None] & m_n[None, :]
-        b_x, b_acs, b_last, b_B, b_C = _load_chunk(
-            p_x, p_a, p_B, p_C, o_t, m_t, o_p, m_p, o_n, m_n, H, G, P, N
+        b_x, b_xin, b_dt, b_acs, b_last, b_B, b_C = _load_chunk(
+            p_x, p_dt, A_h, p_B, p_C, o_t, m_t, o_p, m_p, o_n, m_n, s_xt, s_bt, H
         )
-        b_dy = tl.load(p_dy + o_t[:, None] * H * P + o_p[None, :], mask=m_tp, other=0.0)
+        o_t64 = o_t.to(tl.int64)
+        b_dy = tl.load(p_dy + o_t64[:, None] * H * P + o_p[None, :], mask=m_tp, other=0.0)
         b_h = tl.load(hs + (i_bh.to(tl.int64) * NT + i_t) * P * N + p_state, mask=m_pn, other=0.0)
         b_decay = tl.exp(b_acs)  # [BT], from the chunk's start
         b_to_end = tl.exp(b_last - b_acs)  # [BT], to the chunk's end
@@ -201,10 +226,13 @@ def ssd_bwd_kernel(
         b_da += tl.cumsum(b_w, 0) - b_w  # sum_{j < k}
         b_da += tl.exp(b_last) * tl.sum(b_dh * b_h)  # the state before the chunk decays through all of it
 
-        tl.store(p_dx + o_t[:, None] * H * P + o_p[None, :], b_dx, mask=m_tp)
-        tl.store(p_dB + o_t[:, None] * H * N + o_n[None, :], b_dB, mask=m_tn)
-        tl.store(p_dC + o_t[:, None] * H * N + o_n[None, :], b_dC, mask=m_tn)
-        tl.store(p_da + o_t * H, b_da, mask=m_t)
+        # through xbar = dt x and a = dt A: dx = dt dxbar, ddt = x . dxbar + A da, dA = sum dt da
+        b_ddt = tl.sum(b_xin.to(tl.float32) * b_dx, 1) + A_h * b_da
+        tl.store(p_dx + o_t64[:, None] * H * P + o_p[None, :], b_dx * b_dt[:, None], mask=m_tp)
+        tl.store(p_dB + o_t64[:, None] * H * N + o_n[None, :], b_dB, mask=m_tn)
+        tl.store(p_dC + o_t64[:, None] * H * N + o_n[None, :], b_dC, mask=m_tn)
+        tl.store(p_ddt + o_t64 * H, b_ddt, mask=m_t)
+        tl.store(p_dA + o_t64 * H, b_da * b_dt, mask=m_t)
         # dh <- exp(sum a) dh + sum_i exp(a_cum[i]) dy_i C_i^T  [BP, BT] @ [BT, BN]
         b_dyd = (b_dy * b_decay[:, None]).to(DT)
         b_dh = tl.exp(b_last) * b_dh + tl.dot(tl.trans(b_dyd), b_C, input_precision=PREC)
@@ -235,61 +263,75 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _forward(xbar, a, B, C, h0, store_y: bool, store_final: bool, store_states: bool, chunk_size: int):
-    b, T, H, P = xbar.shape
+def _in_place(t: Tensor) -> Tensor:
+    """``t: [B, T, K, L]`` as the kernels read it: any batch and time strides, ``[K, L]`` contiguous
+    within a row (a copy otherwise)."""
+    K, L = t.shape[2], t.shape[3]
+    return t if t.stride(3) == 1 and t.stride(2) == L or K == 1 and t.stride(3) == 1 else t.contiguous()
+
+
+def _strides(x: Tensor, B: Tensor) -> tuple[int, int, int, int]:
+    return x.stride(0), x.stride(1), B.stride(0), B.stride(1)
+
+
+def _forward(x, dt, A, B, C, h0, store_y: bool, store_final: bool, store_states: bool, chunk_size: int):
+    b, T, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
-    cfg = _launch_config(P, N, xbar.dtype)
+    cfg = _launch_config(P, N, x.dtype)
     cfg["BT"] = chunk_size
     NT = triton.cdiv(T, cfg["BT"])
-    y = torch.empty_like(xbar) if store_y else None
-    ht = xbar.new_empty(b, H, P, N, dtype=torch.float32) if store_final else None
-    hs = xbar.new_empty(b, H, NT, P, N, dtype=torch.float32) if store_states else None
+    y = x.new_empty(b, T, H, P) if store_y else None
+    ht = x.new_empty(b, H, P, N, dtype=torch.float32) if store_final else None
+    hs = x.new_empty(b, H, NT, P, N, dtype=torch.float32) if store_states else None
     grid = (triton.cdiv(P, cfg["BP"]), b * H)
     ssd_fwd_kernel[grid](
-        xbar, a, B, C, y, h0, ht, hs, T,
+        x, dt, A, B, C, y, h0, ht, hs, T, *_strides(x, B),
         H=H, G=G, P=P, N=N, BT=cfg["BT"], BP=cfg["BP"], BN=cfg["BN"],
         USE_INITIAL_STATE=h0 is not None, STORE_Y=store_y, STORE_FINAL_STATE=store_final,
-        STORE_STATES=store_states, PREC=_precision(xbar.dtype), num_warps=cfg["num_warps"],
+        STORE_STATES=store_states, PREC=_precision(x.dtype), num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )  # fmt: skip
     return y, ht, hs
 
 
 class FusedChunkSSD(torch.autograd.Function):
-    """``(xbar, a, B, C, h0) -> (y, h_T)`` without the skip ``D x``: the kernels' gradients for
-    ``xbar``, ``a``, ``B``, ``C`` and ``h0``."""
+    """``(x, dt, A, B, C, h0) -> (y, h_T)`` without the skip ``D x``: the kernels' gradients for
+    ``x``, ``dt`` (float32 ``[B, T, H]``), ``A`` (float32 ``[H]``), ``B``, ``C`` and ``h0``. ``B`` and
+    ``C`` share their strides."""
 
     @staticmethod
-    def forward(ctx, xbar, a, B, C, h0, output_final_state, chunk_size):
-        y, ht, _ = _forward(xbar, a, B, C, h0, True, output_final_state, False, chunk_size)
-        ctx.save_for_backward(xbar, a, B, C, h0)
+    def forward(ctx, x, dt, A, B, C, h0, output_final_state, chunk_size):
+        y, ht, _ = _forward(x, dt, A, B, C, h0, True, output_final_state, False, chunk_size)
+        ctx.save_for_backward(x, dt, A, B, C, h0)
         ctx.chunk_size = chunk_size
         return y, ht
 
     @staticmethod
     def backward(ctx, dy, dht):
-        xbar, a, B, C, h0 = ctx.saved_tensors
-        b, T, H, P = xbar.shape
+        x, dt, A, B, C, h0 = ctx.saved_tensors
+        b, T, H, P = x.shape
         G, N = B.shape[2], B.shape[3]
-        _, _, hs = _forward(xbar, a, B, C, h0, False, False, True, ctx.chunk_size)
-        cfg = _launch_config(P, N, xbar.dtype)
+        _, _, hs = _forward(x, dt, A, B, C, h0, False, False, True, ctx.chunk_size)
+        cfg = _launch_config(P, N, x.dtype)
         NP = triton.cdiv(P, cfg["BP"])
-        dy = dy.to(xbar.dtype).contiguous()
-        dxbar = torch.empty(b, T, H, P, device=xbar.device, dtype=torch.float32)
-        dB = xbar.new_empty(NP, b, T, H, N, dtype=torch.float32)
-        dC = xbar.new_empty(NP, b, T, H, N, dtype=torch.float32)
-        da = xbar.new_empty(NP, b, T, H, dtype=torch.float32)
+        dy = dy.to(x.dtype).contiguous()
+        dx = torch.empty(b, T, H, P, device=x.device, dtype=torch.float32)
+        dB = x.new_empty(NP, b, T, H, N, dtype=torch.float32)
+        dC = x.new_empty(NP, b, T, H, N, dtype=torch.float32)
+        ddt = x.new_empty(NP, b, T, H, dtype=torch.float32)
+        dA = x.new_empty(NP, b, T, H, dtype=torch.float32)
         dh0 = torch.empty_like(h0) if h0 is not None else None
         ssd_bwd_kernel[(NP, b * H)](
-            xbar, a, B, C, dy, hs, None if dht is None else dht.float().contiguous(),
-            dxbar, dB, dC, da, dh0, T,
+            x, dt, A, B, C, dy, hs, None if dht is None else dht.float().contiguous(),
+            dx, dB, dC, ddt, dA, dh0, T, *_strides(x, B),
             NB=b, H=H, G=G, P=P, N=N, BT=ctx.chunk_size, BP=cfg["BP"], BN=cfg["BN"],
             USE_INITIAL_STATE=h0 is not None, USE_FINAL_STATE_GRAD=dht is not None,
-            PREC=_precision(xbar.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            PREC=_precision(x.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
         dB = dB.sum(0).reshape(b, T, G, H // G, N).sum(3).to(B.dtype)
         dC = dC.sum(0).reshape(b, T, G, H // G, N).sum(3).to(C.dtype)
-        return dxbar.to(xbar.dtype), da.sum(0), dB, dC, dh0, None, None
+        dA = dA.sum((0, 1, 2))
+        return dx.to(x.dtype), ddt.sum(0), dA, dB, dC, dh0, None, None
 
 
 def fused_chunk_ssd(
@@ -308,7 +350,9 @@ def fused_chunk_ssd(
 
     Args:
         x: `[B, T, H, P]` (float32, float16 or bfloat16; ``B`` and ``C`` are cast to its dtype);
-            dt: `[B, T, H]`; A: `[H]`; B, C: `[B, T, G, N]`; D: `[H]` or None.
+            dt: `[B, T, H]`; A: `[H]`; B, C: `[B, T, G, N]`; D: `[H]` or None. ``x``, ``B`` and ``C``
+            are read in place when each row ``[H, P]`` (``[G, N]``) is contiguous, e.g. slices of
+            one projection's output; other layouts are copied.
         initial_state: `[B, H, P, N]` or None (used in float32).
         chunk_size: tokens per chunk (default 64; a power of two in [16, 128]: the chunk's ``[Q, Q]``
             blocks live in registers).
@@ -324,13 +368,12 @@ def fused_chunk_ssd(
         raise ValueError(
             f"fused_chunk_ssd: chunk_size must be a power of two in [16, 128], got {chunk_size!r}"
         )
-    dtf = dt.float()
-    xbar = (x.float() * dtf[..., None]).to(x.dtype).contiguous()
-    a = (dtf * A.float()).contiguous()  # [B, T, H], log decay per step
     h0 = None if initial_state is None else initial_state.float().contiguous()
-    y, ht = FusedChunkSSD.apply(
-        xbar, a, B.to(x.dtype).contiguous(), C.to(x.dtype).contiguous(), h0, output_final_state, chunk_size
-    )
+    B, C = _in_place(B.to(x.dtype)), _in_place(C.to(x.dtype))
+    if B.stride() != C.stride():
+        B, C = B.contiguous(), C.contiguous()
+    dt, A = dt.float().contiguous(), A.float().contiguous()
+    y, ht = FusedChunkSSD.apply(_in_place(x), dt, A, B, C, h0, output_final_state, chunk_size)
     if D is not None:
         y = y + x * D.to(x.dtype)[:, None]
     return y, ht
