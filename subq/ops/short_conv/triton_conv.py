@@ -5,8 +5,8 @@
 :func:`~subq.ops.short_conv.short_conv`, ``pad = k // 2`` the centred one of Hydra. ``F.conv1d``
 takes ``[B, C, T]``: on the ``[B, T, C]`` activations of a projection it needs a transposed copy in
 and out, and its depthwise CUDA kernel is slow in bf16 (0.71 ms per Hydra layer at 4k,
-``BENCHMARKS.md``). These kernels read the activations where they are (any strides) and keep ``C``
-contiguous in every tile.
+``BENCHMARKS.md``). These kernels read the activations where they are (any batch and time strides;
+``C`` of unit stride, else copied) and keep ``C`` contiguous in every tile.
 
 - ``short_conv_fwd_kernel``: one program per ``[BT, BC]`` output tile, the ``k`` shifted input tiles
   summed in float32. The input gradient is the same kernel on ``dy`` with the taps reversed and
@@ -27,14 +27,14 @@ from subq.ops.short_conv.checks import check_short_conv
 
 @triton.jit
 def short_conv_fwd_kernel(
-    x, w, bias, y, T, C, s_xb, s_xt, s_xc, s_yb, s_yt, s_yc,
+    x, w, bias, y, T, C, s_xb, s_xt, s_yb, s_yt,
     K: tl.constexpr, PAD: tl.constexpr, HAS_BIAS: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
 ):  # fmt: skip
     i_t, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_t = i_t * BT + tl.arange(0, BT)
     o_c = i_c * BC + tl.arange(0, BC)
     m_c = o_c < C
-    p_x = x + i_b.to(tl.int64) * s_xb + o_c[None, :] * s_xc
+    p_x = x + i_b.to(tl.int64) * s_xb + o_c[None, :]
     acc = tl.zeros([BT, BC], dtype=tl.float32)
     for j in tl.static_range(K):
         t_in = o_t - PAD + j
@@ -44,13 +44,13 @@ def short_conv_fwd_kernel(
         acc += b_x * b_w[None, :]
     if HAS_BIAS:
         acc += tl.load(bias + o_c, mask=m_c, other=0.0).to(tl.float32)[None, :]
-    p_y = y + i_b.to(tl.int64) * s_yb + o_t[:, None].to(tl.int64) * s_yt + o_c[None, :] * s_yc
+    p_y = y + i_b.to(tl.int64) * s_yb + o_t[:, None].to(tl.int64) * s_yt + o_c[None, :]
     tl.store(p_y, acc.to(y.dtype.element_ty), mask=(o_t < T)[:, None] & m_c[None, :])
 
 
 @triton.jit
 def short_conv_dw_kernel(
-    x, dy, dw, db, T, C, s_xb, s_xt, s_xc, s_yb, s_yt, s_yc,
+    x, dy, dw, db, T, C, s_xb, s_xt, s_yb, s_yt,
     K: tl.constexpr, PAD: tl.constexpr, HAS_BIAS: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
 ):  # fmt: skip
     i_t, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -59,9 +59,9 @@ def short_conv_dw_kernel(
     o_c = i_c * BC + tl.arange(0, BC)
     m_c = o_c < C
     m_out = (o_t < T)[:, None] & m_c[None, :]
-    p_dy = dy + i_b.to(tl.int64) * s_yb + o_t[:, None].to(tl.int64) * s_yt + o_c[None, :] * s_yc
+    p_dy = dy + i_b.to(tl.int64) * s_yb + o_t[:, None].to(tl.int64) * s_yt + o_c[None, :]
     b_dy = tl.load(p_dy, mask=m_out, other=0.0).to(tl.float32)
-    p_x = x + i_b.to(tl.int64) * s_xb + o_c[None, :] * s_xc
+    p_x = x + i_b.to(tl.int64) * s_xb + o_c[None, :]
     for j in tl.static_range(K):
         t_in = o_t - PAD + j
         m = ((t_in >= 0) & (t_in < T))[:, None] & m_c[None, :]
@@ -71,13 +71,20 @@ def short_conv_dw_kernel(
         tl.store(db + tile * C + o_c, tl.sum(b_dy, 0), mask=m_c)
 
 
+def _unit_channels(t: Tensor) -> Tensor:
+    """``t: [B, T, C]`` with unit stride in ``C`` (the kernels' loads are vectorized along it): ``t``
+    itself, e.g. a slice of a projection's output, or a copy."""
+    return t if t.stride(2) == 1 else t.contiguous()
+
+
 def _launch_fwd(x: Tensor, w: Tensor, bias: Tensor | None, pad: int, out_dtype: torch.dtype) -> Tensor:
+    x = _unit_channels(x)
     B, T, C = x.shape
     y = torch.empty(B, T, C, device=x.device, dtype=out_dtype)
     BT, BC = _tiles(C)
     short_conv_fwd_kernel[(triton.cdiv(T, BT), triton.cdiv(C, BC), B)](
-        x, w, bias, y, T, C, *x.stride(), *y.stride(), K=w.shape[1], PAD=pad, HAS_BIAS=bias is not None,
-        BT=BT, BC=BC, num_warps=4,
+        x, w, bias, y, T, C, *x.stride()[:2], *y.stride()[:2],
+        K=w.shape[1], PAD=pad, HAS_BIAS=bias is not None, BT=BT, BC=BC, num_warps=4,
     )  # fmt: skip
     return y
 
@@ -92,6 +99,7 @@ def _tiles(C: int) -> tuple[int, int]:
 class TritonShortConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, pad: int) -> Tensor:
+        x = _unit_channels(x)
         ctx.save_for_backward(x, w)
         ctx.pad, ctx.has_bias = pad, bias is not None
         return _launch_fwd(x, w, bias, pad, x.dtype)
@@ -99,6 +107,7 @@ class TritonShortConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: Tensor):
         x, w = ctx.saved_tensors
+        dy = _unit_channels(dy)
         B, T, C = x.shape
         K = w.shape[1]
         dx = dw = db = None
@@ -111,7 +120,7 @@ class TritonShortConv(torch.autograd.Function):
             dw_part = torch.empty(tiles, K, C, device=x.device, dtype=torch.float32)
             db_part = torch.empty(tiles, C, device=x.device, dtype=torch.float32) if ctx.has_bias else None
             short_conv_dw_kernel[(triton.cdiv(T, BT), triton.cdiv(C, BC), B)](
-                x, dy, dw_part, db_part, T, C, *x.stride(), *dy.stride(), K=K, PAD=ctx.pad,
+                x, dy, dw_part, db_part, T, C, *x.stride()[:2], *dy.stride()[:2], K=K, PAD=ctx.pad,
                 HAS_BIAS=ctx.has_bias, BT=BT, BC=BC, num_warps=4,
             )  # fmt: skip
             dw = dw_part.sum(0).t().contiguous().to(w.dtype)  # [C, K]
