@@ -26,6 +26,15 @@ from subq.ops.short_conv.checks import check_short_conv
 
 
 @triton.jit
+def _tap(x, o_t, o_c, m_c, T, s_xt, j, PAD: tl.constexpr):
+    """``x[t - PAD + j, c]`` for the tile's ``t`` and ``c`` (``x`` at the batch row), float32, zero
+    outside ``0 <= t - PAD + j < T``."""
+    t_in = o_t - PAD + j
+    m = ((t_in >= 0) & (t_in < T))[:, None] & m_c[None, :]
+    return tl.load(x + t_in[:, None].to(tl.int64) * s_xt + o_c[None, :], mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def short_conv_fwd_kernel(
     x, w, bias, y, T, C, s_xb, s_xt, s_yb, s_yt,
     K: tl.constexpr, PAD: tl.constexpr, HAS_BIAS: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
@@ -34,14 +43,10 @@ def short_conv_fwd_kernel(
     o_t = i_t * BT + tl.arange(0, BT)
     o_c = i_c * BC + tl.arange(0, BC)
     m_c = o_c < C
-    p_x = x + i_b.to(tl.int64) * s_xb + o_c[None, :]
     acc = tl.zeros([BT, BC], dtype=tl.float32)
     for j in tl.static_range(K):
-        t_in = o_t - PAD + j
-        m = ((t_in >= 0) & (t_in < T))[:, None] & m_c[None, :]
-        b_x = tl.load(p_x + t_in[:, None].to(tl.int64) * s_xt, mask=m, other=0.0).to(tl.float32)
         b_w = tl.load(w + o_c * K + j, mask=m_c, other=0.0).to(tl.float32)
-        acc += b_x * b_w[None, :]
+        acc += _tap(x + i_b.to(tl.int64) * s_xb, o_t, o_c, m_c, T, s_xt, j, PAD) * b_w[None, :]
     if HAS_BIAS:
         acc += tl.load(bias + o_c, mask=m_c, other=0.0).to(tl.float32)[None, :]
     p_y = y + i_b.to(tl.int64) * s_yb + o_t[:, None].to(tl.int64) * s_yt + o_c[None, :]
@@ -58,14 +63,9 @@ def short_conv_dw_kernel(
     o_t = i_t * BT + tl.arange(0, BT)
     o_c = i_c * BC + tl.arange(0, BC)
     m_c = o_c < C
-    m_out = (o_t < T)[:, None] & m_c[None, :]
-    p_dy = dy + i_b.to(tl.int64) * s_yb + o_t[:, None].to(tl.int64) * s_yt + o_c[None, :]
-    b_dy = tl.load(p_dy, mask=m_out, other=0.0).to(tl.float32)
-    p_x = x + i_b.to(tl.int64) * s_xb + o_c[None, :]
+    b_dy = _tap(dy + i_b.to(tl.int64) * s_yb, o_t, o_c, m_c, T, s_yt, 0, 0)
     for j in tl.static_range(K):
-        t_in = o_t - PAD + j
-        m = ((t_in >= 0) & (t_in < T))[:, None] & m_c[None, :]
-        b_x = tl.load(p_x + t_in[:, None].to(tl.int64) * s_xt, mask=m, other=0.0).to(tl.float32)
+        b_x = _tap(x + i_b.to(tl.int64) * s_xb, o_t, o_c, m_c, T, s_xt, j, PAD)
         tl.store(dw + (tile * K + j) * C + o_c, tl.sum(b_dy * b_x, 0), mask=m_c)
     if HAS_BIAS:
         tl.store(db + tile * C + o_c, tl.sum(b_dy, 0), mask=m_c)
