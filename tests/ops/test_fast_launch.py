@@ -77,3 +77,19 @@ def test_interpreter_path_is_never_cached():
     for _ in range(3):
         launch[(2,)](torch.zeros(4), torch.zeros(4), 16, BLOCK=16)
     assert [e[0] for e in k.log] == ["jit"] * 3
+
+
+def test_compiled_kernels_are_kept_per_device(monkeypatch):
+    """A kernel compiled while device 0 was current is not launched on device 1."""
+    device = [0]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: device[0])
+    k = StandIn()
+    launch = FastLaunch(k)
+    x = torch.zeros(16)
+    launch[(1,)](x, x, 16, BLOCK=16)
+    launch[(1,)](x, x, 16, BLOCK=16)
+    device[0] = 1
+    launch[(1,)](x, x, 16, BLOCK=16)
+    launch[(1,)](x, x, 16, BLOCK=16)
+    assert [e[0] for e in k.log] == ["jit", "compiled", "jit", "compiled"]

@@ -8,8 +8,9 @@ later calls with the same specialization through the compiled kernel directly.
 
 The specialization key is what Triton specializes on: a tensor's dtype and whether its address is a
 multiple of 16 bytes; an integer's type (32 or 64 bit), whether it is 1 and whether it is a multiple of
-16; a constexpr's (and a launch option's) exact value. Under the interpreter (``TRITON_INTERPRET=1``),
-or where the JIT path returns no compiled kernel, every call takes the JIT path.
+16; a constexpr's (and a launch option's) exact value; and the current CUDA device, where the compiled
+kernel was loaded. Under the interpreter (``TRITON_INTERPRET=1``), or where the JIT path returns no
+compiled kernel, every call takes the JIT path.
 """
 
 from __future__ import annotations
@@ -65,7 +66,10 @@ class FastLaunch:
         return names
 
     def launch(self, grid: tuple, args: tuple, meta: dict) -> None:
-        key = (grid, tuple(_spec(a) for a in args), tuple(sorted((k, _exact(v)) for k, v in meta.items())))
+        # a compiled kernel is loaded on the device that was current when it first ran
+        device = torch.cuda.current_device() if torch.cuda.is_available() else None
+        specs = tuple(_spec(a) for a in args)
+        key = (device, grid, specs, tuple(sorted((k, _exact(v)) for k, v in meta.items())))
         hit = self._compiled.get(key)
         if hit is not None:
             compiled, names = hit
