@@ -48,7 +48,8 @@ def test_jit_once_per_specialization_then_compiled_in_signature_order():
     launch[(4,)](x, y, 32, BLOCK=16, num_warps=4)
     launch[(4,)](x, y, 48, BLOCK=16, num_warps=4)  # 48 is a multiple of 16 like 32: same kernel
     assert [e[0] for e in k.log] == ["jit", "compiled"]
-    assert k.log[1][1:] == ((4, 1, 1), (x, y, 48, 16, False))  # constexprs and defaults follow, num_warps does not
+    # the grid padded to three sizes; constexprs and defaults follow the arguments, num_warps does not
+    assert k.log[1][1:] == ((4, 1, 1), (x, y, 48, 16, False))
     launch[(4,)](x, y, 33, BLOCK=16, num_warps=4)  # not a multiple of 16
     launch[(4,)](x, y, 32, BLOCK=32, num_warps=4)  # another constexpr value
     launch[(4,)](x, y, 32, BLOCK=16, num_warps=8)  # another launch option
