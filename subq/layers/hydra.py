@@ -66,6 +66,11 @@ class Hydra(SSMMixer):
             Hydra's code uses 256).
         bias: biases in ``in_proj`` and ``out_proj`` (default False); conv_bias: in the convolution
             (default True).
+        conv_mode: the centred convolution's form outside ``mode="naive"``: ``"torch"`` (default,
+            ``F.conv1d`` on the transposed input) or ``"triton"``
+            (:func:`~subq.ops.short_conv.triton_conv.triton_short_conv` with ``padding = d_conv // 2``,
+            in place on the projection's output, so ``x``, ``B``, ``C`` stay row-contiguous slices;
+            ``d_conv <= 8``; CUDA).
         variant: the mixing matrix, one of :data:`HYDRA_VARIANTS` (default ``"quasiseparable"``,
             Hydra; the others are the paper's ablations, see the module docstring).
         causal, layer_idx, mode, device, dtype: see :class:`~subq.layers.base.Mixer`; ``causal`` must
@@ -99,6 +104,7 @@ class Hydra(SSMMixer):
         chunk_size: int = 64,
         bias: bool = False,
         conv_bias: bool = True,
+        conv_mode: str = "torch",
         variant: str = "quasiseparable",
         causal: bool = False,
         layer_idx: int | None = None,
@@ -118,7 +124,7 @@ class Hydra(SSMMixer):
         self._init_ssm(
             d_model, d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim, ngroups=ngroups,
             chunk_size=chunk_size, directions=2, bias=bias, conv_bias=conv_bias, dt_min=dt_min,
-            dt_max=dt_max, dt_init_floor=dt_init_floor,
+            dt_max=dt_max, dt_init_floor=dt_init_floor, conv_mode=conv_mode,
         )  # fmt: skip
         fk = self.factory_kwargs
         self.A_log = nn.Parameter(torch.zeros(self.nheads, **fk))
@@ -137,8 +143,14 @@ class Hydra(SSMMixer):
         ``A [H]``."""
         z, xBC, dt = self.in_proj(u).split([self.d_inner, self.conv_dim, 2 * self.nheads], dim=-1)
         w, b = self._conv_params(xBC)
-        xBC = F.conv1d(xBC.transpose(1, 2), w[:, None, :], b, padding=self.d_conv // 2, groups=self.conv_dim)
-        xBC = F.silu(xBC.transpose(1, 2))  # [B, T, conv_dim]
+        if self.conv_mode == "triton" and self.resolve_mode(u) != "naive":
+            from subq.ops.short_conv.triton_conv import triton_short_conv
+
+            xBC = F.silu(triton_short_conv(xBC, w, b, padding=self.d_conv // 2))  # [B, T, conv_dim]
+        else:
+            xBC = xBC.transpose(1, 2)
+            xBC = F.conv1d(xBC, w[:, None, :], b, padding=self.d_conv // 2, groups=self.conv_dim)
+            xBC = F.silu(xBC.transpose(1, 2))  # [B, T, conv_dim]
         GN = self.ngroups * self.d_state
         x, B_f, C_f, B_b, C_b = xBC.split([self.d_inner, GN, GN, GN, GN], dim=-1)
         dt = self._dt(dt, compute_dtype(u))

@@ -118,10 +118,18 @@ class SSMMixer(Mixer):
         dt_min: float,
         dt_max: float,
         dt_init_floor: float,
+        conv_mode: str = "torch",
     ) -> None:
         """The sizes, then ``in_proj``, the convolution and ``dt_bias`` in this order (the order of the
         random draws); ``self.nheads`` must be set. The subclass adds ``A_log``, ``D``, the norm and
         ``out_proj``."""
+        if conv_mode not in ("torch", "triton"):
+            raise ValueError(f"conv_mode must be 'torch' or 'triton', got {conv_mode!r}")
+        if conv_mode == "triton" and not MIN_KERNEL_SIZE <= d_conv <= MAX_KERNEL_SIZE:
+            raise ValueError(
+                f"conv_mode='triton' takes d_conv in [{MIN_KERNEL_SIZE}, {MAX_KERNEL_SIZE}], got {d_conv}"
+            )
+        self.conv_mode = conv_mode
         self.d_state, self.d_conv, self.headdim, self.ngroups = d_state, d_conv, headdim, ngroups
         self.chunk_size = chunk_size
         self.d_inner = expand * d_model
@@ -177,6 +185,9 @@ class SSDMixer(SSMMixer):
         chunk_size: SSD chunk (default 64; a power of two >= 16, at most 128 for the Triton kernels).
         bias: biases in ``in_proj`` and ``out_proj`` (default False); conv_bias: in the convolution
             (default True).
+        conv_mode: the causal convolution's form outside ``mode="naive"``: ``"torch"`` (default,
+            ``F.conv1d``) or ``"triton"`` (:func:`~subq.ops.short_conv.short_conv`'s Triton kernels,
+            in place on the projection's output; CUDA).
         causal, layer_idx, mode, device, dtype: see :class:`~subq.layers.base.Mixer`.
 
     ``state_size(L) = H * headdim * d_state + (d_inner + 2 ngroups d_state) * d_conv`` for every ``L``.
@@ -204,6 +215,7 @@ class SSDMixer(SSMMixer):
         chunk_size: int = 64,
         bias: bool = False,
         conv_bias: bool = True,
+        conv_mode: str = "torch",
         causal: bool = True,
         layer_idx: int | None = None,
         mode: str = "auto",
@@ -221,7 +233,7 @@ class SSDMixer(SSMMixer):
         self._init_ssm(
             d_model, d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim, ngroups=ngroups,
             chunk_size=chunk_size, directions=1, bias=bias, conv_bias=conv_bias, dt_min=dt_min,
-            dt_max=dt_max, dt_init_floor=dt_init_floor,
+            dt_max=dt_max, dt_init_floor=dt_init_floor, conv_mode=conv_mode,
         )  # fmt: skip
         fk = self.factory_kwargs
         A = torch.empty(self.nheads, **fk).uniform_(*A_init_range)
@@ -246,8 +258,10 @@ class SSDMixer(SSMMixer):
         """``[B, T, d_model]`` -> ``(y [B, T, d_model], SSDState or None)``."""
         z, xBC, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         mode = self.resolve_mode(x)
-        conv = naive_short_conv if mode == "naive" else short_conv
-        xBC_act = F.silu(conv(xBC, *self._conv_params(xBC)))
+        if mode == "naive":
+            xBC_act = F.silu(naive_short_conv(xBC, *self._conv_params(xBC)))
+        else:
+            xBC_act = F.silu(short_conv(xBC, *self._conv_params(xBC), mode=self.conv_mode))
         xs, B, C, dt = self._split(xBC_act, dt)
         A = self._A(xs)
         y, h = ssd(

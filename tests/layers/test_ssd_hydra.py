@@ -143,11 +143,38 @@ def test_gated_rmsnorm_orders():
         (SSDMixer, dict(headdim=16, ngroups=3), "multiple of ngroups=3"),
         (SSDMixer, dict(chunk_size=48), "power of two"),
         (SSDMixer, dict(d_conv=9), "d_conv must be an int in"),
+        (SSDMixer, dict(conv_mode="cuda"), "conv_mode must be 'torch' or 'triton'"),
+        (
+            Hydra,
+            dict(causal=False, d_conv=9, conv_mode="triton"),
+            r"conv_mode='triton' takes d_conv in \[2, 8\]",
+        ),
     ],
 )
 def test_bad_arguments(cls, kw, match):
     with pytest.raises(ValueError, match=match):
         cls(D_MODEL, **kw)
+
+
+@pytest.mark.parametrize("cls", [SSDMixer, Hydra], ids=["ssd", "hydra"])
+def test_triton_convolution_matches_torch(cls, one_thread):
+    """``conv_mode="triton"`` (the short-convolution kernels in place on the projection; Triton's
+    interpreter on a CPU) against ``F.conv1d``: forward and every gradient, awkward length."""
+    causal = cls is SSDMixer
+    kw = dict(causal=causal, d_state=8, headdim=16, chunk_size=16, mode="torch")
+    fast, ref = cls(D_MODEL, conv_mode="triton", **kw), cls(D_MODEL, **kw)
+    ref.load_state_dict(fast.state_dict())
+    u = torch.randn(2, 37, D_MODEL, requires_grad=True)
+    g = torch.randn(2, 37, D_MODEL)
+
+    def outputs_and_grads(m):
+        y = m(u)
+        return [y, *torch.autograd.grad(y, [u, *m.parameters()], g)]
+
+    out, out_r = outputs_and_grads(fast), outputs_and_grads(ref)
+    names = ["y", "du", *(f"d{n}" for n, _ in ref.named_parameters())]
+    for name, a, b in zip(names, out, out_r, strict=True):
+        assert_close(a, b, 1e-5, name)
 
 
 def test_state_sizes():
