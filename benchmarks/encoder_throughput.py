@@ -74,6 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--hydra-conv", choices=["torch", "triton"], default="torch",
         help="Hydra's centred convolution: F.conv1d (default) or the Triton short-convolution kernels",
     )  # fmt: skip
+    p.add_argument(
+        "--hydra-norm", choices=["torch", "triton"], default="torch",
+        help="Hydra's gated RMSNorm: PyTorch (default) or the Triton kernels",
+    )  # fmt: skip
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
     p.add_argument("--iters", type=int, default=10, help="timed calls, median reported (default 10)")
@@ -92,16 +96,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def encoder_config(
-    model: str, size: str, seq_len: int, hydra_layers: int | None = None, hydra_conv: str = "torch"
+    model: str,
+    size: str,
+    seq_len: int,
+    hydra_layers: int | None = None,
+    hydra_conv: str = "torch",
+    hydra_norm: str = "torch",
 ) -> EncoderConfig:
-    """The encoder ``model`` of ``size`` for sequences of ``seq_len`` tokens (``hydra_conv``: Hydra's
-    ``conv_mode``)."""
+    """The encoder ``model`` of ``size`` for sequences of ``seq_len`` tokens (``hydra_conv``,
+    ``hydra_norm``: Hydra's ``conv_mode`` and ``norm_mode``)."""
     d, n_layers = M2_BERT_SIZES[size]["d_model"], M2_BERT_SIZES[size]["n_layers"]
     if model == "m2":
         return m2_bert_config(size, max_seq_len=seq_len)
     if model == "hydra":  # the hydra_bert size's mixer settings (the defaults above mini)
         hydra_size = size if size in HYDRA_BERT_SIZES else "base"
-        mixer = {"name": "hydra", **HYDRA_BERT_SIZES[hydra_size]["mixer"], "conv_mode": hydra_conv}
+        mixer = {"name": "hydra", **HYDRA_BERT_SIZES[hydra_size]["mixer"], "conv_mode": hydra_conv,
+                 "norm_mode": hydra_norm}  # fmt: skip
         return hydra_bert_config(
             hydra_size, d_model=d, n_layers=hydra_layers or n_layers, max_seq_len=seq_len, mixer=mixer
         )
@@ -147,7 +157,7 @@ def _forward_ms(
     model: str, seq_len: int, batch: int, args: argparse.Namespace, device: torch.device, row: dict
 ):
     torch.manual_seed(args.seed)
-    cfg = encoder_config(model, args.size, seq_len, args.hydra_layers, args.hydra_conv)
+    cfg = encoder_config(model, args.size, seq_len, args.hydra_layers, args.hydra_conv, args.hydra_norm)
     enc = Encoder(cfg).to(device).eval()
     row["params"] = count_params(enc)
     ids = torch.randint(0, cfg.vocab_size, (batch, seq_len), device=device)

@@ -71,6 +71,8 @@ class Hydra(SSMMixer):
             (:func:`~subq.ops.short_conv.triton_conv.triton_short_conv` with ``padding = d_conv // 2``,
             in place on the projection's output, so ``x``, ``B``, ``C`` stay row-contiguous slices;
             ``d_conv <= 8``; CUDA).
+        norm_mode: the gated RMSNorm's form: ``"torch"`` (default) or ``"triton"``
+            (:mod:`subq.ops.gated_rmsnorm`, one pass; CUDA).
         variant: the mixing matrix, one of :data:`HYDRA_VARIANTS` (default ``"quasiseparable"``,
             Hydra; the others are the paper's ablations, see the module docstring).
         causal, layer_idx, mode, device, dtype: see :class:`~subq.layers.base.Mixer`; ``causal`` must
@@ -105,6 +107,7 @@ class Hydra(SSMMixer):
         bias: bool = False,
         conv_bias: bool = True,
         conv_mode: str = "torch",
+        norm_mode: str = "torch",
         variant: str = "quasiseparable",
         causal: bool = False,
         layer_idx: int | None = None,
@@ -124,7 +127,7 @@ class Hydra(SSMMixer):
         self._init_ssm(
             d_model, d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim, ngroups=ngroups,
             chunk_size=chunk_size, directions=2, bias=bias, conv_bias=conv_bias, dt_min=dt_min,
-            dt_max=dt_max, dt_init_floor=dt_init_floor, conv_mode=conv_mode,
+            dt_max=dt_max, dt_init_floor=dt_init_floor, conv_mode=conv_mode, norm_mode=norm_mode,
         )  # fmt: skip
         fk = self.factory_kwargs
         self.A_log = nn.Parameter(torch.zeros(self.nheads, **fk))
@@ -133,7 +136,7 @@ class Hydra(SSMMixer):
             self.D = nn.Parameter(torch.ones(self.nheads, **fk))
             self.D._no_weight_decay = True
             self.fc_D = nn.Linear(self.d_inner, self.nheads, bias=False, **fk)
-        self.norm = GatedRMSNorm(self.d_inner, norm_before_gate=True, **fk)
+        self.norm = GatedRMSNorm(self.d_inner, norm_before_gate=True, mode=norm_mode, **fk)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **fk)
 
     def project(self, u: Tensor) -> dict[str, Tensor]:

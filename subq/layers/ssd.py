@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from subq.layers.base import Mixer
 from subq.layers.registry import register_mixer
+from subq.ops.gated_rmsnorm import gated_rmsnorm
 from subq.ops.short_conv import (
     MAX_KERNEL_SIZE,
     MIN_KERNEL_SIZE,
@@ -34,29 +35,28 @@ from subq.ops.ssd.naive import compute_dtype
 
 class GatedRMSNorm(nn.Module):
     """``RMSNorm(y) * SiLU(z)`` (``norm_before_gate=True``, Hydra) or ``RMSNorm(y * SiLU(z))``
-    (Mamba-2), normalised over groups of ``group_size`` channels, in float32 (float64 for float64)."""
+    (Mamba-2), normalised over groups of ``group_size`` channels, in float32 (float64 for float64);
+    ``mode="triton"`` computes it with the Triton kernels of :mod:`subq.ops.gated_rmsnorm` (CUDA)."""
 
     def __init__(
         self, d: int, *, eps: float = 1e-5, norm_before_gate: bool, group_size: int | None = None,
-        device=None, dtype=None,
+        mode: str = "torch", device=None, dtype=None,
     ):  # fmt: skip
         super().__init__()
         self.group_size = d if group_size is None else group_size
         if d % self.group_size:
             raise ValueError(f"group_size={self.group_size} must divide the width {d}")
-        self.eps, self.norm_before_gate = eps, norm_before_gate
+        if mode not in ("torch", "triton"):
+            raise ValueError(f"mode must be 'torch' or 'triton', got {mode!r}")
+        self.eps, self.norm_before_gate, self.mode = eps, norm_before_gate, mode
         self.weight = nn.Parameter(torch.ones(d, device=device, dtype=dtype))
 
     def forward(self, y: Tensor, z: Tensor) -> Tensor:  # (..., d), (..., d)
-        ct = compute_dtype(y)
-        yf, gate = y.to(ct), F.silu(z.to(ct))
-        if not self.norm_before_gate:
-            yf = yf * gate
-        g = yf.unflatten(-1, (-1, self.group_size))
-        yf = (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2) * self.weight.to(ct)
-        if self.norm_before_gate:
-            yf = yf * gate
-        return yf.to(y.dtype)
+        mode = "torch" if y.dtype == torch.float64 else self.mode
+        return gated_rmsnorm(
+            y, z, self.weight, eps=self.eps, norm_before_gate=self.norm_before_gate,
+            group_size=self.group_size, mode=mode,
+        )  # fmt: skip
 
 
 def init_dt_bias(nheads: int, dt_min: float, dt_max: float, dt_init_floor: float, **fk) -> Tensor:
@@ -119,6 +119,7 @@ class SSMMixer(Mixer):
         dt_max: float,
         dt_init_floor: float,
         conv_mode: str = "torch",
+        norm_mode: str = "torch",
     ) -> None:
         """The sizes, then ``in_proj``, the convolution and ``dt_bias`` in this order (the order of the
         random draws); ``self.nheads`` must be set. The subclass adds ``A_log``, ``D``, the norm and
@@ -129,7 +130,9 @@ class SSMMixer(Mixer):
             raise ValueError(
                 f"conv_mode='triton' takes d_conv in [{MIN_KERNEL_SIZE}, {MAX_KERNEL_SIZE}], got {d_conv}"
             )
-        self.conv_mode = conv_mode
+        if norm_mode not in ("torch", "triton"):
+            raise ValueError(f"norm_mode must be 'torch' or 'triton', got {norm_mode!r}")
+        self.conv_mode, self.norm_mode = conv_mode, norm_mode
         self.d_state, self.d_conv, self.headdim, self.ngroups = d_state, d_conv, headdim, ngroups
         self.chunk_size = chunk_size
         self.d_inner = expand * d_model
@@ -188,6 +191,8 @@ class SSDMixer(SSMMixer):
         conv_mode: the causal convolution's form outside ``mode="naive"``: ``"torch"`` (default,
             ``F.conv1d``) or ``"triton"`` (:func:`~subq.ops.short_conv.short_conv`'s Triton kernels,
             in place on the projection's output; CUDA).
+        norm_mode: the gated RMSNorm's form: ``"torch"`` (default) or ``"triton"``
+            (:mod:`subq.ops.gated_rmsnorm`, one pass; CUDA).
         causal, layer_idx, mode, device, dtype: see :class:`~subq.layers.base.Mixer`.
 
     ``state_size(L) = H * headdim * d_state + (d_inner + 2 ngroups d_state) * d_conv`` for every ``L``.
@@ -216,6 +221,7 @@ class SSDMixer(SSMMixer):
         bias: bool = False,
         conv_bias: bool = True,
         conv_mode: str = "torch",
+        norm_mode: str = "torch",
         causal: bool = True,
         layer_idx: int | None = None,
         mode: str = "auto",
@@ -233,7 +239,7 @@ class SSDMixer(SSMMixer):
         self._init_ssm(
             d_model, d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim, ngroups=ngroups,
             chunk_size=chunk_size, directions=1, bias=bias, conv_bias=conv_bias, dt_min=dt_min,
-            dt_max=dt_max, dt_init_floor=dt_init_floor, conv_mode=conv_mode,
+            dt_max=dt_max, dt_init_floor=dt_init_floor, conv_mode=conv_mode, norm_mode=norm_mode,
         )  # fmt: skip
         fk = self.factory_kwargs
         A = torch.empty(self.nheads, **fk).uniform_(*A_init_range)
@@ -242,7 +248,7 @@ class SSDMixer(SSMMixer):
         for p in (self.dt_bias, self.A_log, self.D):
             p._no_weight_decay = True
         self.norm = GatedRMSNorm(
-            self.d_inner, norm_before_gate=False, group_size=self.d_inner // ngroups, **fk
+            self.d_inner, norm_before_gate=False, group_size=self.d_inner // ngroups, mode=norm_mode, **fk
         )
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **fk)
 

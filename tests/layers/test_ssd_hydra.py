@@ -144,6 +144,7 @@ def test_gated_rmsnorm_orders():
         (SSDMixer, dict(chunk_size=48), "power of two"),
         (SSDMixer, dict(d_conv=9), "d_conv must be an int in"),
         (SSDMixer, dict(conv_mode="cuda"), "conv_mode must be 'torch' or 'triton'"),
+        (Hydra, dict(causal=False, norm_mode="fused"), "norm_mode must be 'torch' or 'triton'"),
         (
             Hydra,
             dict(causal=False, d_conv=9, conv_mode="triton"),
@@ -157,12 +158,14 @@ def test_bad_arguments(cls, kw, match):
 
 
 @pytest.mark.parametrize("cls", [SSDMixer, Hydra], ids=["ssd", "hydra"])
-def test_triton_convolution_matches_torch(cls, one_thread):
-    """``conv_mode="triton"`` (the short-convolution kernels in place on the projection; Triton's
-    interpreter on a CPU) against ``F.conv1d``: forward and every gradient, awkward length."""
+@pytest.mark.parametrize("part", ["conv_mode", "norm_mode"])
+def test_triton_convolution_and_norm_match_torch(cls, part, one_thread):
+    """``conv_mode="triton"`` (the short-convolution kernels in place on the projection) and
+    ``norm_mode="triton"`` (the gated RMSNorm kernels), in Triton's interpreter on a CPU, against the
+    PyTorch forms: forward and every gradient, awkward length."""
     causal = cls is SSDMixer
     kw = dict(causal=causal, d_state=8, headdim=16, chunk_size=16, mode="torch")
-    fast, ref = cls(D_MODEL, conv_mode="triton", **kw), cls(D_MODEL, **kw)
+    fast, ref = cls(D_MODEL, **{part: "triton"}, **kw), cls(D_MODEL, **kw)
     ref.load_state_dict(fast.state_dict())
     u = torch.randn(2, 37, D_MODEL, requires_grad=True)
     g = torch.randn(2, 37, D_MODEL)
@@ -186,9 +189,10 @@ def test_state_sizes():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("cls", [SSDMixer, Hydra], ids=["ssd", "hydra"])
-def test_triton_layer_matches_torch_on_cuda(cls):
+@pytest.mark.parametrize("kernels", ["torch", "triton"], ids=["torch-conv-norm", "triton-conv-norm"])
+def test_triton_layer_matches_torch_on_cuda(cls, kernels):
     causal = cls is SSDMixer
-    fast = cls(256, causal=causal, mode="triton", device="cuda")
+    fast = cls(256, causal=causal, mode="triton", conv_mode=kernels, norm_mode=kernels, device="cuda")
     ref = cls(256, causal=causal, mode="torch", device="cuda")
     ref.load_state_dict(fast.state_dict())
     u = torch.randn(2, 1000, 256, device="cuda", requires_grad=True)
