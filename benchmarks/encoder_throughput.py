@@ -23,6 +23,11 @@ on CPU in float32, wall-clock medians. A model that runs out of memory at a leng
     python benchmarks/encoder_throughput.py                                   # CUDA, base, 512/4096/32768
     python benchmarks/encoder_throughput.py --size mini --lengths 512,4096 --out enc.json
     python benchmarks/encoder_throughput.py --device cpu --size tiny --lengths 64,128 --tokens 256
+    python benchmarks/encoder_throughput.py --models hydra --lengths 4096 --hydra-conv triton \
+        --hydra-norm triton
+
+``--hydra-conv`` and ``--hydra-norm`` pick Hydra's convolution and gated RMSNorm forms (``conv_mode``,
+``norm_mode``: PyTorch by default, or the Triton kernels).
 
 Prints a table (tokens/ms per model and length, and each model's speedup over attention) and, as the
 last stdout line, one JSON object.
