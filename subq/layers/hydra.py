@@ -44,11 +44,6 @@ HYDRA_VARIANTS = ("quasiseparable", "additive", "shift_only", "diag_only")
 """Matrix-mixer variants of :class:`Hydra` (see the module docstring)."""
 
 
-def shift(y: Tensor) -> Tensor:
-    """``[B, T, ...]``: move every output one step later, zero at ``t = 0``."""
-    return torch.cat([torch.zeros_like(y[:, :1]), y[:, :-1]], dim=1)
-
-
 @register_mixer("hydra")
 class Hydra(SSMMixer):
     """Hydra's quasiseparable mixer: two SSD scans with shared parameters plus a free diagonal.
@@ -166,19 +161,28 @@ class Hydra(SSMMixer):
 
     def _forward(self, u: Tensor) -> Tensor:
         p = self.project(u)
-        b = u.shape[0]
         # both directions in one scan over the batch [forward, flipped backward]
         x = torch.cat([p["x"], p["x"].flip(1)])
         dt = torch.cat([p["dt_f"], p["dt_b"].flip(1)])
         B = torch.cat([p["B_f"], p["B_b"].flip(1)])
         C = torch.cat([p["C_f"], p["C_b"].flip(1)])
         y, _ = ssd(x, dt, p["A"], B, C, chunk_size=self.chunk_size, mode=self.resolve_mode(u))
+        return self.out_proj(self.norm(self._combine(y, p).flatten(-2), p["z"]))
+
+    def _combine(self, y: Tensor, p: dict[str, Tensor]) -> Tensor:
+        """``[shift] y_f + flip([shift] y_b) [+ x delta]`` from the scans' outputs ``y = [y_f, y_b]``
+        (``y_b`` in reversed time), added into one buffer: with the shift, the forward scan's output
+        at ``t - 1`` and the backward scan's at reversed step ``T - 2 - t`` land at ``t``."""
+        b = y.shape[0] // 2
+        y_f, y_b = y[:b], y[b:]
+        out = p["x"] * p["delta"][..., None] if self.has_diagonal else torch.zeros_like(y_f)
         if self.shifted:
-            y = shift(y)
-        y = y[:b] + y[b:].flip(1)  # [B, T, H, P]
-        if self.has_diagonal:
-            y = y + p["x"] * p["delta"][..., None]
-        return self.out_proj(self.norm(y.flatten(-2), p["z"]))
+            out[:, 1:] += y_f[:, :-1]
+            out[:, :-1] += y_b[:, :-1].flip(1)
+        else:
+            out += y_f
+            out += y_b.flip(1)
+        return out  # [B, T, H, P]
 
     def state_size(self, seq_len: int) -> int:
         return seq_len * (self.conv_dim + 2 * self.nheads) + self.nheads * self.headdim * self.d_state
