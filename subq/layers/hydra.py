@@ -166,8 +166,10 @@ class Hydra(SSMMixer):
         dt = torch.cat([p["dt_f"], p["dt_b"].flip(1)])
         B = torch.cat([p["B_f"], p["B_b"].flip(1)])
         C = torch.cat([p["C_f"], p["C_b"].flip(1)])
-        y, _ = ssd(x, dt, p["A"], B, C, chunk_size=self.chunk_size, mode=self.resolve_mode(u))
-        return self.out_proj(self.norm(self._combine(y, p).flatten(-2), p["z"]))
+        mode = self.resolve_mode(u)
+        y, _ = ssd(x, dt, p["A"], B, C, chunk_size=self.chunk_size, mode=mode)
+        norm_mode = "torch" if mode == "naive" else None
+        return self.out_proj(self.norm(self._combine(y, p).flatten(-2), p["z"], norm_mode))
 
     def _combine(self, y: Tensor, p: dict[str, Tensor]) -> Tensor:
         """``[shift] y_f + flip([shift] y_b) [+ x delta]`` from the scans' outputs ``y = [y_f, y_b]``

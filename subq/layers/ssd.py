@@ -51,8 +51,10 @@ class GatedRMSNorm(nn.Module):
         self.eps, self.norm_before_gate, self.mode = eps, norm_before_gate, mode
         self.weight = nn.Parameter(torch.ones(d, device=device, dtype=dtype))
 
-    def forward(self, y: Tensor, z: Tensor) -> Tensor:  # (..., d), (..., d)
-        mode = "torch" if y.dtype == torch.float64 else self.mode
+    def forward(self, y: Tensor, z: Tensor, mode: str | None = None) -> Tensor:  # (..., d), (..., d)
+        """``mode`` overrides the module's for one call (the mixers' ``mode="naive"`` passes
+        ``"torch"``); float64 always runs in PyTorch."""
+        mode = "torch" if y.dtype == torch.float64 else (mode or self.mode)
         return gated_rmsnorm(
             y, z, self.weight, eps=self.eps, norm_before_gate=self.norm_before_gate,
             group_size=self.group_size, mode=mode,
@@ -274,7 +276,7 @@ class SSDMixer(SSMMixer):
             xs, dt, A, B, C, D=self.D, initial_state=initial_state, output_final_state=output_final_state,
             chunk_size=self.chunk_size, mode=mode,
         )  # fmt: skip
-        out = self.out_proj(self.norm(y.flatten(-2), z))
+        out = self.out_proj(self.norm(y.flatten(-2), z, "torch" if mode == "naive" else None))
         state = SSDState(short_conv_state(xBC, self.d_conv), h) if output_final_state else None
         return out, state
 
@@ -305,4 +307,5 @@ class SSDMixer(SSMMixer):
         c, conv_state = short_conv_step(xBC, state.conv.to(xBC.dtype), *self._conv_params(xBC))
         xs, B, C, dt = self._split(F.silu(c), dt)
         y, h = ssd_step(xs, dt, self._A(xs), B, C, state.ssm, D=self.D)
-        return self.out_proj(self.norm(y.flatten(-2), z)), SSDState(conv_state, h)
+        norm_mode = "torch" if self.resolve_mode(x_t) == "naive" else None
+        return self.out_proj(self.norm(y.flatten(-2), z, norm_mode)), SSDState(conv_state, h)

@@ -206,3 +206,21 @@ def test_triton_layer_matches_torch_on_cuda(cls, kernels):
         assert_close(a, b, 1e-4, f"d{name}")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         assert_close(fast(u).float(), y_r, 3e-2, "bf16 autocast")
+
+
+@pytest.mark.parametrize("cls", [SSDMixer, Hydra], ids=["ssd", "hydra"])
+def test_naive_mode_keeps_pytorch_norm_and_convolution(cls, monkeypatch):
+    """``mode="naive"`` is the reference: the Triton norm and convolution are not called."""
+    import subq.ops.gated_rmsnorm.triton_norm as norm_kernels
+    import subq.ops.short_conv.triton_conv as conv_kernels
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a Triton kernel ran in mode='naive'")
+
+    monkeypatch.setattr(norm_kernels, "triton_gated_rmsnorm", refuse)
+    monkeypatch.setattr(conv_kernels, "triton_short_conv", refuse)
+    kw = dict(
+        causal=cls is SSDMixer, d_state=8, headdim=16, chunk_size=16, conv_mode="triton", norm_mode="triton"
+    )
+    m = cls(D_MODEL, mode="naive", **kw)
+    assert m(torch.randn(1, 9, D_MODEL)).shape == (1, 9, D_MODEL)
