@@ -49,7 +49,7 @@ class FastLaunch:
     def __init__(self, kernel):
         self.kernel = kernel
         self._params = None
-        self._compiled: dict[tuple, tuple[Any, tuple[str, ...]]] = {}
+        self._compiled: dict[tuple, tuple[Any, tuple[str, ...]]] = {}  # key -> (launcher, trailing names)
 
     def __getitem__(self, grid):
         grid = tuple(grid) + (1,) * (3 - len(grid))  # the compiled kernel's launcher reads three sizes
@@ -72,13 +72,13 @@ class FastLaunch:
         key = (device, grid, specs, tuple(sorted((k, _exact(v)) for k, v in meta.items())))
         hit = self._compiled.get(key)
         if hit is not None:
-            compiled, names = hit
-            tail = tuple(meta[n] if n in meta else self._params[n].default for n in names)
-            compiled[grid](*args, *tail)
+            runner, names = hit
+            runner(*args, *(meta[n] if n in meta else self._params[n].default for n in names))
             return
         compiled = self.kernel[grid](*args, **meta)
         if type(compiled).__name__ == "CompiledKernel" and hasattr(compiled, "run"):
-            self._compiled[key] = (compiled, self._trailing(len(args), meta))
+            # the compiled kernel's launcher for this grid (it reads the current stream per call)
+            self._compiled[key] = (compiled[grid], self._trailing(len(args), meta))
 
 
 def fast_launch(kernel) -> FastLaunch:
