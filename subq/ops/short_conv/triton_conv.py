@@ -35,21 +35,27 @@ def _tap(x, o_t, o_c, m_c, T, s_xt, j, PAD: tl.constexpr):
 
 
 @triton.jit
+def _tile(C, BT: tl.constexpr, BC: tl.constexpr):
+    """This program's ``[BT, BC]`` tile of ``[T, C]``: time tile index, batch row, ``t`` and ``c``
+    offsets, channel mask."""
+    i_t, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    o_c = i_c * BC + tl.arange(0, BC)
+    return i_t, i_b.to(tl.int64), i_t * BT + tl.arange(0, BT), o_c, o_c < C
+
+
+@triton.jit
 def short_conv_fwd_kernel(
     x, w, bias, y, T, C, s_xb, s_xt, s_yb, s_yt,
     K: tl.constexpr, PAD: tl.constexpr, HAS_BIAS: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
 ):  # fmt: skip
-    i_t, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    o_t = i_t * BT + tl.arange(0, BT)
-    o_c = i_c * BC + tl.arange(0, BC)
-    m_c = o_c < C
+    _, i_b, o_t, o_c, m_c = _tile(C, BT, BC)
     acc = tl.zeros([BT, BC], dtype=tl.float32)
     for j in tl.static_range(K):
         b_w = tl.load(w + o_c * K + j, mask=m_c, other=0.0).to(tl.float32)
-        acc += _tap(x + i_b.to(tl.int64) * s_xb, o_t, o_c, m_c, T, s_xt, j, PAD) * b_w[None, :]
+        acc += _tap(x + i_b * s_xb, o_t, o_c, m_c, T, s_xt, j, PAD) * b_w[None, :]
     if HAS_BIAS:
         acc += tl.load(bias + o_c, mask=m_c, other=0.0).to(tl.float32)[None, :]
-    p_y = y + i_b.to(tl.int64) * s_yb + o_t[:, None].to(tl.int64) * s_yt + o_c[None, :]
+    p_y = y + i_b * s_yb + o_t[:, None].to(tl.int64) * s_yt + o_c[None, :]
     tl.store(p_y, acc.to(y.dtype.element_ty), mask=(o_t < T)[:, None] & m_c[None, :])
 
 
@@ -58,14 +64,11 @@ def short_conv_dw_kernel(
     x, dy, dw, db, T, C, s_xb, s_xt, s_yb, s_yt,
     K: tl.constexpr, PAD: tl.constexpr, HAS_BIAS: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
 ):  # fmt: skip
-    i_t, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    tile = i_b.to(tl.int64) * tl.num_programs(0) + i_t  # partials: [tiles, K, C] and [tiles, C]
-    o_t = i_t * BT + tl.arange(0, BT)
-    o_c = i_c * BC + tl.arange(0, BC)
-    m_c = o_c < C
-    b_dy = _tap(dy + i_b.to(tl.int64) * s_yb, o_t, o_c, m_c, T, s_yt, 0, 0)
+    i_t, i_b, o_t, o_c, m_c = _tile(C, BT, BC)
+    tile = i_b * tl.num_programs(0) + i_t  # partials: [tiles, K, C] and [tiles, C]
+    b_dy = _tap(dy + i_b * s_yb, o_t, o_c, m_c, T, s_yt, 0, 0)
     for j in tl.static_range(K):
-        b_x = _tap(x + i_b.to(tl.int64) * s_xb, o_t, o_c, m_c, T, s_xt, j, PAD)
+        b_x = _tap(x + i_b * s_xb, o_t, o_c, m_c, T, s_xt, j, PAD)
         tl.store(dw + (tile * K + j) * C + o_c, tl.sum(b_dy * b_x, 0), mask=m_c)
     if HAS_BIAS:
         tl.store(db + tile * C + o_c, tl.sum(b_dy, 0), mask=m_c)
