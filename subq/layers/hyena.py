@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from subq.layers.base import Mixer
 from subq.layers.registry import register_mixer
+from subq.ops.common.layout import to_channels_first
 from subq.ops.long_conv import long_conv, long_conv_step
 from subq.ops.short_conv import (
     MAX_KERNEL_SIZE,
@@ -284,8 +285,10 @@ class Hyena(Mixer):
         ``[N - 1, 2, d, length]`` (forward, reverse) when bidirectional."""
         positions = torch.arange(start, start + length, device=self.filter.freq.device)
         h = self.filter(positions)  # [(2,) length, d (N - 1)], channel i (N - 1) + o: filter o, channel i
-        h = h.unflatten(-1, (self.d_model, self.order - 1))  # [(2,) length, d, N - 1]
-        return h.permute(2, 1, 0) if self.causal else h.permute(3, 0, 2, 1)  # [N - 1, (2,) d, length]
+        # lags of unit stride, as the convolutions read them: [(1 | 2), d, N - 1, length]
+        h = to_channels_first(h[None] if self.causal else h).transpose(1, 2)
+        h = h.unflatten(1, (self.d_model, self.order - 1))
+        return h[0].permute(1, 0, 2) if self.causal else h.permute(2, 0, 1, 3)  # [N - 1, (2,) d, length]
 
     def _mix(self, x: Tensor, mode: str) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
         """``x: [B, T, d]`` -> ``(y, projected input [B, T, (N+1)d], long-conv inputs [B, T, d] per

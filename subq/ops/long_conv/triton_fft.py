@@ -30,6 +30,7 @@ import triton.language as tl
 from torch import Tensor
 
 from subq.ops.common.launch import FastLaunch
+from subq.ops.common.layout import channels_first, channels_last
 from subq.ops.long_conv.naive import check_long_conv
 
 PRECISIONS = ("tf32x3", "tf32", "fp16", "ieee")
@@ -507,15 +508,16 @@ def _time_contiguous(x: Tensor) -> Tensor:
     """``x: [B, T, C]`` with unit stride in ``T`` (a view of channels-first storage): ``x`` itself when
     it has that already, else a copy. The column kernels read and write 64-long runs in ``t``; on a
     token-major ``[B, T, C]`` tensor every element would cost a 32-byte sector of its own."""
-    if x.shape[1] == 1 or x.stride(1) == 1:
-        return x
-    return x.transpose(1, 2).contiguous().transpose(1, 2)
+    return channels_first(x)
 
 
 def _like(y: Tensor, x: Tensor) -> Tensor:
-    """``y`` in the memory layout of ``x`` (a copy when they differ; both ``[B, T, C]``)."""
+    """``y`` (channels-first) in the memory layout of ``x`` (a copy when they differ; both
+    ``[B, T, C]``)."""
     if y.stride() == x.stride():
         return y
+    if x.is_contiguous():
+        return channels_last(y)
     return torch.empty_like(x, dtype=y.dtype).copy_(y)
 
 
@@ -534,6 +536,7 @@ class TritonLongConvFunction(torch.autograd.Function):
         L = h.shape[-1]
         plan = _plan(T, u.device, precision, min_factor)
         u_in, u = u, _time_contiguous(u)
+        h = _time_contiguous(h.t()[None])[0].t()  # [C, L], unit stride in the lag
         z_u = plan.spectrum(u, B, C, T, _btc_strides(u))  # [2, B C, H1, N2]
         z_h = plan.spectrum(h, 1, C, L, _filter_strides(h))  # [2, C, H1, N2]
         w = plan.product(z_u, z_h, B * C, C, (C, 1, 0), (0, 1, 0), 1, False)

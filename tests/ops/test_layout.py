@@ -1,0 +1,50 @@
+"""The layout copies of ``subq.ops.common.layout`` (Triton kernel on CUDA or in the interpreter)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from subq.ops.common.layout import channels_first, channels_last, to_channels_first
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 70, 3), (3, 5, 130), (1, 129, 64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channels_first_and_back(shape, dtype):
+    x = torch.randn(shape, device=DEVICE).to(dtype)
+    y = channels_first(x)
+    assert y.shape == x.shape and (y.shape[1] == 1 or y.stride(1) == 1)
+    assert torch.equal(y, x)
+    z = channels_last(y)
+    assert z.is_contiguous() and torch.equal(z, x)
+
+
+def test_strided_sources():
+    base = torch.randn(2, 40, 3 * 24, device=DEVICE)
+    x = base[..., 24:48]  # a token-major slice: unit stride in C, not contiguous
+    y = channels_first(x)
+    assert y.stride(1) == 1 and torch.equal(y, x)
+    cf = torch.randn(2, 3 * 24, 40, device=DEVICE).transpose(1, 2)[..., 24:48]  # channels-first slice
+    assert channels_first(cf) is cf
+    z = channels_last(cf)
+    assert z.is_contiguous() and torch.equal(z, cf)
+    odd = torch.randn(40, 24, 2, device=DEVICE).permute(2, 0, 1)  # no unit stride in T or C
+    assert torch.equal(channels_first(odd), odd) and torch.equal(channels_last(odd), odd)
+
+
+def test_already_in_layout_is_returned():
+    x = torch.randn(2, 8, 4, device=DEVICE)
+    assert channels_last(x) is x
+    y = channels_first(x)
+    assert channels_first(y) is y
+
+
+def test_autograd():
+    x = torch.randn(2, 33, 20, device=DEVICE, requires_grad=True)
+    w = torch.randn(2, 33, 20, device=DEVICE)
+    y = to_channels_first(x)
+    assert y.stride(1) == 1
+    (y * w).sum().backward()
+    assert x.grad.is_contiguous() and torch.equal(x.grad, w)
