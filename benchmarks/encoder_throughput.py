@@ -23,11 +23,12 @@ on CPU in float32, wall-clock medians. A model that runs out of memory at a leng
     python benchmarks/encoder_throughput.py                                   # CUDA, base, 512/4096/32768
     python benchmarks/encoder_throughput.py --size mini --lengths 512,4096 --out enc.json
     python benchmarks/encoder_throughput.py --device cpu --size tiny --lengths 64,128 --tokens 256
-    python benchmarks/encoder_throughput.py --models hydra --lengths 4096 --hydra-conv triton \
-        --hydra-norm triton
+    python benchmarks/encoder_throughput.py --models hydra --lengths 4096 --hydra-conv torch \
+        --hydra-norm torch                                   # Hydra with PyTorch's conv and norm
 
 ``--hydra-conv`` and ``--hydra-norm`` pick Hydra's convolution and gated RMSNorm forms (``conv_mode``,
-``norm_mode``: PyTorch by default, or the Triton kernels).
+``norm_mode``: by default the Triton kernels on CUDA and PyTorch on a CPU; ``torch`` or ``triton``
+force one).
 
 Prints a table (tokens/ms per model and length, and each model's speedup over attention) and, as the
 last stdout line, one JSON object.
@@ -76,12 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", default=",".join(MODELS), help=f"subset of {','.join(MODELS)}")
     p.add_argument("--hydra-layers", type=int, default=None, help="Hydra's depth (default: the size's)")
     p.add_argument(
-        "--hydra-conv", choices=["torch", "triton"], default="torch",
-        help="Hydra's centred convolution: F.conv1d (default) or the Triton short-convolution kernels",
+        "--hydra-conv", choices=["auto", "torch", "triton"], default="auto",
+        help="Hydra's centred convolution: auto (default: the Triton kernels on CUDA), F.conv1d (torch) "
+        "or the Triton short-convolution kernels",
     )  # fmt: skip
     p.add_argument(
-        "--hydra-norm", choices=["torch", "triton"], default="torch",
-        help="Hydra's gated RMSNorm: PyTorch (default) or the Triton kernels",
+        "--hydra-norm", choices=["auto", "torch", "triton"], default="auto",
+        help="Hydra's gated RMSNorm: auto (default: the Triton kernels on CUDA), PyTorch or Triton",
     )  # fmt: skip
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
@@ -105,8 +107,8 @@ def encoder_config(
     size: str,
     seq_len: int,
     hydra_layers: int | None = None,
-    hydra_conv: str = "torch",
-    hydra_norm: str = "torch",
+    hydra_conv: str = "auto",
+    hydra_norm: str = "auto",
 ) -> EncoderConfig:
     """The encoder ``model`` of ``size`` for sequences of ``seq_len`` tokens (``hydra_conv``,
     ``hydra_norm``: Hydra's ``conv_mode`` and ``norm_mode``)."""

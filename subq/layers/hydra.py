@@ -61,13 +61,14 @@ class Hydra(SSMMixer):
             Hydra's code uses 256).
         bias: biases in ``in_proj`` and ``out_proj`` (default False); conv_bias: in the convolution
             (default True).
-        conv_mode: the centred convolution's form outside ``mode="naive"``: ``"torch"`` (default,
-            ``F.conv1d`` on the transposed input) or ``"triton"``
+        conv_mode: the centred convolution's form outside ``mode="naive"``: ``"auto"`` (default: the
+            Triton kernels when the mixer runs its Triton path and ``d_conv <= 8``, else PyTorch),
+            ``"torch"`` (``F.conv1d`` on the transposed input) or ``"triton"``
             (:func:`~subq.ops.short_conv.triton_conv.triton_short_conv` with ``padding = d_conv // 2``,
             in place on the projection's output, so ``x``, ``B``, ``C`` stay row-contiguous slices;
             ``d_conv <= 8``; CUDA).
-        norm_mode: the gated RMSNorm's form: ``"torch"`` (default) or ``"triton"``
-            (:mod:`subq.ops.gated_rmsnorm`, one pass; CUDA).
+        norm_mode: the gated RMSNorm's form: ``"auto"`` (default, as ``conv_mode``), ``"torch"`` or
+            ``"triton"`` (:mod:`subq.ops.gated_rmsnorm`, one pass; CUDA).
         variant: the mixing matrix, one of :data:`HYDRA_VARIANTS` (default ``"quasiseparable"``,
             Hydra; the others are the paper's ablations, see the module docstring).
         causal, layer_idx, mode, device, dtype: see :class:`~subq.layers.base.Mixer`; ``causal`` must
@@ -101,8 +102,8 @@ class Hydra(SSMMixer):
         chunk_size: int = 64,
         bias: bool = False,
         conv_bias: bool = True,
-        conv_mode: str = "torch",
-        norm_mode: str = "torch",
+        conv_mode: str = "auto",
+        norm_mode: str = "auto",
         variant: str = "quasiseparable",
         causal: bool = False,
         layer_idx: int | None = None,
@@ -141,7 +142,7 @@ class Hydra(SSMMixer):
         ``A [H]``."""
         z, xBC, dt = self.in_proj(u).split([self.d_inner, self.conv_dim, 2 * self.nheads], dim=-1)
         w, b = self._conv_params(xBC)
-        if self.conv_mode == "triton" and self.resolve_mode(u) != "naive":
+        if self._forms(self.resolve_mode(u))[0] == "triton":
             from subq.ops.short_conv.triton_conv import triton_short_conv
 
             xBC = F.silu(triton_short_conv(xBC, w, b, padding=self.d_conv // 2))  # [B, T, conv_dim]
@@ -168,8 +169,7 @@ class Hydra(SSMMixer):
         C = torch.cat([p["C_f"], p["C_b"].flip(1)])
         mode = self.resolve_mode(u)
         y, _ = ssd(x, dt, p["A"], B, C, chunk_size=self.chunk_size, mode=mode)
-        norm_mode = "torch" if mode == "naive" else None
-        return self.out_proj(self.norm(self._combine(y, p).flatten(-2), p["z"], norm_mode))
+        return self.out_proj(self.norm(self._combine(y, p).flatten(-2), p["z"], self._forms(mode)[1]))
 
     def _combine(self, y: Tensor, p: dict[str, Tensor]) -> Tensor:
         """``[shift] y_f + flip([shift] y_b) [+ x delta]`` from the scans' outputs ``y = [y_f, y_b]``

@@ -47,7 +47,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from subq.layers.base import Mixer
+from subq.layers.base import Mixer, triton_available
 from subq.layers.registry import register_mixer
 from subq.ops.common.layout import to_channels_first
 from subq.ops.long_conv import long_conv, long_conv_step
@@ -199,8 +199,9 @@ class Hyena(Mixer):
             (faster, relative RMS about 7e-4; :func:`~subq.ops.long_conv.long_conv`): how
             ``mode="torch"`` computes the long convolutions (``mode="naive"`` uses the tap-by-tap
             reference).
-        short_conv_mode: how ``mode="torch"`` computes the short convolution: ``"torch"`` (default,
-            ``F.conv1d``) or ``"triton"`` (:func:`~subq.ops.short_conv.triton_conv.triton_short_conv`,
+        short_conv_mode: how ``mode="torch"`` computes the short convolution: ``"auto"`` (default:
+            ``"triton"`` on CUDA tensors when Triton is installed, else ``"torch"``), ``"torch"``
+            (``F.conv1d``) or ``"triton"``  (:func:`~subq.ops.short_conv.triton_conv.triton_short_conv`,
             in place on the projection's ``[B, T, 3 d]`` output; CUDA).
         causal, layer_idx, mode, device, dtype: see :class:`~subq.layers.base.Mixer`.
 
@@ -228,7 +229,7 @@ class Hyena(Mixer):
         w: float = 1.0,
         dropout: float = 0.0,
         long_conv_form: str = "chunk",
-        short_conv_mode: str = "torch",
+        short_conv_mode: str = "auto",
         causal: bool = True,
         layer_idx: int | None = None,
         mode: str = "auto",
@@ -241,8 +242,10 @@ class Hyena(Mixer):
         check_filter_args(filter_order, emb_dim, short_filter_order, max_seq_len, dropout)
         if long_conv_form not in LONG_CONV_FORMS:
             raise ValueError(f"long_conv_form must be one of {LONG_CONV_FORMS}, got {long_conv_form!r}")
-        if short_conv_mode not in ("torch", "triton"):
-            raise ValueError(f"short_conv_mode must be 'torch' or 'triton', got {short_conv_mode!r}")
+        if short_conv_mode not in ("auto", "torch", "triton"):
+            raise ValueError(
+                f"short_conv_mode must be 'auto', 'torch' or 'triton', got {short_conv_mode!r}"
+            )
         self.short_conv_mode = short_conv_mode
         self.order, self.filter_order, self.emb_dim = order, filter_order, emb_dim
         self.short_filter_order, self.max_seq_len, self.long_conv_form = (
@@ -298,7 +301,10 @@ class Hyena(Mixer):
         if mode == "naive":
             conv = naive_short_conv(p, *self._short_filter(p))
         else:
-            conv = short_conv(p, *self._short_filter(p), mode=self.short_conv_mode)
+            short = self.short_conv_mode
+            if short == "auto":
+                short = "triton" if p.is_cuda and triton_available() else "torch"
+            conv = short_conv(p, *self._short_filter(p), mode=short)
         *xs, v = conv.split(d, dim=-1)  # [B, T, d] each
         h = self.long_filters(min(T, self.max_seq_len))  # [N-1, (2,) d, L]
         form = "naive" if mode == "naive" else self.long_conv_form

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from subq.layers.base import Mixer
+from subq.layers.base import Mixer, triton_available
 from subq.layers.registry import register_mixer
 from subq.ops.gated_rmsnorm import gated_rmsnorm
 from subq.ops.short_conv import (
@@ -36,18 +36,19 @@ from subq.ops.ssd.naive import compute_dtype
 class GatedRMSNorm(nn.Module):
     """``RMSNorm(y) * SiLU(z)`` (``norm_before_gate=True``, Hydra) or ``RMSNorm(y * SiLU(z))``
     (Mamba-2), normalised over groups of ``group_size`` channels, in float32 (float64 for float64);
-    ``mode="triton"`` computes it with the Triton kernels of :mod:`subq.ops.gated_rmsnorm` (CUDA)."""
+    ``mode="triton"`` computes it with the Triton kernels of :mod:`subq.ops.gated_rmsnorm` (CUDA),
+    ``"auto"`` with them on CUDA tensors and in PyTorch otherwise."""
 
     def __init__(
         self, d: int, *, eps: float = 1e-5, norm_before_gate: bool, group_size: int | None = None,
-        mode: str = "torch", device=None, dtype=None,
+        mode: str = "auto", device=None, dtype=None,
     ):  # fmt: skip
         super().__init__()
         self.group_size = d if group_size is None else group_size
         if d % self.group_size:
             raise ValueError(f"group_size={self.group_size} must divide the width {d}")
-        if mode not in ("torch", "triton"):
-            raise ValueError(f"mode must be 'torch' or 'triton', got {mode!r}")
+        if mode not in ("auto", "torch", "triton"):
+            raise ValueError(f"mode must be 'auto', 'torch' or 'triton', got {mode!r}")
         self.eps, self.norm_before_gate, self.mode = eps, norm_before_gate, mode
         self.weight = nn.Parameter(torch.ones(d, device=device, dtype=dtype))
 
@@ -55,6 +56,8 @@ class GatedRMSNorm(nn.Module):
         """``mode`` overrides the module's for one call (the mixers' ``mode="naive"`` passes
         ``"torch"``); float64 always runs in PyTorch."""
         mode = "torch" if y.dtype == torch.float64 else (mode or self.mode)
+        if mode == "auto":
+            mode = "triton" if y.is_cuda and triton_available() else "torch"
         return gated_rmsnorm(
             y, z, self.weight, eps=self.eps, norm_before_gate=self.norm_before_gate,
             group_size=self.group_size, mode=mode,
@@ -120,20 +123,20 @@ class SSMMixer(Mixer):
         dt_min: float,
         dt_max: float,
         dt_init_floor: float,
-        conv_mode: str = "torch",
-        norm_mode: str = "torch",
+        conv_mode: str = "auto",
+        norm_mode: str = "auto",
     ) -> None:
         """The sizes, then ``in_proj``, the convolution and ``dt_bias`` in this order (the order of the
         random draws); ``self.nheads`` must be set. The subclass adds ``A_log``, ``D``, the norm and
         ``out_proj``."""
-        if conv_mode not in ("torch", "triton"):
-            raise ValueError(f"conv_mode must be 'torch' or 'triton', got {conv_mode!r}")
+        if conv_mode not in ("auto", "torch", "triton"):
+            raise ValueError(f"conv_mode must be 'auto', 'torch' or 'triton', got {conv_mode!r}")
         if conv_mode == "triton" and not MIN_KERNEL_SIZE <= d_conv <= MAX_KERNEL_SIZE:
             raise ValueError(
                 f"conv_mode='triton' takes d_conv in [{MIN_KERNEL_SIZE}, {MAX_KERNEL_SIZE}], got {d_conv}"
             )
-        if norm_mode not in ("torch", "triton"):
-            raise ValueError(f"norm_mode must be 'torch' or 'triton', got {norm_mode!r}")
+        if norm_mode not in ("auto", "torch", "triton"):
+            raise ValueError(f"norm_mode must be 'auto', 'torch' or 'triton', got {norm_mode!r}")
         self.conv_mode, self.norm_mode = conv_mode, norm_mode
         self.d_state, self.d_conv, self.headdim, self.ngroups = d_state, d_conv, headdim, ngroups
         self.chunk_size = chunk_size
@@ -150,6 +153,19 @@ class SSMMixer(Mixer):
         if self.conv_bias is not None:
             nn.init.uniform_(self.conv_bias, -bound, bound)
         self.dt_bias = nn.Parameter(init_dt_bias(self.nheads, dt_min, dt_max, dt_init_floor, **fk))
+
+    def _forms(self, mode: str) -> tuple[str, str]:
+        """The convolution's and the norm's forms (``"torch"`` or ``"triton"``) under the resolved mixer
+        ``mode``: ``"auto"`` takes the Triton kernels when the mixer runs its Triton path (and the
+        convolution has at most 8 taps), PyTorch otherwise; ``mode="naive"`` always runs PyTorch."""
+        if mode == "naive":
+            return "torch", "torch"
+        fast = mode == "triton"
+        conv = self.conv_mode
+        if conv == "auto":
+            conv = "triton" if fast and MIN_KERNEL_SIZE <= self.d_conv <= MAX_KERNEL_SIZE else "torch"
+        norm = self.norm_mode if self.norm_mode != "auto" else ("triton" if fast else "torch")
+        return conv, norm
 
     def _conv_params(self, like: Tensor) -> tuple[Tensor, Tensor | None]:
         """The filter (and bias) in the dtype of the activations (they differ under autocast)."""
@@ -190,11 +206,12 @@ class SSDMixer(SSMMixer):
         chunk_size: SSD chunk (default 64; a power of two >= 16, at most 128 for the Triton kernels).
         bias: biases in ``in_proj`` and ``out_proj`` (default False); conv_bias: in the convolution
             (default True).
-        conv_mode: the causal convolution's form outside ``mode="naive"``: ``"torch"`` (default,
-            ``F.conv1d``) or ``"triton"`` (:func:`~subq.ops.short_conv.short_conv`'s Triton kernels,
+        conv_mode: the causal convolution's form outside ``mode="naive"``: ``"auto"`` (default: the
+            Triton kernels when the mixer runs its Triton path, else PyTorch), ``"torch"``
+            (``F.conv1d``) or ``"triton"`` (:func:`~subq.ops.short_conv.short_conv`'s Triton kernels,
             in place on the projection's output; CUDA).
-        norm_mode: the gated RMSNorm's form: ``"torch"`` (default) or ``"triton"``
-            (:mod:`subq.ops.gated_rmsnorm`, one pass; CUDA).
+        norm_mode: the gated RMSNorm's form: ``"auto"`` (default, as ``conv_mode``), ``"torch"`` or
+            ``"triton"`` (:mod:`subq.ops.gated_rmsnorm`, one pass; CUDA).
         causal, layer_idx, mode, device, dtype: see :class:`~subq.layers.base.Mixer`.
 
     ``state_size(L) = H * headdim * d_state + (d_inner + 2 ngroups d_state) * d_conv`` for every ``L``.
@@ -222,8 +239,8 @@ class SSDMixer(SSMMixer):
         chunk_size: int = 64,
         bias: bool = False,
         conv_bias: bool = True,
-        conv_mode: str = "torch",
-        norm_mode: str = "torch",
+        conv_mode: str = "auto",
+        norm_mode: str = "auto",
         causal: bool = True,
         layer_idx: int | None = None,
         mode: str = "auto",
@@ -266,17 +283,18 @@ class SSDMixer(SSMMixer):
         """``[B, T, d_model]`` -> ``(y [B, T, d_model], SSDState or None)``."""
         z, xBC, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
         mode = self.resolve_mode(x)
+        conv_mode, norm_mode = self._forms(mode)
         if mode == "naive":
             xBC_act = F.silu(naive_short_conv(xBC, *self._conv_params(xBC)))
         else:
-            xBC_act = F.silu(short_conv(xBC, *self._conv_params(xBC), mode=self.conv_mode))
+            xBC_act = F.silu(short_conv(xBC, *self._conv_params(xBC), mode=conv_mode))
         xs, B, C, dt = self._split(xBC_act, dt)
         A = self._A(xs)
         y, h = ssd(
             xs, dt, A, B, C, D=self.D, initial_state=initial_state, output_final_state=output_final_state,
             chunk_size=self.chunk_size, mode=mode,
         )  # fmt: skip
-        out = self.out_proj(self.norm(y.flatten(-2), z, "torch" if mode == "naive" else None))
+        out = self.out_proj(self.norm(y.flatten(-2), z, norm_mode))
         state = SSDState(short_conv_state(xBC, self.d_conv), h) if output_final_state else None
         return out, state
 
@@ -307,5 +325,5 @@ class SSDMixer(SSMMixer):
         c, conv_state = short_conv_step(xBC, state.conv.to(xBC.dtype), *self._conv_params(xBC))
         xs, B, C, dt = self._split(F.silu(c), dt)
         y, h = ssd_step(xs, dt, self._A(xs), B, C, state.ssm, D=self.D)
-        norm_mode = "torch" if self.resolve_mode(x_t) == "naive" else None
+        norm_mode = self._forms(self.resolve_mode(x_t))[1]
         return self.out_proj(self.norm(y.flatten(-2), z, norm_mode)), SSDState(conv_state, h)

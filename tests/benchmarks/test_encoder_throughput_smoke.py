@@ -43,7 +43,7 @@ def test_models_share_width_and_depth(bench):
     assert m2.mixer.name == "monarch_mixer" and m2.mixer.kwargs["max_seq_len"] == 1024
     assert hydra.mixer.name == "hydra" and hydra.channel_mixer.name == "none" and hydra.pos_emb == "none"
     assert bench.encoder_config("hydra", "base", 512, hydra_layers=23).n_layers == 23
-    assert hydra.mixer.kwargs["conv_mode"] == hydra.mixer.kwargs["norm_mode"] == "torch"
+    assert hydra.mixer.kwargs["conv_mode"] == hydra.mixer.kwargs["norm_mode"] == "auto"
     triton = bench.encoder_config("hydra", "mini", 1024, hydra_conv="triton", hydra_norm="triton").mixer
     assert triton.kwargs == {**hydra.mixer.kwargs, "conv_mode": "triton", "norm_mode": "triton"}
 

@@ -143,8 +143,8 @@ def test_gated_rmsnorm_orders():
         (SSDMixer, dict(headdim=16, ngroups=3), "multiple of ngroups=3"),
         (SSDMixer, dict(chunk_size=48), "power of two"),
         (SSDMixer, dict(d_conv=9), "d_conv must be an int in"),
-        (SSDMixer, dict(conv_mode="cuda"), "conv_mode must be 'torch' or 'triton'"),
-        (Hydra, dict(causal=False, norm_mode="fused"), "norm_mode must be 'torch' or 'triton'"),
+        (SSDMixer, dict(conv_mode="cuda"), "conv_mode must be 'auto', 'torch' or 'triton'"),
+        (Hydra, dict(causal=False, norm_mode="fused"), "norm_mode must be 'auto', 'torch' or 'triton'"),
         (
             Hydra,
             dict(causal=False, d_conv=9, conv_mode="triton"),
@@ -178,6 +178,27 @@ def test_triton_convolution_and_norm_match_torch(cls, part, one_thread):
     names = ["y", "du", *(f"d{n}" for n, _ in ref.named_parameters())]
     for name, a, b in zip(names, out, out_r, strict=True):
         assert_close(a, b, 1e-5, name)
+
+
+@pytest.mark.parametrize("cls", [SSDMixer, Hydra], ids=["ssd", "hydra"])
+def test_auto_forms_follow_the_mixer_mode(cls):
+    """``conv_mode="auto"`` and ``norm_mode="auto"`` (the defaults) take the Triton kernels exactly
+    when the mixer runs its Triton path; explicit forms win; ``mode="naive"`` stays in PyTorch."""
+    kw = dict(causal=cls is SSDMixer, d_state=8, headdim=16, chunk_size=16)
+    m = cls(D_MODEL, **kw)
+    assert (m.conv_mode, m.norm_mode) == ("auto", "auto")
+    assert m._forms("triton") == ("triton", "triton")
+    assert m._forms("torch") == ("torch", "torch")
+    assert m._forms("naive") == ("torch", "torch")
+    m = cls(D_MODEL, conv_mode="torch", norm_mode="triton", **kw)
+    assert m._forms("triton") == ("torch", "triton")
+    assert m._forms("torch") == ("torch", "triton")
+    assert m._forms("naive") == ("torch", "torch")
+
+
+def test_auto_conv_form_needs_a_short_kernel():
+    m = Hydra(D_MODEL, causal=False, d_state=8, headdim=16, chunk_size=16, d_conv=9)
+    assert m._forms("triton") == ("torch", "triton")
 
 
 def test_state_sizes():
