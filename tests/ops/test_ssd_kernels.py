@@ -12,7 +12,7 @@ pytest.importorskip("triton")
 from subq.ops.ssd import ssd  # noqa: E402
 from subq.ops.ssd.fused_chunk import fused_chunk_ssd  # noqa: E402
 from tests.conftest import assert_close  # noqa: E402
-from tests.ops.test_ssd import _check, _inputs  # noqa: E402
+from tests.ops.test_ssd import DEVICE, _check, _inputs  # noqa: E402
 
 CPU_CASES = [  # B, T, H, P, G, N, chunk
     (1, 1, 2, 4, 1, 4, 16),
@@ -68,9 +68,9 @@ def test_triton_reads_projection_slices_in_place(one_thread):
     """``x``, ``B``, ``C`` as slices of one ``[b, T, H P + 2 G N + 5]`` projection (time stride wider
     than a row) give the contiguous inputs' outputs and gradients, through to the projection."""
     b, T, H, P, G, N = 2, 37, 2, 4, 1, 8
-    proj = torch.randn(b, T, H * P + 2 * G * N + 5, requires_grad=True)
-    dt = torch.nn.functional.softplus(torch.randn(b, T, H)).requires_grad_()
-    A = (-torch.rand(H) - 0.2).requires_grad_()
+    proj = torch.randn(b, T, H * P + 2 * G * N + 5, device=DEVICE, requires_grad=True)
+    dt = torch.nn.functional.softplus(torch.randn(b, T, H, device=DEVICE)).requires_grad_()
+    A = (-torch.rand(H, device=DEVICE) - 0.2).requires_grad_()
 
     def run(copy: bool):
         x = proj[..., : H * P].unflatten(-1, (H, P))
@@ -82,7 +82,7 @@ def test_triton_reads_projection_slices_in_place(one_thread):
         y, _ = fused_chunk_ssd(x, dt, A, B, C, chunk_size=16)
         return (y, *torch.autograd.grad((y * g).sum(), [proj, dt, A]))
 
-    g = torch.randn(b, T, H, P)
+    g = torch.randn(b, T, H, P, device=DEVICE)
     strided, copied = run(False), run(True)
     for name, a, r in zip(("y", "dproj", "ddt", "dA"), strided, copied, strict=True):
         assert_close(a, r, 1e-6, name)
