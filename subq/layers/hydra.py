@@ -7,7 +7,9 @@ C_f, B_b, C_b]``; a **non-causal** depthwise convolution of ``xBC`` (kernel ``d_
 bias) and SiLU; one SSD over the batch ``[x, flip x]`` with ``B, C`` of each direction (the backward
 ones flipped), ``dt = softplus([dt_f, flip dt_b] + dt_bias)`` and one ``A = -exp(A_log)`` per head
 shared by both directions, no ``D`` inside the scan; both outputs shifted one step later (zero at the
-first position) so each SSD part is strictly triangular, the backward one flipped back; the diagonal
+first position) so each SSD part is strictly triangular, the backward one flipped back. (Here the two
+directions are two scans, the backward one run from the last token with ``ssd(..., reverse=True)``,
+which the Triton kernels do in place: no flipped or concatenated copies.) The diagonal
 ``delta = fc_D(x) + D`` per head (data dependent); ``y = y_f + y_b + x * delta``, the gated RMSNorm
 ``RMSNorm(y) * SiLU(z)`` (norm before the gate) and ``out_proj: d_inner -> d`` without bias.
 
@@ -162,28 +164,25 @@ class Hydra(SSMMixer):
 
     def _forward(self, u: Tensor) -> Tensor:
         p = self.project(u)
-        # both directions in one scan over the batch [forward, flipped backward]
-        x = torch.cat([p["x"], p["x"].flip(1)])
-        dt = torch.cat([p["dt_f"], p["dt_b"].flip(1)])
-        B = torch.cat([p["B_f"], p["B_b"].flip(1)])
-        C = torch.cat([p["C_f"], p["C_b"].flip(1)])
         mode = self.resolve_mode(u)
-        y, _ = ssd(x, dt, p["A"], B, C, chunk_size=self.chunk_size, mode=mode)
-        return self.out_proj(self.norm(self._combine(y, p).flatten(-2), p["z"], self._forms(mode)[1]))
+        kw = dict(chunk_size=self.chunk_size, mode=mode)
+        # the backward scan runs from the last token (the kernels read and write in place)
+        y_f, _ = ssd(p["x"], p["dt_f"], p["A"], p["B_f"], p["C_f"], **kw)
+        y_b, _ = ssd(p["x"], p["dt_b"], p["A"], p["B_b"], p["C_b"], reverse=True, **kw)
+        y = self._combine(y_f, y_b, p)
+        return self.out_proj(self.norm(y.flatten(-2), p["z"], self._forms(mode)[1]))
 
-    def _combine(self, y: Tensor, p: dict[str, Tensor]) -> Tensor:
-        """``[shift] y_f + flip([shift] y_b) [+ x delta]`` from the scans' outputs ``y = [y_f, y_b]``
-        (``y_b`` in reversed time), added into one buffer: with the shift, the forward scan's output
-        at ``t - 1`` and the backward scan's at reversed step ``T - 2 - t`` land at ``t``."""
-        b = y.shape[0] // 2
-        y_f, y_b = y[:b], y[b:]
+    def _combine(self, y_f: Tensor, y_b: Tensor, p: dict[str, Tensor]) -> Tensor:
+        """``[shift] y_f + [shift] y_b [+ x delta]`` from the two scans' outputs (both in token order),
+        added into one buffer: with the shift, the forward scan's output at ``t - 1`` and the backward
+        scan's at ``t + 1`` land at ``t``."""
         out = p["x"] * p["delta"][..., None] if self.has_diagonal else torch.zeros_like(y_f)
         if self.shifted:
             out[:, 1:] += y_f[:, :-1]
-            out[:, :-1] += y_b[:, :-1].flip(1)
+            out[:, :-1] += y_b[:, 1:]
         else:
             out += y_f
-            out += y_b.flip(1)
+            out += y_b
         return out  # [B, T, H, P]
 
     def state_size(self, seq_len: int) -> int:

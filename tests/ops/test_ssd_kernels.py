@@ -129,3 +129,48 @@ def test_auto_uses_triton_on_cuda():
     y, _ = ssd(x, dt, A, B, C, D=D)
     y_t, _ = fused_chunk_ssd(x, dt, A, B, C, D=D)
     assert torch.equal(y, y_t)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("shape", [(2, 37, 2, 4, 1, 8), (1, 70, 3, 5, 1, 6)])
+def test_triton_reverse_scan_is_the_flipped_scan(shape, one_thread):
+    """``reverse=True`` (kernels indexing time backwards, in place) against the float64 reference on
+    flipped copies: outputs, final state and every gradient, through projection slices."""
+    b, T, H, P, G, N = shape
+    proj = torch.randn(b, T, H * P + 2 * G * N + 3, device=DEVICE, requires_grad=True)
+    dt = torch.nn.functional.softplus(torch.randn(b, T, H, device=DEVICE)).requires_grad_()
+    A = (-torch.rand(H, device=DEVICE) - 0.2).requires_grad_()
+    h0 = torch.randn(b, H, P, N, device=DEVICE, requires_grad=True)
+    g, gh = torch.randn(b, T, H, P, device=DEVICE), torch.randn(b, H, P, N, device=DEVICE)
+
+    def run(reverse: bool, ref: bool):
+        leaves = [proj, dt, A, h0]
+        p, d, a, h = (t.double() for t in leaves) if ref else leaves
+        x = p[..., : H * P].unflatten(-1, (H, P))
+        B = p[..., H * P : H * P + G * N].unflatten(-1, (G, N))
+        C = p[..., H * P + G * N : H * P + 2 * G * N].unflatten(-1, (G, N))
+        kw = dict(initial_state=h, output_final_state=True)
+        if ref:
+            y, hT = ssd(x.flip(1), d.flip(1), a, B.flip(1), C.flip(1), mode="naive", **kw)
+            y = y.flip(1)
+        else:
+            y, hT = ssd(x, d, a, B, C, chunk_size=16, mode="triton", reverse=reverse, **kw)
+        loss = (y * g.to(y.dtype)).sum() + (hT * gh.to(hT.dtype)).sum()
+        return (y, hT, *torch.autograd.grad(loss, leaves))
+
+    out, ref = run(True, False), run(True, True)
+    for name, a, r in zip(("y", "h_T", "dproj", "ddt", "dA", "dh0"), out, ref, strict=True):
+        assert_close(a, r, 1e-5, name)
+    fwd = run(False, False)
+    assert (fwd[0] - out[0]).abs().max() > 1e-2  # the two directions differ on this input
+
+
+@pytest.mark.parametrize("mode", ["torch", "naive"])
+def test_reverse_in_pytorch_forms(mode):
+    x, dt, A, B, C, D, h0 = _inputs(1, 40, 2, 3, 1, 4)
+    y, h = ssd(x, dt, A, B, C, D=D, initial_state=h0, output_final_state=True, mode=mode, reverse=True,
+               chunk_size=16)  # fmt: skip
+    y_r, h_r = ssd(x.flip(1), dt.flip(1), A, B.flip(1), C.flip(1), D=D, initial_state=h0,
+                   output_final_state=True, mode="naive")  # fmt: skip
+    assert_close(y, y_r.flip(1), 1e-5, "y")
+    assert_close(h, h_r, 1e-5, "h_T")

@@ -46,28 +46,40 @@ def ssd(
     output_final_state: bool = False,
     chunk_size: int = 64,
     mode: str = "auto",
+    reverse: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Dispatch on ``mode``: ``triton`` (the chunked kernels), ``torch`` (chunked PyTorch), ``naive``
     (quadratic reference) or ``auto`` (Triton on CUDA for float32/float16/bfloat16, a ``chunk_size``
     the kernels take, a power of two in [16, 128], and sequences of fewer than 2^31 elements; else
     PyTorch).
     Arguments as in :func:`~subq.ops.ssd.naive.naive_ssd` and
-    :func:`~subq.ops.ssd.chunk.chunk_ssd`."""
+    :func:`~subq.ops.ssd.chunk.chunk_ssd`; ``reverse=True`` scans from the last token to the first
+    (the outputs for the time-flipped inputs, flipped back; the Triton kernels read and write in
+    place, the other forms flip copies)."""
     kw = dict(D=D, initial_state=initial_state, output_final_state=output_final_state)
     if mode not in ("auto", "triton", "torch", "naive"):
         raise ValueError(f"mode must be one of auto, triton, torch, naive; got {mode!r}")
+    if _uses_kernels(x, B, C, chunk_size, mode):
+        return fused_chunk_ssd(x, dt, A, B, C, chunk_size=chunk_size, reverse=reverse, **kw)
+    if reverse:
+        y, h = ssd(x.flip(1), dt.flip(1), A, B.flip(1), C.flip(1), chunk_size=chunk_size, mode=mode, **kw)
+        return y.flip(1), h
     if mode == "naive":
         return naive_ssd(x, dt, A, B, C, **kw)
+    return chunk_ssd(x, dt, A, B, C, chunk_size=chunk_size, **kw)
+
+
+def _uses_kernels(x: Tensor, B: Tensor, C: Tensor, chunk_size: int, mode: str) -> bool:
+    """Whether :func:`ssd` runs the Triton kernels for ``mode`` (raises for ``"triton"`` without them)."""
     if mode == "triton":
         if not triton_form_available(x):
             raise RuntimeError("ssd: mode='triton' needs a CUDA tensor and Triton (pip install subq[gpu])")
-        return fused_chunk_ssd(x, dt, A, B, C, chunk_size=chunk_size, **kw)
+        return True
     if mode == "auto" and x.is_cuda and x.dtype != torch.float64 and triton_form_available(x):
         from subq.ops.ssd.fused_chunk import triton_chunk_size_ok
 
-        if triton_chunk_size_ok(chunk_size) and fits_int32_rows(x, B, C):
-            return fused_chunk_ssd(x, dt, A, B, C, chunk_size=chunk_size, **kw)
-    return chunk_ssd(x, dt, A, B, C, chunk_size=chunk_size, **kw)
+        return triton_chunk_size_ok(chunk_size) and fits_int32_rows(x, B, C)
+    return False
 
 
 __all__ = [

@@ -43,6 +43,14 @@ def _load_chunk(p_x, p_dt, A_h, p_B, p_C, o_t, m_t, o_p, m_p, o_n, m_n, s_xt, s_
     return b_xbar, b_x, b_dt, tl.cumsum(b_a, 0), tl.sum(b_a, 0), b_B, b_C
 
 
+@triton.jit
+def _token(o_t, T, REVERSE: tl.constexpr):
+    """The token in memory at scan step ``o_t``: ``T - 1 - o_t`` for the reverse scan."""
+    if REVERSE:
+        return T - 1 - o_t
+    return o_t
+
+
 @triton.jit(do_not_specialize=["T"])
 def ssd_fwd_kernel(
     x,
@@ -70,6 +78,7 @@ def ssd_fwd_kernel(
     STORE_Y: tl.constexpr,
     STORE_FINAL_STATE: tl.constexpr,
     STORE_STATES: tl.constexpr,
+    REVERSE: tl.constexpr,
     PREC: tl.constexpr,
 ):
     i_p, i_bh = tl.program_id(0), tl.program_id(1)
@@ -98,10 +107,11 @@ def ssd_fwd_kernel(
 
     NT = tl.cdiv(T, BT)
     for i_t in range(NT):
-        o_t = i_t * BT + o_i
+        o_t = i_t * BT + o_i  # the scan's step; the token in memory is o_m
         m_t = o_t < T
+        o_m = _token(o_t, T, REVERSE)
         b_x, _, _, b_acs, b_last, b_B, b_C = _load_chunk(
-            p_x, p_dt, A_h, p_B, p_C, o_t, m_t, o_p, m_p, o_n, m_n, s_xt, s_bt, H
+            p_x, p_dt, A_h, p_B, p_C, o_m, m_t, o_p, m_p, o_n, m_n, s_xt, s_bt, H
         )
         if STORE_STATES:
             tl.store(hs + (i_bh.to(tl.int64) * NT + i_t) * P * N + p_state, b_h, mask=m_pn)
@@ -113,7 +123,7 @@ def ssd_fwd_kernel(
             # the state before the chunk, decayed to each position  [BT, BN] @ [BN, BP]
             b_y += tl.exp(b_acs)[:, None] * tl.dot(b_C, tl.trans(b_h).to(DT), input_precision=PREC)
             tl.store(
-                y + row0 * P + o_t[:, None].to(tl.int64) * H * P + o_p[None, :],
+                y + row0 * P + o_m[:, None].to(tl.int64) * H * P + o_p[None, :],
                 b_y.to(DT),
                 mask=m_t[:, None] & m_p[None, :],
             )
@@ -156,6 +166,7 @@ def ssd_bwd_kernel(
     BN: tl.constexpr,
     USE_INITIAL_STATE: tl.constexpr,
     USE_FINAL_STATE_GRAD: tl.constexpr,
+    REVERSE: tl.constexpr,
     PREC: tl.constexpr,
 ):
     i_p, i_bh = tl.program_id(0), tl.program_id(1)
@@ -195,10 +206,11 @@ def ssd_bwd_kernel(
         m_t = o_t < T
         m_tp = m_t[:, None] & m_p[None, :]
         m_tn = m_t[:, None] & m_n[None, :]
+        o_m = _token(o_t, T, REVERSE)
         b_x, b_xin, b_dt, b_acs, b_last, b_B, b_C = _load_chunk(
-            p_x, p_dt, A_h, p_B, p_C, o_t, m_t, o_p, m_p, o_n, m_n, s_xt, s_bt, H
+            p_x, p_dt, A_h, p_B, p_C, o_m, m_t, o_p, m_p, o_n, m_n, s_xt, s_bt, H
         )
-        o_t64 = o_t.to(tl.int64)
+        o_t64 = o_m.to(tl.int64)
         b_dy = tl.load(p_dy + o_t64[:, None] * H * P + o_p[None, :], mask=m_tp, other=0.0)
         b_h = tl.load(hs + (i_bh.to(tl.int64) * NT + i_t) * P * N + p_state, mask=m_pn, other=0.0)
         b_decay = tl.exp(b_acs)  # [BT], from the chunk's start
@@ -274,7 +286,9 @@ def _strides(x: Tensor, B: Tensor) -> tuple[int, int, int, int]:
     return x.stride(0), x.stride(1), B.stride(0), B.stride(1)
 
 
-def _forward(x, dt, A, B, C, h0, store_y: bool, store_final: bool, store_states: bool, chunk_size: int):
+def _forward(
+    x, dt, A, B, C, h0, store_y: bool, store_final: bool, store_states: bool, chunk_size: int, reverse: bool
+):
     b, T, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     cfg = _launch_config(P, N, x.dtype)
@@ -288,7 +302,7 @@ def _forward(x, dt, A, B, C, h0, store_y: bool, store_final: bool, store_states:
         x, dt, A, B, C, y, h0, ht, hs, T, *_strides(x, B),
         H=H, G=G, P=P, N=N, BT=cfg["BT"], BP=cfg["BP"], BN=cfg["BN"],
         USE_INITIAL_STATE=h0 is not None, STORE_Y=store_y, STORE_FINAL_STATE=store_final,
-        STORE_STATES=store_states, PREC=_precision(x.dtype), num_warps=cfg["num_warps"],
+        STORE_STATES=store_states, REVERSE=reverse, PREC=_precision(x.dtype), num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )  # fmt: skip
     return y, ht, hs
@@ -300,10 +314,10 @@ class FusedChunkSSD(torch.autograd.Function):
     ``C`` share their strides."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, h0, output_final_state, chunk_size):
-        y, ht, _ = _forward(x, dt, A, B, C, h0, True, output_final_state, False, chunk_size)
+    def forward(ctx, x, dt, A, B, C, h0, output_final_state, chunk_size, reverse):
+        y, ht, _ = _forward(x, dt, A, B, C, h0, True, output_final_state, False, chunk_size, reverse)
         ctx.save_for_backward(x, dt, A, B, C, h0)
-        ctx.chunk_size = chunk_size
+        ctx.chunk_size, ctx.reverse = chunk_size, reverse
         return y, ht
 
     @staticmethod
@@ -311,7 +325,7 @@ class FusedChunkSSD(torch.autograd.Function):
         x, dt, A, B, C, h0 = ctx.saved_tensors
         b, T, H, P = x.shape
         G, N = B.shape[2], B.shape[3]
-        _, _, hs = _forward(x, dt, A, B, C, h0, False, False, True, ctx.chunk_size)
+        _, _, hs = _forward(x, dt, A, B, C, h0, False, False, True, ctx.chunk_size, ctx.reverse)
         cfg = _launch_config(P, N, x.dtype)
         NP = triton.cdiv(P, cfg["BP"])
         dy = dy.to(x.dtype).contiguous()
@@ -326,12 +340,12 @@ class FusedChunkSSD(torch.autograd.Function):
             dx, dB, dC, ddt, dA, dh0, T, *_strides(x, B),
             NB=b, H=H, G=G, P=P, N=N, BT=ctx.chunk_size, BP=cfg["BP"], BN=cfg["BN"],
             USE_INITIAL_STATE=h0 is not None, USE_FINAL_STATE_GRAD=dht is not None,
-            PREC=_precision(x.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            REVERSE=ctx.reverse, PREC=_precision(x.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
         dB = dB.sum(0).reshape(b, T, G, H // G, N).sum(3).to(B.dtype)
         dC = dC.sum(0).reshape(b, T, G, H // G, N).sum(3).to(C.dtype)
         dA = dA.sum((0, 1, 2))
-        return dx.to(x.dtype), ddt.sum(0), dA, dB, dC, dh0, None, None
+        return dx.to(x.dtype), ddt.sum(0), dA, dB, dC, dh0, None, None, None
 
 
 def fused_chunk_ssd(
@@ -345,6 +359,7 @@ def fused_chunk_ssd(
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
+    reverse: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """SSD by the Triton kernels; same semantics as :func:`~subq.ops.ssd.naive.naive_ssd`.
 
@@ -356,6 +371,9 @@ def fused_chunk_ssd(
         initial_state: `[B, H, P, N]` or None (used in float32).
         chunk_size: tokens per chunk (default 64; a power of two in [16, 128]: the chunk's ``[Q, Q]``
             blocks live in registers).
+        reverse: scan from the last token to the first (default False): the outputs of
+            ``naive_ssd`` on the time-flipped inputs, flipped back, read and written in place (no
+            flipped copies); the initial state enters at ``T - 1``, the final state is after token 0.
 
     Returns:
         ``(y: [B, T, H, P] in the dtype of x, final_state: [B, H, P, N] float32 or None)``.
@@ -373,7 +391,7 @@ def fused_chunk_ssd(
     if B.stride() != C.stride():
         B, C = B.contiguous(), C.contiguous()
     dt, A = dt.float().contiguous(), A.float().contiguous()
-    y, ht = FusedChunkSSD.apply(_in_place(x), dt, A, B, C, h0, output_final_state, chunk_size)
+    y, ht = FusedChunkSSD.apply(_in_place(x), dt, A, B, C, h0, output_final_state, chunk_size, reverse)
     if D is not None:
         y = y + x * D.to(x.dtype)[:, None]
     return y, ht
