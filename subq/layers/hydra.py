@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from subq.layers.registry import register_mixer
 from subq.layers.ssd import GatedRMSNorm, SSMMixer, check_ssm_sizes
+from subq.ops.gated_rmsnorm import summed_gated_rmsnorm
 from subq.ops.ssd import ssd
 from subq.ops.ssd.naive import compute_dtype
 
@@ -169,8 +170,17 @@ class Hydra(SSMMixer):
         # the backward scan runs from the last token (the kernels read and write in place)
         y_f, _ = ssd(p["x"], p["dt_f"], p["A"], p["B_f"], p["C_f"], **kw)
         y_b, _ = ssd(p["x"], p["dt_b"], p["A"], p["B_b"], p["C_b"], reverse=True, **kw)
+        if self._forms(mode)[1] == "triton" and y_f.dtype != torch.float64:
+            # the sum of the two scans and the diagonal formed inside the norm's kernel
+            diag = self.has_diagonal
+            y = summed_gated_rmsnorm(
+                y_f, y_b, p["z"], self.norm.weight, x=p["x"] if diag else None,
+                delta=p["delta"] if diag else None, shifted=self.shifted, eps=self.norm.eps,
+                norm_before_gate=True, group_size=self.norm.group_size, mode="triton",
+            )  # fmt: skip
+            return self.out_proj(y)
         y = self._combine(y_f, y_b, p)
-        return self.out_proj(self.norm(y.flatten(-2), p["z"], self._forms(mode)[1]))
+        return self.out_proj(self.norm(y.flatten(-2), p["z"], "torch"))
 
     def _combine(self, y_f: Tensor, y_b: Tensor, p: dict[str, Tensor]) -> Tensor:
         """``[shift] y_f + [shift] y_b [+ x delta]`` from the two scans' outputs (both in token order),

@@ -243,9 +243,7 @@ class Hyena(Mixer):
         if long_conv_form not in LONG_CONV_FORMS:
             raise ValueError(f"long_conv_form must be one of {LONG_CONV_FORMS}, got {long_conv_form!r}")
         if short_conv_mode not in ("auto", "torch", "triton"):
-            raise ValueError(
-                f"short_conv_mode must be 'auto', 'torch' or 'triton', got {short_conv_mode!r}"
-            )
+            raise ValueError(f"short_conv_mode must be 'auto', 'torch' or 'triton', got {short_conv_mode!r}")
         self.short_conv_mode = short_conv_mode
         self.order, self.filter_order, self.emb_dim = order, filter_order, emb_dim
         self.short_filter_order, self.max_seq_len, self.long_conv_form = (

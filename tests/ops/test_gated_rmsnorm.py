@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from subq.ops.gated_rmsnorm import gated_rmsnorm, naive_gated_rmsnorm
+from subq.ops.gated_rmsnorm import gated_rmsnorm, naive_gated_rmsnorm, summed_gated_rmsnorm
 from tests.conftest import assert_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -84,3 +84,67 @@ def test_bad_input():
         gated_rmsnorm(y, y, torch.ones(4), norm_before_gate=True, mode="triton")
     with pytest.raises(ValueError, match="mode must be 'torch' or 'triton', got 'cuda'"):
         gated_rmsnorm(y, y, torch.ones(8), norm_before_gate=True, mode="cuda")
+
+
+@pytest.mark.parametrize("shifted", [True, False], ids=["shifted", "unshifted"])
+@pytest.mark.parametrize("diag", [True, False], ids=["diag", "no-diag"])
+@pytest.mark.parametrize("shape", [(2, 9, 3, 8), (1, 1, 2, 4), (3, 5, 1, 40)], ids=str)
+def test_summed_norm_matches_the_formula(shape, diag, shifted, one_thread):
+    """Hydra's output norm, ``RMSNorm(S y_f + S' y_b + x delta) SiLU(z)``: the Triton kernel (sum in
+    registers) and the PyTorch form against the float64 formula, forward and every gradient, with
+    ``x`` and ``z`` slices of wider projections."""
+    b, T, H, P = shape
+    d = H * P
+    y_f = torch.randn(b, T, H, P, device=DEVICE, requires_grad=True)
+    y_b = torch.randn(b, T, H, P, device=DEVICE, requires_grad=True)
+    proj = torch.randn(b, T, 3 * d, device=DEVICE, requires_grad=True)
+    delta = torch.randn(b, T, H, device=DEVICE, requires_grad=True)
+    w = (1 + 0.3 * torch.randn(d, device=DEVICE)).requires_grad_()
+    x = proj[..., d : 2 * d].unflatten(-1, (H, P)) if diag else None
+    z = proj[..., 2 * d :]
+    dl = delta if diag else None
+    kw = dict(x=x, delta=dl, shifted=shifted, norm_before_gate=True)
+
+    def formula():
+        yf, yb = y_f.double(), y_b.double()
+        if shifted:
+            y = torch.zeros_like(yf)
+            y[:, 1:] += yf[:, :-1]
+            y[:, :-1] += yb[:, 1:]
+        else:
+            y = yf + yb
+        if diag:
+            y = y + x.double() * delta.double()[..., None]
+        return written(y.flatten(-2), z, w, 1e-5, True, d)
+
+    ref = formula()
+    leaves = [y_f, y_b, proj, w] + ([delta] if diag else [])
+    g = torch.randn_like(ref)
+    want = torch.autograd.grad((ref * g).sum(), leaves)
+    for mode in ("triton", "torch"):
+        out = summed_gated_rmsnorm(y_f, y_b, z, w, mode=mode, **kw)
+        assert out.shape == (b, T, d)
+        assert_close(out, ref, 1e-6, f"{mode} out")
+        got = torch.autograd.grad((out.double() * g).sum(), leaves)
+        for name, a, r in zip(("dy_f", "dy_b", "dproj", "dw", "ddelta"), got, want, strict=False):
+            assert_close(a, r, 1e-5, f"{mode} {name}")
+
+
+def test_summed_norm_without_grad(one_thread):
+    """Without a gradient the kernel writes no sum (the inference variant): same output."""
+    y = torch.randn(1, 6, 2, 4, device=DEVICE)
+    z = torch.randn(1, 6, 8, device=DEVICE)
+    with torch.no_grad():
+        out = summed_gated_rmsnorm(y, y, z, torch.ones(8, device=DEVICE), shifted=True, norm_before_gate=True,
+                                   mode="triton")  # fmt: skip
+    ref = summed_gated_rmsnorm(y, y, z, torch.ones(8, device=DEVICE), shifted=True, norm_before_gate=True)
+    assert_close(out, ref, 1e-6, "out")
+
+
+def test_summed_norm_bad_inputs():
+    y = torch.randn(1, 6, 2, 4)
+    kw = dict(shifted=True, norm_before_gate=True)
+    with pytest.raises(ValueError, match="x and delta come together"):
+        summed_gated_rmsnorm(y, y, torch.randn(1, 6, 8), torch.ones(8), x=y, **kw)
+    with pytest.raises(ValueError, match="z must be"):
+        summed_gated_rmsnorm(y, y, torch.randn(1, 6, 9), torch.ones(9), **kw)

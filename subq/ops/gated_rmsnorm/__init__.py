@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from subq.ops.gated_rmsnorm.naive import check_gated_rmsnorm, naive_gated_rmsnorm
+from subq.ops.gated_rmsnorm.naive import (
+    check_gated_rmsnorm,
+    naive_gated_rmsnorm,
+    naive_summed_gated_rmsnorm,
+)
 
 
 def gated_rmsnorm(
@@ -42,4 +46,42 @@ def gated_rmsnorm(
     raise ValueError(f"mode must be 'torch' or 'triton', got {mode!r}")
 
 
-__all__ = ["check_gated_rmsnorm", "gated_rmsnorm", "naive_gated_rmsnorm"]
+def summed_gated_rmsnorm(
+    y_f: Tensor,
+    y_b: Tensor,
+    z: Tensor,
+    weight: Tensor,
+    *,
+    x: Tensor | None = None,
+    delta: Tensor | None = None,
+    shifted: bool,
+    eps: float = 1e-5,
+    norm_before_gate: bool,
+    group_size: int | None = None,
+    mode: str = "torch",
+) -> Tensor:
+    """Hydra's output norm: the gated RMSNorm of ``S y_f + S' y_b (+ x delta)``, the two scans'
+    outputs (``S``, ``S'``: one-token shifts when ``shifted``) plus the diagonal term.
+
+    Args and result as :func:`~subq.ops.gated_rmsnorm.naive.naive_summed_gated_rmsnorm`; ``mode``:
+    ``"torch"`` (default, that function) or ``"triton"`` (one kernel forms the sum in registers and
+    normalises it: no ``[B, T, H P]`` sum written for inference; CUDA, or Triton's interpreter).
+    """
+    gs = z.shape[-1] if group_size is None else group_size
+    kw = dict(x=x, delta=delta, shifted=shifted, eps=eps, norm_before_gate=norm_before_gate, group_size=gs)
+    if mode == "torch":
+        return naive_summed_gated_rmsnorm(y_f, y_b, z, weight, **kw)
+    if mode == "triton":
+        from subq.ops.gated_rmsnorm.triton_norm import triton_summed_gated_rmsnorm
+
+        return triton_summed_gated_rmsnorm(y_f, y_b, z, weight, **kw)
+    raise ValueError(f"mode must be 'torch' or 'triton', got {mode!r}")
+
+
+__all__ = [
+    "check_gated_rmsnorm",
+    "gated_rmsnorm",
+    "naive_gated_rmsnorm",
+    "naive_summed_gated_rmsnorm",
+    "summed_gated_rmsnorm",
+]

@@ -36,3 +36,64 @@ def naive_gated_rmsnorm(
     if norm_before_gate:
         yf = yf * gate
     return yf.to(y.dtype)
+
+
+def check_summed(
+    y_f: Tensor,
+    y_b: Tensor,
+    z: Tensor,
+    weight: Tensor,
+    x: Tensor | None,
+    delta: Tensor | None,
+    group_size: int,
+) -> None:
+    """Validate the inputs of :func:`naive_summed_gated_rmsnorm`."""
+    if y_f.dim() != 4 or y_b.shape != y_f.shape:
+        raise ValueError(
+            f"y_f and y_b must be [B, T, H, P] of one shape, got {tuple(y_f.shape)} and {tuple(y_b.shape)}"
+        )
+    b, T, H, P = y_f.shape
+    if z.shape != (b, T, H * P):
+        raise ValueError(f"z must be [B, T, H P] = {(b, T, H * P)}, got {tuple(z.shape)}")
+    if (x is None) != (delta is None):
+        raise ValueError("x and delta come together (the diagonal term x * delta) or not at all")
+    if x is not None and (x.shape != y_f.shape or delta.shape != (b, T, H)):
+        raise ValueError(
+            f"x must be [B, T, H, P] = {tuple(y_f.shape)} and delta [B, T, H] = {(b, T, H)}, "
+            f"got {tuple(x.shape)} and {tuple(delta.shape)}"
+        )
+    check_gated_rmsnorm(z, z, weight, group_size)
+
+
+def naive_summed_gated_rmsnorm(
+    y_f: Tensor,
+    y_b: Tensor,
+    z: Tensor,
+    weight: Tensor,
+    *,
+    x: Tensor | None = None,
+    delta: Tensor | None = None,
+    shifted: bool,
+    eps: float = 1e-5,
+    norm_before_gate: bool,
+    group_size: int,
+) -> Tensor:
+    """Hydra's output: :func:`naive_gated_rmsnorm` of ``y = S y_f + S' y_b (+ x delta)`` with gate ``z``.
+
+    ``y_f, y_b, x: [B, T, H, P]`` (the two scans' outputs in token order and the scans' input),
+    ``delta: [B, T, H]`` (one diagonal value per head), ``z: [B, T, H P]``. With ``shifted``, ``S``
+    moves ``y_f`` one token later and ``S'`` ``y_b`` one token earlier (zeros enter at the ends);
+    otherwise both are the identity. Returns ``[B, T, H P]`` in the dtype of ``y_f``."""
+    check_summed(y_f, y_b, z, weight, x, delta, group_size)
+    ct, dtype = compute_dtype(y_f), y_f.dtype
+    y_f, y_b = y_f.to(ct), y_b.to(ct)
+    if shifted:
+        y = F.pad(y_f[:, :-1], (0, 0, 0, 0, 1, 0)) + F.pad(y_b[:, 1:], (0, 0, 0, 0, 0, 1))
+    else:
+        y = y_f + y_b
+    if x is not None:
+        y = y + x.to(ct) * delta.to(ct)[..., None]
+    out = naive_gated_rmsnorm(
+        y.flatten(-2), z, weight, eps=eps, norm_before_gate=norm_before_gate, group_size=group_size
+    )
+    return out.to(dtype)

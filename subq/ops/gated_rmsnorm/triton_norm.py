@@ -16,16 +16,33 @@ With ``n = y rstd`` (``norm_before_gate``) or ``n = y SiLU(z) rstd`` and ``dn`` 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from subq.ops.gated_rmsnorm.naive import check_gated_rmsnorm
+from subq.ops.gated_rmsnorm.naive import check_gated_rmsnorm, check_summed
 
 
 @triton.jit
 def _row(p, row, s_row, idx, m):
     return tl.load(p + row * s_row + idx, mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _normalise(a, b_z, w, out, rstd, row, s_o, idx, m, o_g, eps, G: tl.constexpr, GS: tl.constexpr,
+               BEFORE: tl.constexpr):  # fmt: skip
+    """Store the gated RMSNorm of the row ``a [BG, BS]`` (float32) with gate input ``b_z``, and its
+    ``rstd [G]``."""
+    gate = b_z * tl.sigmoid(b_z)
+    if not BEFORE:
+        a = a * gate
+    r = 1.0 / tl.sqrt(tl.sum(a * a, 1) / GS + eps)  # [BG]
+    o = a * r[:, None] * tl.load(w + idx, mask=m, other=0.0).to(tl.float32)
+    if BEFORE:
+        o = o * gate
+    tl.store(out + row * s_o + idx, o.to(out.dtype.element_ty), mask=m)
+    tl.store(rstd + row * G + o_g, r, mask=o_g < G)
 
 
 @triton.jit
@@ -38,14 +55,34 @@ def gated_rmsnorm_fwd_kernel(
     m = (o_g < G)[:, None] & (o_s < GS)[None, :]
     idx = o_g[:, None] * GS + o_s[None, :]
     b_y, b_z = _row(y, row, s_y, idx, m), _row(z, row, s_z, idx, m)
-    gate = b_z * tl.sigmoid(b_z)
-    a = b_y if BEFORE else b_y * gate
-    r = 1.0 / tl.sqrt(tl.sum(a * a, 1) / GS + eps)  # [BG]
-    o = a * r[:, None] * tl.load(w + idx, mask=m, other=0.0).to(tl.float32)
-    if BEFORE:
-        o = o * gate
-    tl.store(out + row * s_o + idx, o.to(out.dtype.element_ty), mask=m)
-    tl.store(rstd + row * G + o_g, r, mask=o_g < G)
+    _normalise(b_y, b_z, w, out, rstd, row, s_o, idx, m, o_g, eps, G, GS, BEFORE)
+
+
+@triton.jit
+def summed_gated_rmsnorm_fwd_kernel(
+    yf, yb, x, delta, z, w, out, rstd, ysum, T, s_x, s_z, s_o, eps,
+    P: tl.constexpr, G: tl.constexpr, GS: tl.constexpr, BG: tl.constexpr, BS: tl.constexpr,
+    BEFORE: tl.constexpr, SHIFT: tl.constexpr, DIAG: tl.constexpr, STORE_SUM: tl.constexpr,
+):  # fmt: skip
+    # row (b, t): y = yf[t - SHIFT] + yb[t + SHIFT] (+ x delta), rows outside [0, T) zero; yf and yb
+    # contiguous [rows, d]; delta [rows, d / P] contiguous (one value per head of P channels)
+    row = tl.program_id(0).to(tl.int64)
+    t = row % T
+    o_g, o_s = tl.arange(0, BG), tl.arange(0, BS)
+    m = (o_g < G)[:, None] & (o_s < GS)[None, :]
+    idx = o_g[:, None] * GS + o_s[None, :]
+    D: tl.constexpr = G * GS
+    if SHIFT:
+        b_t = tl.zeros([BG, BS], dtype=tl.int64) + t  # the token, as a mask operand
+        a = _row(yf, row - 1, D, idx, m & (b_t > 0)) + _row(yb, row + 1, D, idx, m & (b_t < T - 1))
+    else:
+        a = _row(yf, row, D, idx, m) + _row(yb, row, D, idx, m)
+    if DIAG:
+        b_d = tl.load(delta + row * (D // P) + idx // P, mask=m, other=0.0).to(tl.float32)
+        a += _row(x, row, s_x, idx, m) * b_d
+    if STORE_SUM:  # for the backward
+        tl.store(ysum + row * D + idx, a.to(ysum.dtype.element_ty), mask=m)
+    _normalise(a, _row(z, row, s_z, idx, m), w, out, rstd, row, s_o, idx, m, o_g, eps, G, GS, BEFORE)
 
 
 @triton.jit
@@ -119,18 +156,66 @@ class TritonGatedRMSNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout: Tensor):
         y2, z2, w, rstd = ctx.saved_tensors
-        do = _rows(dout)
-        rows, d = y2.shape
-        dy = torch.empty(y2.shape, device=y2.device, dtype=y2.dtype)
-        dz = torch.empty(z2.shape, device=z2.device, dtype=z2.dtype)
-        per = 16  # token rows per program: one float32 partial of dweight per program
-        programs = triton.cdiv(rows, per)
-        dw = torch.empty(programs, d, device=w.device, dtype=torch.float32)
-        gated_rmsnorm_bwd_kernel[(programs,)](
-            y2, z2, w, rstd, do, dy, dz, dw, rows, y2.stride(0), z2.stride(0), do.stride(0), dy.stride(0),
-            dz.stride(0), BEFORE=ctx.before, ROWS=per, **ctx.blocks, num_warps=4 if d <= 2048 else 8,
+        dy, dz, dw = _backward(y2, z2, w, rstd, dout, ctx.before, ctx.blocks)
+        return dy.view(ctx.shape), dz.view(ctx.shape), dw, None, None, None
+
+
+def _backward(y2: Tensor, z2: Tensor, w: Tensor, rstd: Tensor, dout: Tensor, before: bool, blocks: dict):
+    """``(dy, dz [rows, d], dweight)`` from the normalised rows ``y2``, gate inputs ``z2`` and ``rstd``."""
+    do = _rows(dout)
+    rows, d = y2.shape
+    dy = torch.empty(y2.shape, device=y2.device, dtype=y2.dtype)
+    dz = torch.empty(z2.shape, device=z2.device, dtype=z2.dtype)
+    per = 16  # token rows per program: one float32 partial of dweight per program
+    programs = triton.cdiv(rows, per)
+    dw = torch.empty(programs, d, device=w.device, dtype=torch.float32)
+    gated_rmsnorm_bwd_kernel[(programs,)](
+        y2, z2, w, rstd, do, dy, dz, dw, rows, y2.stride(0), z2.stride(0), do.stride(0), dy.stride(0),
+        dz.stride(0), BEFORE=before, ROWS=per, **blocks, num_warps=4 if d <= 2048 else 8,
+    )  # fmt: skip
+    return dy, dz, dw.sum(0).to(w.dtype)
+
+
+class TritonSummedGatedRMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y_f, y_b, x, delta, z, w, eps, before, group_size, shifted, store):
+        b, T, H, P = y_f.shape
+        d = H * P
+        yf, yb, z2 = y_f.reshape(-1, d).contiguous(), y_b.reshape(-1, d).contiguous(), _rows(z)
+        x2 = _rows(x.flatten(-2)) if x is not None else None
+        dl = delta.reshape(-1, H).contiguous() if delta is not None else None
+        rows = yf.shape[0]
+        out = torch.empty(rows, d, device=y_f.device, dtype=y_f.dtype)
+        blocks = _blocks(d, group_size)
+        rstd = torch.empty(rows, blocks["G"], device=y_f.device, dtype=torch.float32)
+        ysum = torch.empty(rows, d, device=y_f.device, dtype=torch.float32) if store else None
+        summed_gated_rmsnorm_fwd_kernel[(rows,)](
+            yf, yb, x2, dl, z2, w, out, rstd, ysum, T, 0 if x2 is None else x2.stride(0), z2.stride(0),
+            out.stride(0), eps, P=P, BEFORE=before, SHIFT=shifted, DIAG=x is not None, STORE_SUM=store,
+            **blocks, num_warps=4 if d <= 2048 else 8,
         )  # fmt: skip
-        return dy.view(ctx.shape), dz.view(ctx.shape), dw.sum(0).to(w.dtype), None, None, None
+        if store:
+            ctx.save_for_backward(ysum, z2, w, rstd, x, delta)
+        ctx.before, ctx.blocks, ctx.shifted = before, blocks, shifted
+        ctx.shapes, ctx.dtypes = (y_f.shape, z.shape), (y_f.dtype, y_b.dtype)
+        return out.view(z.shape)
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        ysum, z2, w, rstd, x, delta = ctx.saved_tensors
+        dsum, dz, dw = _backward(ysum, z2, w, rstd, dout, ctx.before, ctx.blocks)
+        dsum = dsum.view(ctx.shapes[0])  # float32 [b, T, H, P]
+        if ctx.shifted:  # y[t] took y_f[t - 1] and y_b[t + 1]
+            dyf = F.pad(dsum[:, 1:], (0, 0, 0, 0, 0, 1))
+            dyb = F.pad(dsum[:, :-1], (0, 0, 0, 0, 1, 0))
+        else:
+            dyf = dyb = dsum
+        dx = ddelta = None
+        if x is not None:
+            dx = (dsum * delta[..., None]).to(x.dtype)
+            ddelta = (dsum * x).sum(-1).to(delta.dtype)
+        dyf, dyb = dyf.to(ctx.dtypes[0]), dyb.to(ctx.dtypes[1])
+        return dyf, dyb, dx, ddelta, dz.view(ctx.shapes[1]), dw, None, None, None, None, None
 
 
 def triton_gated_rmsnorm(
@@ -140,3 +225,27 @@ def triton_gated_rmsnorm(
     the output in the dtype of ``y``."""
     check_gated_rmsnorm(y, z, weight, group_size)
     return TritonGatedRMSNorm.apply(y, z, weight, float(eps), bool(norm_before_gate), group_size)
+
+
+def triton_summed_gated_rmsnorm(
+    y_f: Tensor,
+    y_b: Tensor,
+    z: Tensor,
+    weight: Tensor,
+    *,
+    x: Tensor | None = None,
+    delta: Tensor | None = None,
+    shifted: bool,
+    eps: float = 1e-5,
+    norm_before_gate: bool,
+    group_size: int,
+) -> Tensor:
+    """:func:`~subq.ops.gated_rmsnorm.naive.naive_summed_gated_rmsnorm` in one forward kernel: the
+    sum is formed in float32 in registers (written only when a gradient is needed)."""
+    check_summed(y_f, y_b, z, weight, x, delta, group_size)
+    inputs = (y_f, y_b, x, delta, z, weight)
+    # the autograd function sees needs_input_grad without the grad mode: decide here
+    store = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    return TritonSummedGatedRMSNorm.apply(
+        *inputs, float(eps), bool(norm_before_gate), group_size, bool(shifted), store
+    )

@@ -340,7 +340,8 @@ class FusedChunkSSD(torch.autograd.Function):
             dx, dB, dC, ddt, dA, dh0, T, *_strides(x, B),
             NB=b, H=H, G=G, P=P, N=N, BT=ctx.chunk_size, BP=cfg["BP"], BN=cfg["BN"],
             USE_INITIAL_STATE=h0 is not None, USE_FINAL_STATE_GRAD=dht is not None,
-            REVERSE=ctx.reverse, PREC=_precision(x.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            REVERSE=ctx.reverse, PREC=_precision(x.dtype), num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"],
         )  # fmt: skip
         dB = dB.sum(0).reshape(b, T, G, H // G, N).sum(3).to(B.dtype)
         dC = dC.sum(0).reshape(b, T, G, H // G, N).sum(3).to(C.dtype)
