@@ -135,12 +135,13 @@ def test_triton_forms_match_the_reference(form, short, causal, tol, one_thread):
     CPU the kernels run in Triton's interpreter), forward and gradients against the naive layer. The
     layer's activations are token-major, so this also covers the copy to channels-first storage and
     back, and the short convolution in place on the projection."""
-    kw = {"filter_order": 16, "max_seq_len": 64, "order": 2, "causal": causal}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    kw = {"filter_order": 16, "max_seq_len": 64, "order": 2, "causal": causal, "device": device}
     fast = Hyena(16, long_conv_form=form, short_conv_mode=short, **kw).eval()
     naive = Hyena(16, mode="naive", **kw).eval()
     fast.load_state_dict(naive.state_dict())
-    x = torch.randn(2, 50, 16, requires_grad=True)
-    g = torch.randn(2, 50, 16)
+    x = torch.randn(2, 50, 16, device=device, requires_grad=True)
+    g = torch.randn(2, 50, 16, device=device)
     names = ["y", "dx", *(f"d{n}" for n, _ in naive.named_parameters())]
 
     def outputs_and_grads(m: Hyena):

@@ -14,6 +14,8 @@ from subq.layers.ssd import GatedRMSNorm, SSDMixer
 from subq.ops.ssd import naive_recurrent_ssd, ssd_matrix
 from tests.conftest import assert_close
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the Triton forms' tests
+
 D_MODEL = 32
 
 
@@ -161,14 +163,14 @@ def test_bad_arguments(cls, kw, match):
 @pytest.mark.parametrize("part", ["conv_mode", "norm_mode"])
 def test_triton_convolution_and_norm_match_torch(cls, part, one_thread):
     """``conv_mode="triton"`` (the short-convolution kernels in place on the projection) and
-    ``norm_mode="triton"`` (the gated RMSNorm kernels), in Triton's interpreter on a CPU, against the
+    ``norm_mode="triton"`` (the gated RMSNorm kernels; in Triton's interpreter on a CPU) against the
     PyTorch forms: forward and every gradient, awkward length."""
     causal = cls is SSDMixer
-    kw = dict(causal=causal, d_state=8, headdim=16, chunk_size=16, mode="torch")
+    kw = dict(causal=causal, d_state=8, headdim=16, chunk_size=16, mode="torch", device=DEVICE)
     fast, ref = cls(D_MODEL, **{part: "triton"}, **kw), cls(D_MODEL, **kw)
     ref.load_state_dict(fast.state_dict())
-    u = torch.randn(2, 37, D_MODEL, requires_grad=True)
-    g = torch.randn(2, 37, D_MODEL)
+    u = torch.randn(2, 37, D_MODEL, device=DEVICE, requires_grad=True)
+    g = torch.randn(2, 37, D_MODEL, device=DEVICE)
 
     def outputs_and_grads(m):
         y = m(u)
