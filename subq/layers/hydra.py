@@ -7,11 +7,12 @@ C_f, B_b, C_b]``; a **non-causal** depthwise convolution of ``xBC`` (kernel ``d_
 bias) and SiLU; one SSD over the batch ``[x, flip x]`` with ``B, C`` of each direction (the backward
 ones flipped), ``dt = softplus([dt_f, flip dt_b] + dt_bias)`` and one ``A = -exp(A_log)`` per head
 shared by both directions, no ``D`` inside the scan; both outputs shifted one step later (zero at the
-first position) so each SSD part is strictly triangular, the backward one flipped back. (Here the two
-directions are two scans, the backward one run from the last token with ``ssd(..., reverse=True)``,
-which the Triton kernels do in place: no flipped or concatenated copies.) The diagonal
-``delta = fc_D(x) + D`` per head (data dependent); ``y = y_f + y_b + x * delta``, the gated RMSNorm
-``RMSNorm(y) * SiLU(z)`` (norm before the gate) and ``out_proj: d_inner -> d`` without bias.
+first position) so each SSD part is strictly triangular, the backward one flipped back. (Here the
+two directions are two scans, the backward one run from the last token, which the Triton kernels do
+in one launch, in place: no flipped or concatenated copies; :func:`~subq.ops.ssd.ssd_bidirectional`.)
+The diagonal ``delta = fc_D(x) + D`` per head (data dependent); ``y = y_f + y_b + x * delta``, the
+gated RMSNorm ``RMSNorm(y) * SiLU(z)`` (norm before the gate) and ``out_proj: d_inner -> d`` without
+bias.
 
 ``variant`` selects the matrix of Hydra's ablation of its bidirectional construction (the paper's
 ~70M GLUE study: "Add" 80.6, "Add + Shift" 80.7, "Add + Diag" 80.7, "Quasi" 81.7); everything else
@@ -40,7 +41,7 @@ from torch import Tensor, nn
 from subq.layers.registry import register_mixer
 from subq.layers.ssd import GatedRMSNorm, SSMMixer, check_ssm_sizes
 from subq.ops.gated_rmsnorm import summed_gated_rmsnorm
-from subq.ops.ssd import ssd
+from subq.ops.ssd import ssd_bidirectional
 from subq.ops.ssd.naive import compute_dtype
 
 HYDRA_VARIANTS = ("quasiseparable", "additive", "shift_only", "diag_only")
@@ -166,10 +167,11 @@ class Hydra(SSMMixer):
     def _forward(self, u: Tensor) -> Tensor:
         p = self.project(u)
         mode = self.resolve_mode(u)
-        kw = dict(chunk_size=self.chunk_size, mode=mode)
-        # the backward scan runs from the last token (the kernels read and write in place)
-        y_f, _ = ssd(p["x"], p["dt_f"], p["A"], p["B_f"], p["C_f"], **kw)
-        y_b, _ = ssd(p["x"], p["dt_b"], p["A"], p["B_b"], p["C_b"], reverse=True, **kw)
+        # the backward scan runs from the last token (the kernels: both scans in one launch, in place)
+        y_f, y_b = ssd_bidirectional(
+            p["x"], p["dt_f"], p["dt_b"], p["A"], p["B_f"], p["C_f"], p["B_b"], p["C_b"],
+            chunk_size=self.chunk_size, mode=mode,
+        )  # fmt: skip
         if self._forms(mode)[1] == "triton" and y_f.dtype != torch.float64:
             # the sum of the two scans and the diagonal formed inside the norm's kernel
             diag = self.has_diagonal

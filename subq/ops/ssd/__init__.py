@@ -69,6 +69,35 @@ def ssd(
     return chunk_ssd(x, dt, A, B, C, chunk_size=chunk_size, **kw)
 
 
+def ssd_bidirectional(
+    x: Tensor,
+    dt_f: Tensor,
+    dt_b: Tensor,
+    A: Tensor,
+    B_f: Tensor,
+    C_f: Tensor,
+    B_b: Tensor,
+    C_b: Tensor,
+    *,
+    chunk_size: int = 64,
+    mode: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """The two scans of a bidirectional SSD over one input ``x`` (Hydra): ``y_f = ssd(x, dt_f, A, B_f,
+    C_f)`` and ``y_b = ssd(x, dt_b, A, B_b, C_b, reverse=True)``, both in token order, no ``D``, no
+    states. Where :func:`ssd` would run the Triton kernels, both scans run in one launch
+    (:func:`~subq.ops.ssd.fused_chunk.fused_chunk_ssd_bidirectional`); otherwise two calls of
+    :func:`ssd` with ``mode``."""
+    if mode not in ("auto", "triton", "torch", "naive"):
+        raise ValueError(f"mode must be one of auto, triton, torch, naive; got {mode!r}")
+    if _uses_kernels(x, B_f, C_f, chunk_size, mode):
+        from subq.ops.ssd.fused_chunk import fused_chunk_ssd_bidirectional
+
+        return fused_chunk_ssd_bidirectional(x, dt_f, dt_b, A, B_f, C_f, B_b, C_b, chunk_size=chunk_size)
+    y_f, _ = ssd(x, dt_f, A, B_f, C_f, chunk_size=chunk_size, mode=mode)
+    y_b, _ = ssd(x, dt_b, A, B_b, C_b, chunk_size=chunk_size, mode=mode, reverse=True)
+    return y_f, y_b
+
+
 def _uses_kernels(x: Tensor, B: Tensor, C: Tensor, chunk_size: int, mode: str) -> bool:
     """Whether :func:`ssd` runs the Triton kernels for ``mode`` (raises for ``"triton"`` without them)."""
     if mode == "triton":
@@ -89,6 +118,7 @@ __all__ = [
     "naive_ssd",
     "segsum",
     "ssd",
+    "ssd_bidirectional",
     "ssd_matrix",
     "ssd_step",
 ]

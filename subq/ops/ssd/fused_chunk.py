@@ -28,13 +28,13 @@ from subq.ops.ssd.naive import check_ssd_inputs
 
 
 @triton.jit
-def _load_chunk(p_x, p_dt, A_h, p_B, p_C, o_t, m_t, o_p, m_p, o_n, m_n, s_xt, s_bt, H):
+def _load_chunk(p_x, p_dt, A_h, p_B, p_C, o_t, m_t, o_p, m_p, o_n, m_n, s_xt, s_bt, s_dt):
     """``xbar = dt x [BT, BP]`` (in the dtype of ``x``), ``x [BT, BP]``, ``dt [BT]``, the inclusive
     cumulative log decay ``dt A`` from the chunk's start ``[BT]``, the chunk's total log decay,
     ``B, C [BT, BN]``; padded rows are zero (no decay, no input)."""
     o_t64 = o_t.to(tl.int64)
     b_x = tl.load(p_x + o_t64[:, None] * s_xt + o_p[None, :], mask=m_t[:, None] & m_p[None, :], other=0.0)
-    b_dt = tl.load(p_dt + o_t64 * H, mask=m_t, other=0.0).to(tl.float32)
+    b_dt = tl.load(p_dt + o_t64 * s_dt, mask=m_t, other=0.0).to(tl.float32)
     b_xbar = (b_x.to(tl.float32) * b_dt[:, None]).to(b_x.dtype)
     b_a = b_dt * A_h
     m_tn = m_t[:, None] & m_n[None, :]
@@ -44,11 +44,23 @@ def _load_chunk(p_x, p_dt, A_h, p_B, p_C, o_t, m_t, o_p, m_p, o_n, m_n, s_xt, s_
 
 
 @triton.jit
-def _token(o_t, T, REVERSE: tl.constexpr):
-    """The token in memory at scan step ``o_t``: ``T - 1 - o_t`` for the reverse scan."""
+def _token(o_t, T, rev):
+    """The token in memory at scan step ``o_t``: ``T - 1 - o_t`` for the reverse scan (``rev`` 1)."""
+    return o_t + rev * (T - 1 - 2 * o_t)
+
+
+@triton.jit
+def _direction(i_bh, NBI, H: tl.constexpr, DIRS: tl.constexpr, REVERSE: tl.constexpr):
+    """``(output batch, input batch, direction, reversed)`` of the program's row of ``DIRS NBI H``
+    (batch x head) rows: with two directions, output batches ``NBI ..`` are the reverse scans of the
+    same inputs."""
+    i_o = i_bh // H
+    if DIRS == 2:
+        d = i_o // NBI
+        return i_o, i_o % NBI, d, d
     if REVERSE:
-        return T - 1 - o_t
-    return o_t
+        return i_o, i_o, 0, 1
+    return i_o, i_o, 0, 0
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -63,10 +75,12 @@ def ssd_fwd_kernel(
     ht,
     hs,
     T,
+    NBI,
     s_xb,
     s_xt,
     s_bb,
     s_bt,
+    s_dir,
     H: tl.constexpr,
     G: tl.constexpr,
     P: tl.constexpr,
@@ -74,6 +88,7 @@ def ssd_fwd_kernel(
     BT: tl.constexpr,
     BP: tl.constexpr,
     BN: tl.constexpr,
+    DIRS: tl.constexpr,
     USE_INITIAL_STATE: tl.constexpr,
     STORE_Y: tl.constexpr,
     STORE_FINAL_STATE: tl.constexpr,
@@ -82,7 +97,8 @@ def ssd_fwd_kernel(
     PREC: tl.constexpr,
 ):
     i_p, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
+    i_o, i_b, i_d, rev = _direction(i_bh, NBI, H, DIRS, REVERSE)
+    i_h = i_bh % H
     i_g = i_h // (H // G)
     DT = x.dtype.element_ty
     o_i = tl.arange(0, BT)
@@ -91,13 +107,14 @@ def ssd_fwd_kernel(
     m_p, m_n = o_p < P, o_n < N
     m_pn = m_p[:, None] & m_n[None, :]
     m_causal = o_i[:, None] >= o_i[None, :]
-    # x, B, C in place (batch and time strides); dt [B, T, H] and y [B, T, H, P] contiguous
-    row0 = i_b.to(tl.int64) * T * H + i_h
+    # x, B, C in place (batch and time strides; the reverse direction's B, C s_dir further on);
+    # dt [NBI, T, DIRS H] and y [DIRS NBI, T, H, P] contiguous
+    row0 = i_o.to(tl.int64) * T * H + i_h
     p_x = x + i_b.to(tl.int64) * s_xb + i_h * P
-    p_dt = dt + row0
+    p_dt = dt + i_b.to(tl.int64) * T * DIRS * H + i_d * H + i_h
     A_h = tl.load(A + i_h).to(tl.float32)
-    p_B = Bm + i_b.to(tl.int64) * s_bb + i_g * N
-    p_C = Cm + i_b.to(tl.int64) * s_bb + i_g * N
+    p_B = Bm + i_b.to(tl.int64) * s_bb + i_d * s_dir + i_g * N
+    p_C = Cm + i_b.to(tl.int64) * s_bb + i_d * s_dir + i_g * N
     p_state = o_p[:, None] * N + o_n[None, :]  # [BP, BN] inside one [P, N] state
 
     if USE_INITIAL_STATE:
@@ -109,9 +126,9 @@ def ssd_fwd_kernel(
     for i_t in range(NT):
         o_t = i_t * BT + o_i  # the scan's step; the token in memory is o_m
         m_t = o_t < T
-        o_m = _token(o_t, T, REVERSE)
+        o_m = _token(o_t, T, rev)
         b_x, _, _, b_acs, b_last, b_B, b_C = _load_chunk(
-            p_x, p_dt, A_h, p_B, p_C, o_m, m_t, o_p, m_p, o_n, m_n, s_xt, s_bt, H
+            p_x, p_dt, A_h, p_B, p_C, o_m, m_t, o_p, m_p, o_n, m_n, s_xt, s_bt, DIRS * H
         )
         if STORE_STATES:
             tl.store(hs + (i_bh.to(tl.int64) * NT + i_t) * P * N + p_state, b_h, mask=m_pn)
@@ -152,10 +169,12 @@ def ssd_bwd_kernel(
     dA,
     dh0,
     T,
+    NBI,
     s_xb,
     s_xt,
     s_bb,
     s_bt,
+    s_dir,
     NB: tl.constexpr,
     H: tl.constexpr,
     G: tl.constexpr,
@@ -164,13 +183,15 @@ def ssd_bwd_kernel(
     BT: tl.constexpr,
     BP: tl.constexpr,
     BN: tl.constexpr,
+    DIRS: tl.constexpr,
     USE_INITIAL_STATE: tl.constexpr,
     USE_FINAL_STATE_GRAD: tl.constexpr,
     REVERSE: tl.constexpr,
     PREC: tl.constexpr,
 ):
     i_p, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
+    i_o, i_b, i_d, rev = _direction(i_bh, NBI, H, DIRS, REVERSE)
+    i_h = i_bh % H
     i_g = i_h // (H // G)
     DT = x.dtype.element_ty
     o_i = tl.arange(0, BT)
@@ -179,13 +200,13 @@ def ssd_bwd_kernel(
     m_p, m_n = o_p < P, o_n < N
     m_pn = m_p[:, None] & m_n[None, :]
     m_causal = o_i[:, None] >= o_i[None, :]
-    row0 = i_b.to(tl.int64) * T * H + i_h
+    row0 = i_o.to(tl.int64) * T * H + i_h  # outputs: [DIRS NBI, T, H, ...]
     p_x = x + i_b.to(tl.int64) * s_xb + i_h * P
-    p_dt = dt + row0
+    p_dt = dt + i_b.to(tl.int64) * T * DIRS * H + i_d * H + i_h
     A_h = tl.load(A + i_h).to(tl.float32)
     p_dy = dy + row0 * P
-    p_B = Bm + i_b.to(tl.int64) * s_bb + i_g * N
-    p_C = Cm + i_b.to(tl.int64) * s_bb + i_g * N
+    p_B = Bm + i_b.to(tl.int64) * s_bb + i_d * s_dir + i_g * N
+    p_C = Cm + i_b.to(tl.int64) * s_bb + i_d * s_dir + i_g * N
     p_dx = dx + row0 * P
     # dB, dC, ddt and dA: one float32 partial per block of P, per head (the caller sums blocks and groups)
     p_dB = dB + (i_p.to(tl.int64) * NB * T * H + row0) * N
@@ -206,9 +227,9 @@ def ssd_bwd_kernel(
         m_t = o_t < T
         m_tp = m_t[:, None] & m_p[None, :]
         m_tn = m_t[:, None] & m_n[None, :]
-        o_m = _token(o_t, T, REVERSE)
+        o_m = _token(o_t, T, rev)
         b_x, b_xin, b_dt, b_acs, b_last, b_B, b_C = _load_chunk(
-            p_x, p_dt, A_h, p_B, p_C, o_m, m_t, o_p, m_p, o_n, m_n, s_xt, s_bt, H
+            p_x, p_dt, A_h, p_B, p_C, o_m, m_t, o_p, m_p, o_n, m_n, s_xt, s_bt, DIRS * H
         )
         o_t64 = o_m.to(tl.int64)
         b_dy = tl.load(p_dy + o_t64[:, None] * H * P + o_p[None, :], mask=m_tp, other=0.0)
@@ -287,25 +308,57 @@ def _strides(x: Tensor, B: Tensor) -> tuple[int, int, int, int]:
 
 
 def _forward(
-    x, dt, A, B, C, h0, store_y: bool, store_final: bool, store_states: bool, chunk_size: int, reverse: bool
-):
+    x, dt, A, B, C, h0, store_y: bool, store_final: bool, store_states: bool, chunk_size: int, reverse: bool,
+    dirs: int = 1, s_dir: int = 0,
+):  # fmt: skip
+    """The forward kernel over ``dirs`` directions of the inputs ``x [b, T, H, P]``, ``dt [b, T, dirs
+    H]`` (contiguous), ``B``, ``C`` (the reverse direction's ``s_dir`` elements further on): ``y``,
+    the final and the per-chunk states with ``dirs b`` leading rows (the reverse scans second)."""
     b, T, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     cfg = _launch_config(P, N, x.dtype)
     cfg["BT"] = chunk_size
     NT = triton.cdiv(T, cfg["BT"])
-    y = x.new_empty(b, T, H, P) if store_y else None
-    ht = x.new_empty(b, H, P, N, dtype=torch.float32) if store_final else None
-    hs = x.new_empty(b, H, NT, P, N, dtype=torch.float32) if store_states else None
-    grid = (triton.cdiv(P, cfg["BP"]), b * H)
+    y = x.new_empty(dirs * b, T, H, P) if store_y else None
+    ht = x.new_empty(dirs * b, H, P, N, dtype=torch.float32) if store_final else None
+    hs = x.new_empty(dirs * b, H, NT, P, N, dtype=torch.float32) if store_states else None
+    grid = (triton.cdiv(P, cfg["BP"]), dirs * b * H)
     ssd_fwd_kernel[grid](
-        x, dt, A, B, C, y, h0, ht, hs, T, *_strides(x, B),
-        H=H, G=G, P=P, N=N, BT=cfg["BT"], BP=cfg["BP"], BN=cfg["BN"],
+        x, dt, A, B, C, y, h0, ht, hs, T, b, *_strides(x, B), s_dir,
+        H=H, G=G, P=P, N=N, BT=cfg["BT"], BP=cfg["BP"], BN=cfg["BN"], DIRS=dirs,
         USE_INITIAL_STATE=h0 is not None, STORE_Y=store_y, STORE_FINAL_STATE=store_final,
         STORE_STATES=store_states, REVERSE=reverse, PREC=_precision(x.dtype), num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )  # fmt: skip
     return y, ht, hs
+
+
+def _backward(x, dt, A, B, C, h0, dy, dht, chunk_size: int, reverse: bool, dirs: int = 1, s_dir: int = 0):
+    """The backward kernel (after the forward one recomputes the chunk states): ``dx [dirs b, T, H,
+    P]`` float32, ``ddt [dirs b, T, H]``, ``dA [H]``, ``dB, dC [dirs b, T, G, N]`` float32, ``dh0``."""
+    b, T, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    _, _, hs = _forward(x, dt, A, B, C, h0, False, False, True, chunk_size, reverse, dirs, s_dir)
+    cfg = _launch_config(P, N, x.dtype)
+    NP, nb = triton.cdiv(P, cfg["BP"]), dirs * b
+    dy = dy.to(x.dtype).contiguous()
+    dx = torch.empty(nb, T, H, P, device=x.device, dtype=torch.float32)
+    dB = x.new_empty(NP, nb, T, H, N, dtype=torch.float32)
+    dC = x.new_empty(NP, nb, T, H, N, dtype=torch.float32)
+    ddt = x.new_empty(NP, nb, T, H, dtype=torch.float32)
+    dA = x.new_empty(NP, nb, T, H, dtype=torch.float32)
+    dh0 = torch.empty_like(h0) if h0 is not None else None
+    ssd_bwd_kernel[(NP, nb * H)](
+        x, dt, A, B, C, dy, hs, None if dht is None else dht.float().contiguous(),
+        dx, dB, dC, ddt, dA, dh0, T, b, *_strides(x, B), s_dir,
+        NB=nb, H=H, G=G, P=P, N=N, BT=chunk_size, BP=cfg["BP"], BN=cfg["BN"], DIRS=dirs,
+        USE_INITIAL_STATE=h0 is not None, USE_FINAL_STATE_GRAD=dht is not None,
+        REVERSE=reverse, PREC=_precision(x.dtype), num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
+    )  # fmt: skip
+    dB = dB.sum(0).reshape(nb, T, G, H // G, N).sum(3)
+    dC = dC.sum(0).reshape(nb, T, G, H // G, N).sum(3)
+    return dx, ddt.sum(0), dA.sum((0, 1, 2)), dB, dC, dh0
 
 
 class FusedChunkSSD(torch.autograd.Function):
@@ -323,30 +376,94 @@ class FusedChunkSSD(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dht):
         x, dt, A, B, C, h0 = ctx.saved_tensors
-        b, T, H, P = x.shape
-        G, N = B.shape[2], B.shape[3]
-        _, _, hs = _forward(x, dt, A, B, C, h0, False, False, True, ctx.chunk_size, ctx.reverse)
-        cfg = _launch_config(P, N, x.dtype)
-        NP = triton.cdiv(P, cfg["BP"])
-        dy = dy.to(x.dtype).contiguous()
-        dx = torch.empty(b, T, H, P, device=x.device, dtype=torch.float32)
-        dB = x.new_empty(NP, b, T, H, N, dtype=torch.float32)
-        dC = x.new_empty(NP, b, T, H, N, dtype=torch.float32)
-        ddt = x.new_empty(NP, b, T, H, dtype=torch.float32)
-        dA = x.new_empty(NP, b, T, H, dtype=torch.float32)
-        dh0 = torch.empty_like(h0) if h0 is not None else None
-        ssd_bwd_kernel[(NP, b * H)](
-            x, dt, A, B, C, dy, hs, None if dht is None else dht.float().contiguous(),
-            dx, dB, dC, ddt, dA, dh0, T, *_strides(x, B),
-            NB=b, H=H, G=G, P=P, N=N, BT=ctx.chunk_size, BP=cfg["BP"], BN=cfg["BN"],
-            USE_INITIAL_STATE=h0 is not None, USE_FINAL_STATE_GRAD=dht is not None,
-            REVERSE=ctx.reverse, PREC=_precision(x.dtype), num_warps=cfg["num_warps"],
-            num_stages=cfg["num_stages"],
-        )  # fmt: skip
-        dB = dB.sum(0).reshape(b, T, G, H // G, N).sum(3).to(B.dtype)
-        dC = dC.sum(0).reshape(b, T, G, H // G, N).sum(3).to(C.dtype)
-        dA = dA.sum((0, 1, 2))
-        return dx.to(x.dtype), ddt.sum(0), dA, dB, dC, dh0, None, None, None
+        dx, ddt, dA, dB, dC, dh0 = _backward(x, dt, A, B, C, h0, dy, dht, ctx.chunk_size, ctx.reverse)
+        return dx.to(x.dtype), ddt, dA, dB.to(B.dtype), dC.to(C.dtype), dh0, None, None, None
+
+
+class FusedChunkSSDBidirectional(torch.autograd.Function):
+    """``(x, dt [b, T, 2 H], A, B_f, C_f, B_b, C_b) -> y [2 b, T, H, P]``: the forward scan of ``(x,
+    dt[..., :H], B_f, C_f)`` and the reverse scan of ``(x, dt[..., H:], B_b, C_b)`` in one launch.
+    The four ``B``, ``C`` share their strides, and ``B_b``, ``C_b`` lie ``s_dir`` elements after
+    ``B_f``, ``C_f`` in memory."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B_f, C_f, B_b, C_b, s_dir, chunk_size):
+        y, _, _ = _forward(x, dt, A, B_f, C_f, None, True, False, False, chunk_size, False, 2, s_dir)
+        ctx.save_for_backward(x, dt, A, B_f, C_f)
+        ctx.chunk_size, ctx.s_dir = chunk_size, s_dir
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, dt, A, B_f, C_f = ctx.saved_tensors
+        b = x.shape[0]
+        dx, ddt, dA, dB, dC, _ = _backward(
+            x, dt, A, B_f, C_f, None, dy, None, ctx.chunk_size, False, 2, ctx.s_dir
+        )
+        dx = (dx[:b] + dx[b:]).to(x.dtype)
+        ddt = torch.cat([ddt[:b], ddt[b:]], dim=-1)  # [b, T, 2 H]
+        dB, dC = dB.to(B_f.dtype), dC.to(C_f.dtype)
+        return dx, ddt, dA, dB[:b], dC[:b], dB[b:], dC[b:], None, None
+
+
+def _direction_offset(B_f: Tensor, C_f: Tensor, B_b: Tensor, C_b: Tensor) -> int | None:
+    """Elements from ``B_f`` to ``B_b`` when that is also the way from ``C_f`` to ``C_b`` and all four
+    share their strides (slices of one projection); else None."""
+    if not (B_f.stride() == C_f.stride() == B_b.stride() == C_b.stride()):
+        return None
+    size = B_f.element_size()
+    off = B_b.data_ptr() - B_f.data_ptr()
+    if off != C_b.data_ptr() - C_f.data_ptr() or off % size:
+        return None
+    return off // size
+
+
+def fused_chunk_ssd_bidirectional(
+    x: Tensor,
+    dt_f: Tensor,
+    dt_b: Tensor,
+    A: Tensor,
+    B_f: Tensor,
+    C_f: Tensor,
+    B_b: Tensor,
+    C_b: Tensor,
+    *,
+    chunk_size: int = 64,
+) -> tuple[Tensor, Tensor]:
+    """Both scans of a bidirectional SSD (Hydra) in one launch of the Triton kernels: ``y_f`` the
+    forward scan of ``(x, dt_f, A, B_f, C_f)``, ``y_b`` the reverse scan (``reverse=True``: from the
+    last token) of ``(x, dt_b, A, B_b, C_b)``, both in token order. Twice the programs of one scan,
+    so short batches keep the GPU busy, and no flipped or concatenated copies of the inputs.
+
+    Args:
+        x: `[B, T, H, P]`; dt_f, dt_b: `[B, T, H]`; A: `[H]`; B_f, C_f, B_b, C_b: `[B, T, G, N]`, read
+            in place when they are slices of one tensor at a common offset (as Hydra's projection
+            gives them), else copied into one.
+        chunk_size: as :func:`fused_chunk_ssd`.
+
+    Returns:
+        ``(y_f, y_b)``, each `[B, T, H, P]` in the dtype of ``x``.
+    """
+    for dt, B, C in ((dt_f, B_f, C_f), (dt_b, B_b, C_b)):
+        _check("fused_chunk_ssd_bidirectional", x, dt, A, B, C, None, None, chunk_size)
+    Bs = [_in_place(t.to(x.dtype)) for t in (B_f, C_f, B_b, C_b)]
+    s_dir = _direction_offset(*Bs)
+    if s_dir is None:
+        B2, C2 = torch.stack([Bs[0], Bs[2]]), torch.stack([Bs[1], Bs[3]])
+        Bs, s_dir = [B2[0], C2[0], B2[1], C2[1]], B2.stride(0)
+    dt = torch.cat([dt_f, dt_b], dim=-1).float()  # [B, T, 2 H]
+    y = FusedChunkSSDBidirectional.apply(_in_place(x), dt, A.float().contiguous(), *Bs, s_dir, chunk_size)
+    b = x.shape[0]
+    return y[:b], y[b:]
+
+
+def _check(name: str, x, dt, A, B, C, D, initial_state, chunk_size) -> None:
+    check_ssd_inputs(x, dt, A, B, C, D, initial_state)
+    check_int32_rows("ssd", x=x, B=B, C=C)
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"{name} takes float32, float16 or bfloat16 x, got {x.dtype}")
+    if not triton_chunk_size_ok(chunk_size):
+        raise ValueError(f"{name}: chunk_size must be a power of two in [16, 128], got {chunk_size!r}")
 
 
 def fused_chunk_ssd(
@@ -379,14 +496,7 @@ def fused_chunk_ssd(
     Returns:
         ``(y: [B, T, H, P] in the dtype of x, final_state: [B, H, P, N] float32 or None)``.
     """
-    check_ssd_inputs(x, dt, A, B, C, D, initial_state)
-    check_int32_rows("ssd", x=x, B=B, C=C)
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"fused_chunk_ssd takes float32, float16 or bfloat16 x, got {x.dtype}")
-    if not triton_chunk_size_ok(chunk_size):
-        raise ValueError(
-            f"fused_chunk_ssd: chunk_size must be a power of two in [16, 128], got {chunk_size!r}"
-        )
+    _check("fused_chunk_ssd", x, dt, A, B, C, D, initial_state, chunk_size)
     h0 = None if initial_state is None else initial_state.float().contiguous()
     B, C = _in_place(B.to(x.dtype)), _in_place(C.to(x.dtype))
     if B.stride() != C.stride():
