@@ -149,7 +149,9 @@ class Hydra(SSMMixer):
         if self._forms(self.resolve_mode(u))[0] == "triton":
             from subq.ops.short_conv.triton_conv import triton_short_conv
 
-            xBC = F.silu(triton_short_conv(xBC, w, b, padding=self.d_conv // 2))  # [B, T, conv_dim]
+            xBC = triton_short_conv(
+                xBC, w, b, padding=self.d_conv // 2, activation="silu"
+            )  # [B, T, conv_dim]
         else:
             xBC = xBC.transpose(1, 2)
             xBC = F.conv1d(xBC, w[:, None, :], b, padding=self.d_conv // 2, groups=self.conv_dim)

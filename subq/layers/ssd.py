@@ -287,7 +287,7 @@ class SSDMixer(SSMMixer):
         if mode == "naive":
             xBC_act = F.silu(naive_short_conv(xBC, *self._conv_params(xBC)))
         else:
-            xBC_act = F.silu(short_conv(xBC, *self._conv_params(xBC), mode=conv_mode))
+            xBC_act = short_conv(xBC, *self._conv_params(xBC), mode=conv_mode, activation="silu")
         xs, B, C, dt = self._split(xBC_act, dt)
         A = self._A(xs)
         y, h = ssd(

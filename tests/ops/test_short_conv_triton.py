@@ -93,3 +93,24 @@ def test_bad_input():
         short_conv(x, w, mode="cuda")
     with pytest.raises(ValueError, match=r"weight must be \[C=4, k\]"):
         triton_short_conv(x, w[:2])
+
+
+@pytest.mark.parametrize("pad_kind", ["causal", "centred"])
+@pytest.mark.parametrize("case", CASES[1:5], ids=IDS[1:5])
+def test_silu_in_the_kernel(case, pad_kind, one_thread):
+    """``activation="silu"``: SiLU in the forward pass, its derivative on the recomputed
+    pre-activation in the backward; forward and the three gradients against float64."""
+    x, w, b = leaves(*case)
+    k = w.shape[1]
+    pad = k - 1 if pad_kind == "causal" else k // 2
+    y = triton_short_conv(x, w, b, padding=pad, activation="silu")
+    check(x, w, b, y, F.silu(reference(x, w, b, pad)), 1e-6)
+
+
+def test_silu_in_both_modes(one_thread):
+    x, w, b = leaves(2, 40, 12, 4, True)
+    ref = F.silu(reference(x, w, b, 3))
+    for mode in ("torch", "triton"):
+        assert_close(short_conv(x, w, b, mode=mode, activation="silu"), ref, 1e-6, mode)
+    with pytest.raises(ValueError, match="activation must be None or 'silu'"):
+        short_conv(x, w, b, activation="gelu")

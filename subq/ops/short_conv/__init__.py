@@ -14,13 +14,21 @@ from torch import Tensor
 from subq.ops.short_conv.checks import (
     MAX_KERNEL_SIZE,
     MIN_KERNEL_SIZE,
+    check_activation,
     check_short_conv,
     check_short_conv_step,
 )
 from subq.ops.short_conv.naive import naive_short_conv
 
 
-def short_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, mode: str = "torch") -> Tensor:
+def short_conv(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    *,
+    mode: str = "torch",
+    activation: str | None = None,
+) -> Tensor:
     """Causal depthwise convolution: ``y[:, t] = bias + sum_j weight[:, j] * x[:, t - (k - 1) + j]``.
 
     Args:
@@ -30,6 +38,7 @@ def short_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, mode: s
         mode: ``"torch"`` (default: ``F.conv1d`` on the transposed input) or ``"triton"`` (the kernels of
             :mod:`subq.ops.short_conv.triton_conv`, on ``[B, T, C]`` in place; CUDA, or Triton's
             interpreter).
+        activation: None (default) or ``"silu"``: SiLU of the output (in the Triton kernel's pass).
 
     Returns:
         ``y: [B, T, C]`` in the dtype of ``x``.
@@ -37,12 +46,14 @@ def short_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, mode: s
     if mode == "triton":
         from subq.ops.short_conv.triton_conv import triton_short_conv
 
-        return triton_short_conv(x, weight, bias)
+        return triton_short_conv(x, weight, bias, activation=activation)
     if mode != "torch":
         raise ValueError(f"mode must be 'torch' or 'triton', got {mode!r}")
     B, T, C, k = check_short_conv(x, weight, bias)
+    check_activation(activation)
     xt = F.pad(x.transpose(1, 2), (k - 1, 0))  # [B, C, k - 1 + T], zeros before t = 0
-    return F.conv1d(xt, weight[:, None, :], bias, groups=C).transpose(1, 2)  # [B, T, C]
+    y = F.conv1d(xt, weight[:, None, :], bias, groups=C).transpose(1, 2)  # [B, T, C]
+    return F.silu(y) if activation == "silu" else y
 
 
 def short_conv_state(x: Tensor, kernel_size: int) -> Tensor:

@@ -62,3 +62,11 @@ def check_short_conv_step(
     if tuple(conv_state.shape) != (B, C, k):
         raise ValueError(f"conv_state must be [B={B}, C={C}, k={k}], got shape {tuple(conv_state.shape)}")
     return B, C, k
+
+
+ACTIVATIONS = (None, "silu")
+
+
+def check_activation(activation) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None or 'silu', got {activation!r}")

@@ -9,8 +9,10 @@ and out, and its depthwise CUDA kernel is slow in bf16 (0.71 ms per Hydra layer 
 ``C`` of unit stride, else copied) and keep ``C`` contiguous in every tile.
 
 - ``short_conv_fwd_kernel``: one program per ``[BT, BC]`` output tile, the ``k`` shifted input tiles
-  summed in float32. The input gradient is the same kernel on ``dy`` with the taps reversed and
-  ``pad' = k - 1 - pad``.
+  summed in float32, optionally through SiLU (``activation="silu"``, as Mamba-2 and Hydra apply it).
+  The input gradient is the same kernel on ``dy`` with the taps reversed and ``pad' = k - 1 - pad``;
+  with SiLU, a first launch of it recomputes the pre-activation and multiplies ``dy`` by SiLU's
+  derivative.
 - ``short_conv_dw_kernel``: per ``[BT, BC]`` tile, partial ``dw [k, BC]`` and ``dbias [BC]`` in
   float32, summed over tiles by the caller (deterministic).
 """
@@ -22,7 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from subq.ops.short_conv.checks import check_short_conv
+from subq.ops.short_conv.checks import check_activation, check_short_conv
 
 
 @triton.jit
@@ -45,9 +47,11 @@ def _tile(C, BT: tl.constexpr, BC: tl.constexpr):
 
 @triton.jit
 def short_conv_fwd_kernel(
-    x, w, bias, y, T, C, s_xb, s_xt, s_yb, s_yt,
-    K: tl.constexpr, PAD: tl.constexpr, HAS_BIAS: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    x, w, bias, y, g, T, C, s_xb, s_xt, s_yb, s_yt, s_gb, s_gt,
+    K: tl.constexpr, PAD: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, BT: tl.constexpr,
+    BC: tl.constexpr,
 ):  # fmt: skip
+    # ACT: 0 the convolution, 1 its SiLU, 2 g * SiLU'(convolution) (the gradient through the SiLU)
     _, i_b, o_t, o_c, m_c = _tile(C, BT, BC)
     acc = tl.zeros([BT, BC], dtype=tl.float32)
     for j in tl.static_range(K):
@@ -55,6 +59,11 @@ def short_conv_fwd_kernel(
         acc += _tap(x + i_b * s_xb, o_t, o_c, m_c, T, s_xt, j, PAD) * b_w[None, :]
     if HAS_BIAS:
         acc += tl.load(bias + o_c, mask=m_c, other=0.0).to(tl.float32)[None, :]
+    if ACT == 1:
+        acc = acc * tl.sigmoid(acc)
+    if ACT == 2:
+        sig = tl.sigmoid(acc)
+        acc = _tap(g + i_b * s_gb, o_t, o_c, m_c, T, s_gt, 0, 0) * sig * (1.0 + acc * (1.0 - sig))
     p_y = y + i_b * s_yb + o_t[:, None].to(tl.int64) * s_yt + o_c[None, :]
     tl.store(p_y, acc.to(y.dtype.element_ty), mask=(o_t < T)[:, None] & m_c[None, :])
 
@@ -80,14 +89,17 @@ def _unit_channels(t: Tensor) -> Tensor:
     return t if t.stride(2) == 1 else t.contiguous()
 
 
-def _launch_fwd(x: Tensor, w: Tensor, bias: Tensor | None, pad: int, out_dtype: torch.dtype) -> Tensor:
+def _launch_fwd(
+    x: Tensor, w: Tensor, bias: Tensor | None, pad: int, out_dtype: torch.dtype, act: int = 0, g=None
+) -> Tensor:
     x = _unit_channels(x)
     B, T, C = x.shape
     y = torch.empty(B, T, C, device=x.device, dtype=out_dtype)
     BT, BC = _tiles(C)
+    g_strides = g.stride()[:2] if g is not None else (0, 0)
     short_conv_fwd_kernel[(triton.cdiv(T, BT), triton.cdiv(C, BC), B)](
-        x, w, bias, y, T, C, *x.stride()[:2], *y.stride()[:2],
-        K=w.shape[1], PAD=pad, HAS_BIAS=bias is not None, BT=BT, BC=BC, num_warps=4,
+        x, w, bias, y, g, T, C, *x.stride()[:2], *y.stride()[:2], *g_strides,
+        K=w.shape[1], PAD=pad, HAS_BIAS=bias is not None, ACT=act, BT=BT, BC=BC, num_warps=4,
     )  # fmt: skip
     return y
 
@@ -101,16 +113,18 @@ def _tiles(C: int) -> tuple[int, int]:
 
 class TritonShortConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, pad: int) -> Tensor:
+    def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, pad: int, silu: bool) -> Tensor:
         x = _unit_channels(x)
-        ctx.save_for_backward(x, w)
-        ctx.pad, ctx.has_bias = pad, bias is not None
-        return _launch_fwd(x, w, bias, pad, x.dtype)
+        ctx.save_for_backward(x, w, bias)
+        ctx.pad, ctx.has_bias, ctx.silu = pad, bias is not None, silu
+        return _launch_fwd(x, w, bias, pad, x.dtype, act=1 if silu else 0)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
-        x, w = ctx.saved_tensors
+        x, w, bias = ctx.saved_tensors
         dy = _unit_channels(dy)
+        if ctx.silu:  # the gradient reaching the convolution: dy * SiLU'(pre-activation, recomputed)
+            dy = _launch_fwd(x, w, bias, ctx.pad, dy.dtype, act=2, g=dy)
         B, T, C = x.shape
         K = w.shape[1]
         dx = dw = db = None
@@ -129,18 +143,25 @@ class TritonShortConv(torch.autograd.Function):
             dw = dw_part.sum(0).t().contiguous().to(w.dtype)  # [C, K]
             if ctx.has_bias:
                 db = db_part.sum(0).to(w.dtype)
-        return dx, dw, db, None
+        return dx, dw, db, None, None
 
 
 def triton_short_conv(
-    x: Tensor, weight: Tensor, bias: Tensor | None = None, *, padding: int | None = None
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    *,
+    padding: int | None = None,
+    activation: str | None = None,
 ) -> Tensor:
     """Depthwise convolution of ``x: [B, T, C]`` (any strides) by ``weight: [C, k]`` with the Triton
     kernels; ``padding`` zeros before ``t = 0`` (default ``k - 1``: causal, as
     :func:`~subq.ops.short_conv.short_conv`; ``k // 2`` with odd ``k``: centred), the output as long
-    as the input. Computes in float32, returns the dtype of ``x``; forward and backward."""
+    as the input; ``activation="silu"`` applies SiLU in the same pass (default None). Computes in
+    float32, returns the dtype of ``x``; forward and backward."""
     B, T, C, k = check_short_conv(x, weight, bias)
     pad = k - 1 if padding is None else padding
     if not isinstance(pad, int) or not 0 <= pad <= k - 1:
         raise ValueError(f"padding must be an int in [0, k - 1 = {k - 1}], got {padding!r}")
-    return TritonShortConv.apply(x, weight, bias, pad)
+    check_activation(activation)
+    return TritonShortConv.apply(x, weight, bias, pad, activation == "silu")
