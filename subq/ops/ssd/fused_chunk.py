@@ -389,13 +389,14 @@ class FusedChunkSSDBidirectional(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, B_f, C_f, B_b, C_b, s_dir, chunk_size):
         y, _, _ = _forward(x, dt, A, B_f, C_f, None, True, False, False, chunk_size, False, 2, s_dir)
-        ctx.save_for_backward(x, dt, A, B_f, C_f)
+        # B_b and C_b are read through B_f and C_f, but kept too: their memory must outlive the forward
+        ctx.save_for_backward(x, dt, A, B_f, C_f, B_b, C_b)
         ctx.chunk_size, ctx.s_dir = chunk_size, s_dir
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, dt, A, B_f, C_f = ctx.saved_tensors
+        x, dt, A, B_f, C_f, _, _ = ctx.saved_tensors
         b = x.shape[0]
         dx, ddt, dA, dB, dC, _ = _backward(
             x, dt, A, B_f, C_f, None, dy, None, ctx.chunk_size, False, 2, ctx.s_dir
