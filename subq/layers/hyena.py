@@ -47,14 +47,16 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from subq.layers.base import Mixer, triton_available
+from subq.layers.base import Mixer
 from subq.layers.registry import register_mixer
 from subq.ops.common.layout import to_channels_first
 from subq.ops.long_conv import long_conv, long_conv_step
 from subq.ops.short_conv import (
     MAX_KERNEL_SIZE,
     MIN_KERNEL_SIZE,
+    check_short_conv_mode,
     naive_short_conv,
+    resolve_short_conv_mode,
     short_conv,
     short_conv_state,
     short_conv_step,
@@ -242,8 +244,7 @@ class Hyena(Mixer):
         check_filter_args(filter_order, emb_dim, short_filter_order, max_seq_len, dropout)
         if long_conv_form not in LONG_CONV_FORMS:
             raise ValueError(f"long_conv_form must be one of {LONG_CONV_FORMS}, got {long_conv_form!r}")
-        if short_conv_mode not in ("auto", "torch", "triton"):
-            raise ValueError(f"short_conv_mode must be 'auto', 'torch' or 'triton', got {short_conv_mode!r}")
+        check_short_conv_mode(short_conv_mode)
         self.short_conv_mode = short_conv_mode
         self.order, self.filter_order, self.emb_dim = order, filter_order, emb_dim
         self.short_filter_order, self.max_seq_len, self.long_conv_form = (
@@ -299,9 +300,7 @@ class Hyena(Mixer):
         if mode == "naive":
             conv = naive_short_conv(p, *self._short_filter(p))
         else:
-            short = self.short_conv_mode
-            if short == "auto":
-                short = "triton" if p.is_cuda and triton_available() else "torch"
+            short = resolve_short_conv_mode(self.short_conv_mode, p)
             conv = short_conv(p, *self._short_filter(p), mode=short)
         *xs, v = conv.split(d, dim=-1)  # [B, T, d] each
         h = self.long_filters(min(T, self.max_seq_len))  # [N-1, (2,) d, L]

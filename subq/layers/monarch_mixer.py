@@ -39,7 +39,12 @@ from subq.layers.hyena import HyenaFilter, check_filter_args
 from subq.layers.registry import register_mixer
 from subq.ops.long_conv import long_conv
 from subq.ops.monarch import monarch_conv
-from subq.ops.short_conv import naive_short_conv, short_conv
+from subq.ops.short_conv import (
+    check_short_conv_mode,
+    naive_short_conv,
+    resolve_short_conv_mode,
+    short_conv,
+)
 
 LONG_CONV_FORMS = ("auto", "fft", "chunk", "monarch")
 
@@ -61,6 +66,9 @@ class MonarchMixer(Mixer):
         long_conv_form: how ``mode="torch"`` convolves: ``"fft"`` (one FFT), ``"chunk"`` (bitwise
             causal dyadic blocks), ``"monarch"`` (Monarch evaluation/interpolation, ``O(T^1.5)`` batched
             matmuls) or ``"auto"`` (default: ``"chunk"`` when causal, ``"fft"`` when bidirectional).
+        short_conv_mode: the short convolution's form outside ``mode="naive"``: ``"auto"`` (default:
+            the Triton kernels on CUDA, ``F.conv1d`` otherwise), ``"torch"`` or ``"triton"``
+            (:func:`~subq.ops.short_conv.short_conv`).
         causal, layer_idx, mode, device, dtype: see :class:`~subq.layers.base.Mixer`.
 
     ``state_size(L)``: the short convolution's ``3 d k`` inputs plus the inputs each long convolution
@@ -84,6 +92,7 @@ class MonarchMixer(Mixer):
         residual_long_conv: bool = True,
         dropout: float = 0.0,
         long_conv_form: str = "auto",
+        short_conv_mode: str = "auto",
         causal: bool = True,
         layer_idx: int | None = None,
         mode: str = "auto",
@@ -92,6 +101,8 @@ class MonarchMixer(Mixer):
     ):
         super().__init__(d_model, causal=causal, layer_idx=layer_idx, mode=mode, device=device, dtype=dtype)
         check_filter_args(filter_order, emb_dim, short_filter_order, max_seq_len, dropout)
+        check_short_conv_mode(short_conv_mode)
+        self.short_conv_mode = short_conv_mode
         if long_conv_form not in LONG_CONV_FORMS:
             raise ValueError(f"long_conv_form must be one of {LONG_CONV_FORMS}, got {long_conv_form!r}")
         self.filter_order, self.emb_dim, self.short_filter_order = filter_order, emb_dim, short_filter_order
@@ -137,10 +148,13 @@ class MonarchMixer(Mixer):
         mode = self.resolve_mode(u)
         T, d = u.shape[1], self.d_model
         p = self.in_linear(u)  # [B, T, 3d]
-        conv = naive_short_conv if mode == "naive" else short_conv
         # the short filter in the activations' dtype (they differ under autocast)
         w, b = self.short_filter_weight.to(p.dtype), self.short_filter_bias.to(p.dtype)
-        x1, x2, v = conv(p, w, b).split(d, dim=-1)
+        if mode == "naive":
+            conv = naive_short_conv(p, w, b)
+        else:
+            conv = short_conv(p, w, b, mode=resolve_short_conv_mode(self.short_conv_mode, p))
+        x1, x2, v = conv.split(d, dim=-1)
         L = min(T, self.max_seq_len)
         v = self.dropout(v * x1)
         y = self._conv(v, self._taps(self.filter, L), self.filter_bias, mode) * x2  # [B, T, d]
@@ -157,5 +171,5 @@ class MonarchMixer(Mixer):
         return (
             f"{super().extra_repr()}, filter_order={self.filter_order}, emb_dim={self.emb_dim}, "
             f"max_seq_len={self.max_seq_len}, residual_long_conv={self.residual_long_conv}, "
-            f"long_conv_form={self.long_conv_form!r}"
+            f"long_conv_form={self.long_conv_form!r}, short_conv_mode={self.short_conv_mode!r}"
         )

@@ -93,6 +93,31 @@ def test_bad_arguments():
         mixer(True, long_conv_form="dense")
     with pytest.raises(ValueError, match="emb_dim must be an odd int"):
         mixer(True, emb_dim=4)
+    with pytest.raises(ValueError, match="short_conv_mode must be 'auto', 'torch' or 'triton'"):
+        mixer(True, short_conv_mode="cuda")
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_triton_short_convolution_matches_naive(causal, one_thread):
+    """``short_conv_mode="triton"`` (in Triton's interpreter on a CPU), float32, against the naive
+    layer: forward and every gradient."""
+    pytest.importorskip("triton")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    kw = {"filter_order": 8, "max_seq_len": 64, "device": device}
+    fast = MonarchMixer(D, causal=causal, short_conv_mode="triton", **kw).eval()
+    ref = MonarchMixer(D, causal=causal, mode="naive", **kw).eval()
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 40, D, device=device, requires_grad=True)
+    g = torch.randn(2, 40, D, device=device)
+    names = ["y", "dx", *(f"d{n}" for n, _ in ref.named_parameters())]
+
+    def outputs_and_grads(m):
+        y = m(x)
+        return (y, *torch.autograd.grad(y, [x, *m.parameters()], g))
+
+    for name, a, r in zip(names, outputs_and_grads(fast), outputs_and_grads(ref), strict=True):
+        assert_close(a, r, 1e-4, name)
+    assert mixer(causal).short_conv_mode == "auto"
 
 
 # ---- monarch_glu ----------------------------------------------------------------------------------

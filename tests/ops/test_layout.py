@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from subq.ops.common.layout import channels_first, channels_last, to_channels_first
+from subq.ops.common.layout import channels_first, channels_last, to_channels_first, to_channels_last
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -14,24 +14,26 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_channels_first_and_back(shape, dtype):
     x = torch.randn(shape, device=DEVICE).to(dtype)
-    y = channels_first(x)
+    y = channels_first(x, kernel=True)
     assert y.shape == x.shape and (y.shape[1] == 1 or y.stride(1) == 1)
     assert torch.equal(y, x)
-    z = channels_last(y)
+    z = channels_last(y, kernel=True)
     assert z.is_contiguous() and torch.equal(z, x)
 
 
 def test_strided_sources():
     base = torch.randn(2, 40, 3 * 24, device=DEVICE)
     x = base[..., 24:48]  # a token-major slice: unit stride in C, not contiguous
-    y = channels_first(x)
+    y = channels_first(x, kernel=True)
     assert y.stride(1) == 1 and torch.equal(y, x)
     cf = torch.randn(2, 3 * 24, 40, device=DEVICE).transpose(1, 2)[..., 24:48]  # channels-first slice
     assert channels_first(cf) is cf
-    z = channels_last(cf)
+    z = channels_last(cf, kernel=True)
     assert z.is_contiguous() and torch.equal(z, cf)
     odd = torch.randn(40, 24, 2, device=DEVICE).permute(2, 0, 1)  # no unit stride in T or C
-    assert torch.equal(channels_first(odd), odd) and torch.equal(channels_last(odd), odd)
+    assert torch.equal(channels_first(odd, kernel=True), odd) and torch.equal(
+        channels_last(odd, kernel=True), odd
+    )
 
 
 def test_already_in_layout_is_returned():
@@ -48,3 +50,25 @@ def test_autograd():
     assert y.stride(1) == 1
     (y * w).sum().backward()
     assert x.grad.is_contiguous() and torch.equal(x.grad, w)
+
+
+def test_to_channels_last_autograd():
+    x = torch.randn(2, 20, 33, device=DEVICE).transpose(1, 2).requires_grad_()  # [2, 33, 20], unit T
+    w = torch.randn(2, 33, 20, device=DEVICE)
+    y = to_channels_last(x)
+    assert y.is_contiguous() and torch.equal(y, x)
+    (y * w).sum().backward()
+    assert x.grad.stride(1) == 1 and torch.equal(x.grad, w)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU default")
+def test_cpu_tensors_take_pytorch_copies_by_default(monkeypatch):
+    """Without ``kernel=True`` CPU tensors never go through the interpreted kernel."""
+    import subq.ops.common.layout as layout
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the Triton copy ran on a CPU tensor")
+
+    monkeypatch.setattr(layout, "_copy", refuse)
+    x = torch.randn(2, 30, 12)
+    assert torch.equal(channels_first(x), x) and torch.equal(channels_last(channels_first(x)), x)

@@ -11,8 +11,10 @@ sides are coalesced.
 - :func:`channels_last`: ``x: [B, T, C]`` -> the same values, contiguous (unit stride in ``C``).
 
 Both return ``x`` itself when it has that layout already, and use the Triton kernel for CUDA tensors
-(or under ``TRITON_INTERPRET=1``) with a unit stride in the other dimension, else PyTorch's copy. No
-autograd: they are meant for the insides of ``autograd.Function`` s.
+with a unit stride in the other dimension (``kernel=True``: also CPU tensors under
+``TRITON_INTERPRET=1``, as the Triton ops' own paths and the tests ask), else PyTorch's copy. They
+have no autograd, for the insides of ``autograd.Function`` s; :func:`to_channels_first` and
+:func:`to_channels_last` are the differentiable forms.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ except ImportError:  # pragma: no cover - triton is optional on CPU
 BT, BC = 64, 64
 
 
-def _use_kernel(x: Tensor) -> bool:
-    if triton is None:
+def _use_kernel(x: Tensor, kernel: bool) -> bool:
+    if triton is None or x.shape[0] >= 65536:  # the batch is the grid's third dimension
         return False
-    return x.is_cuda or (x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+    return x.is_cuda or (kernel and x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
 
 
 if triton is not None:
@@ -84,22 +86,21 @@ def _copy(x: Tensor, to_cf: bool) -> Tensor:
     return y.transpose(1, 2) if to_cf else y
 
 
-def channels_first(x: Tensor) -> Tensor:
+def channels_first(x: Tensor, *, kernel: bool = False) -> Tensor:
     """``x: [B, T, C]`` with unit stride in ``T`` (a view of ``[B, C, T]`` storage): ``x`` when it has
     one already (or ``T == 1``), else a copy."""
     if x.shape[1] == 1 or x.stride(1) == 1:
         return x
-    if x.shape[2] == 1 or x.stride(2) == 1:
-        if _use_kernel(x) and x.shape[0] < 65536:
-            return _copy(x, True)
+    if (x.shape[2] == 1 or x.stride(2) == 1) and _use_kernel(x, kernel):
+        return _copy(x, True)
     return x.transpose(1, 2).contiguous().transpose(1, 2)
 
 
-def channels_last(x: Tensor) -> Tensor:
+def channels_last(x: Tensor, *, kernel: bool = False) -> Tensor:
     """``x: [B, T, C]`` contiguous: ``x`` when it is already, else a copy."""
     if x.is_contiguous():
         return x
-    if (x.shape[1] == 1 or x.stride(1) == 1) and _use_kernel(x) and x.shape[0] < 65536:
+    if (x.shape[1] == 1 or x.stride(1) == 1) and _use_kernel(x, kernel):
         return _copy(x, False)
     return x.contiguous()
 
@@ -115,7 +116,23 @@ class _ChannelsFirst(torch.autograd.Function):
         return channels_last(dy) if ctx.contiguous_in else dy
 
 
+class _ChannelsLast(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.time_unit_in = x.shape[1] == 1 or x.stride(1) == 1
+        return channels_last(x)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        return channels_first(dy) if ctx.time_unit_in else dy
+
+
 def to_channels_first(x: Tensor) -> Tensor:
-    """:func:`channels_first` with autograd (the gradient goes back to the input's layout when that was
-    contiguous)."""
+    """:func:`channels_first` with autograd (the gradient goes back contiguous when the input was)."""
     return _ChannelsFirst.apply(x)
+
+
+def to_channels_last(x: Tensor) -> Tensor:
+    """:func:`channels_last` with autograd (the gradient goes back channels-first when the input had
+    a unit stride in ``T``)."""
+    return _ChannelsLast.apply(x)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from subq.ops.common.layout import to_channels_first, to_channels_last
 from subq.ops.long_conv.naive import check_long_conv, compute_dtype
 
 
@@ -51,7 +52,6 @@ def fft_long_conv(u: Tensor, h: Tensor, bias: Tensor | None = None, *, causal: b
     """
     B, T, C, L = check_long_conv(u, h, bias, causal)
     acc = compute_dtype(u)
-    uf = u.to(acc)
     n = fft_size(T + L - 1 if causal else T + L)
     if causal:
         kernel = h.to(acc)  # [C, L], zero-padded to n by rfft
@@ -60,10 +60,12 @@ def fft_long_conv(u: Tensor, h: Tensor, bias: Tensor | None = None, *, causal: b
         gap = torch.zeros(C, n - 2 * L, dtype=acc, device=u.device)
         kernel = torch.cat([h[0].to(acc), gap, h[1].to(acc).flip(-1)], dim=-1)  # [C, n]
     # transforms along the contiguous last axis: cuFFT's strided transforms along T of [B, T, C] are
-    # 1.4x (T = 64k) to 2.5x (T = 1M) slower on the H200 than the two transposing copies
-    u_f = torch.fft.rfft(uf.transpose(1, 2).contiguous(), n=n)  # [B, C, n // 2 + 1]
+    # 1.4x (T = 64k) to 2.5x (T = 1M) slower on the H200 than the two transposing copies, which run
+    # as tiled copies on CUDA (subq.ops.common.layout), in u's dtype
+    u_cf = to_channels_first(u).transpose(1, 2).to(acc)  # [B, C, T]
+    u_f = torch.fft.rfft(u_cf, n=n)  # [B, C, n // 2 + 1]
     k_f = torch.fft.rfft(kernel, n=n)  # [C, n // 2 + 1]
-    y = torch.fft.irfft(u_f * k_f, n=n)[..., :T].transpose(1, 2).contiguous()  # [B, T, C]
+    y = torch.fft.irfft(u_f * k_f, n=n)[..., :T]  # [B, C, T]
     if bias is not None:
-        y = y + bias.to(acc) * uf
-    return y.to(u.dtype)
+        y = y + bias.to(acc)[:, None] * u_cf
+    return to_channels_last(y.to(u.dtype).transpose(1, 2))  # [B, T, C]

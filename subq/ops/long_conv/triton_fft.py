@@ -508,7 +508,7 @@ def _time_contiguous(x: Tensor) -> Tensor:
     """``x: [B, T, C]`` with unit stride in ``T`` (a view of channels-first storage): ``x`` itself when
     it has that already, else a copy. The column kernels read and write 64-long runs in ``t``; on a
     token-major ``[B, T, C]`` tensor every element would cost a 32-byte sector of its own."""
-    return channels_first(x)
+    return channels_first(x, kernel=True)
 
 
 def _like(y: Tensor, x: Tensor) -> Tensor:
@@ -517,7 +517,7 @@ def _like(y: Tensor, x: Tensor) -> Tensor:
     if y.stride() == x.stride():
         return y
     if x.is_contiguous():
-        return channels_last(y)
+        return channels_last(y, kernel=True)
     return torch.empty_like(x, dtype=y.dtype).copy_(y)
 
 
