@@ -4,7 +4,10 @@ The kernels read ``x``, ``dt`` and ``A`` and form the discretised inputs ``xbar 
 dtype of ``x`` for the matmuls) and the per-step log decays ``a = dt A`` in registers, chunk by chunk;
 the backward kernel returns ``dxbar`` and ``da``, from which PyTorch makes ``dx``, ``ddt`` and ``dA``
 (``D`` is added around the kernels). ``x``, ``B`` and ``C`` are read in place with any batch and time
-strides (slices of a projection), with unit-stride last dimensions. ``README.md`` has the math.
+strides (slices of a projection), with unit-stride last dimensions. A reverse scan (``REVERSE``)
+walks the tokens from the last; with ``DIRS = 2`` one launch runs the forward scan of every batch row
+and the reverse scan of the same inputs (Hydra), the reverse direction's ``dt`` heads after the
+forward ones and its ``B``, ``C`` ``s_dir`` elements further on. ``README.md`` has the math.
 
 - ``ssd_fwd_kernel``: one program per (block of ``P``, batch x head) walks the chunks and keeps the
   state ``h [P, N]`` in registers (float32): inside a chunk the masked quadratic form, across chunks
