@@ -13,7 +13,7 @@ from subq.repro import REPRODUCTIONS, get_reproduction
 
 # Quick modes that train models for minutes (``lit``, ``peft_minilm``, ``hyena_dna``, ``combiner``: about
 # 10 minutes each on 2 cores; ``hpoly`` and ``quadratic``: 2-4 minutes each on a slower 2-core machine,
-# half of the suite's CPU time there) are run end to end by hand; their own tests run tiny versions of
+# about a third of the suite's time there) are run end to end by hand; their own tests run tiny versions of
 # every part, ``run`` included.
 CLI_END_TO_END = ["quadattack", "subgm", "lora_limits"]
 
