@@ -28,7 +28,7 @@ on CPU in float32, wall-clock medians. A model that runs out of memory at a leng
 
 ``--hydra-conv`` and ``--hydra-norm`` pick Hydra's convolution and gated RMSNorm forms (``conv_mode``,
 ``norm_mode``: by default the Triton kernels on CUDA and PyTorch on a CPU; ``torch`` or ``triton``
-force one).
+force one); ``--m2-long-conv`` picks M2's long-convolution form (``long_conv_form``).
 
 Prints a table (tokens/ms per model and length, and each model's speedup over attention) and, as the
 last stdout line, one JSON object.
@@ -49,6 +49,7 @@ import torch
 
 from subq.models import Encoder, EncoderConfig, count_params
 from subq.models.hydra_bert import HYDRA_BERT_SIZES, hydra_bert_config
+from subq.layers.monarch_mixer import LONG_CONV_FORMS as M2_LONG_CONV_FORMS
 from subq.models.m2_bert import M2_BERT_SIZES, m2_bert_config
 
 MODELS = ("attention", "m2", "hydra")
@@ -85,6 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--hydra-norm", choices=["auto", "torch", "triton"], default="auto",
         help="Hydra's gated RMSNorm: auto (default: the Triton kernels on CUDA), PyTorch or Triton",
     )  # fmt: skip
+    p.add_argument(
+        "--m2-long-conv", choices=list(M2_LONG_CONV_FORMS), default="auto",
+        help="M2's long convolutions (long_conv_form): auto (default: one torch.fft convolution, fp32), "
+        "or triton_fp16 / triton_tf32 / triton (the Triton FFT convolution)",
+    )  # fmt: skip
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
     p.add_argument("--iters", type=int, default=10, help="timed calls, median reported (default 10)")
@@ -109,12 +115,16 @@ def encoder_config(
     hydra_layers: int | None = None,
     hydra_conv: str = "auto",
     hydra_norm: str = "auto",
+    m2_long_conv: str = "auto",
 ) -> EncoderConfig:
     """The encoder ``model`` of ``size`` for sequences of ``seq_len`` tokens (``hydra_conv``,
-    ``hydra_norm``: Hydra's ``conv_mode`` and ``norm_mode``)."""
+    ``hydra_norm``: Hydra's ``conv_mode`` and ``norm_mode``; ``m2_long_conv``: M2's
+    ``long_conv_form``)."""
     d, n_layers = M2_BERT_SIZES[size]["d_model"], M2_BERT_SIZES[size]["n_layers"]
     if model == "m2":
-        return m2_bert_config(size, max_seq_len=seq_len)
+        mixer = m2_bert_config(size, max_seq_len=seq_len).mixer
+        mixer = {"name": mixer.name, **mixer.kwargs, "long_conv_form": m2_long_conv}
+        return m2_bert_config(size, max_seq_len=seq_len, mixer=mixer)
     if model == "hydra":  # the hydra_bert size's mixer settings (the defaults above mini)
         hydra_size = size if size in HYDRA_BERT_SIZES else "base"
         mixer = {"name": "hydra", **HYDRA_BERT_SIZES[hydra_size]["mixer"], "conv_mode": hydra_conv,
@@ -164,7 +174,9 @@ def _forward_ms(
     model: str, seq_len: int, batch: int, args: argparse.Namespace, device: torch.device, row: dict
 ):
     torch.manual_seed(args.seed)
-    cfg = encoder_config(model, args.size, seq_len, args.hydra_layers, args.hydra_conv, args.hydra_norm)
+    cfg = encoder_config(
+        model, args.size, seq_len, args.hydra_layers, args.hydra_conv, args.hydra_norm, args.m2_long_conv
+    )
     enc = Encoder(cfg).to(device).eval()
     row["params"] = count_params(enc)
     ids = torch.randint(0, cfg.vocab_size, (batch, seq_len), device=device)
@@ -260,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
             "tokens": args.tokens,
             "models": list(args.models),
             "hydra_layers": args.hydra_layers or M2_BERT_SIZES[args.size]["n_layers"],
+            "hydra_conv": args.hydra_conv,
+            "hydra_norm": args.hydra_norm,
+            "m2_long_conv": args.m2_long_conv,
             "warmup": args.warmup,
             "iters": args.iters,
             "precision": "bf16 autocast" if device.type == "cuda" else "fp32",

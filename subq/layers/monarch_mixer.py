@@ -46,7 +46,7 @@ from subq.ops.short_conv import (
     short_conv,
 )
 
-LONG_CONV_FORMS = ("auto", "fft", "chunk", "monarch")
+LONG_CONV_FORMS = ("auto", "fft", "chunk", "monarch", "triton", "triton_tf32", "triton_fp16")
 
 
 @register_mixer("monarch_mixer")
@@ -65,7 +65,9 @@ class MonarchMixer(Mixer):
         dropout: on the gated long-convolution input (default 0).
         long_conv_form: how ``mode="torch"`` convolves: ``"fft"`` (one FFT), ``"chunk"`` (bitwise
             causal dyadic blocks), ``"monarch"`` (Monarch evaluation/interpolation, ``O(T^1.5)`` batched
-            matmuls) or ``"auto"`` (default: ``"chunk"`` when causal, ``"fft"`` when bidirectional).
+            matmuls), the Triton FFT convolution on CUDA (``"triton"``: float32-exact; ``"triton_tf32"``,
+            ``"triton_fp16"``: relative RMS about 7e-4; :func:`~subq.ops.long_conv.long_conv`) or
+            ``"auto"`` (default: ``"chunk"`` when causal, ``"fft"`` when bidirectional).
         short_conv_mode: the short convolution's form outside ``mode="naive"``: ``"auto"`` (default:
             the Triton kernels on CUDA, ``F.conv1d`` otherwise), ``"torch"`` or ``"triton"``
             (:func:`~subq.ops.short_conv.short_conv`).

@@ -120,6 +120,30 @@ def test_triton_short_convolution_matches_naive(causal, one_thread):
     assert mixer(causal).short_conv_mode == "auto"
 
 
+@pytest.mark.parametrize(
+    "form, tol, causal", [("triton", 1e-4, False), ("triton_fp16", 3e-3, True)], ids=["tf32x3-bidir", "fp16-causal"]
+)
+def test_triton_long_convolution_matches_naive(form, tol, causal, one_thread):
+    """``long_conv_form="triton*"`` (the Triton FFT convolution; in Triton's interpreter on a CPU),
+    float32, against the naive layer: forward and every gradient."""
+    pytest.importorskip("triton")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    kw = {"filter_order": 8, "max_seq_len": 64, "device": device}
+    fast = MonarchMixer(D, causal=causal, long_conv_form=form, **kw).eval()
+    ref = MonarchMixer(D, causal=causal, mode="naive", **kw).eval()
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 20, D, device=device, requires_grad=True)
+    g = torch.randn(2, 20, D, device=device)
+    names = ["y", "dx", *(f"d{n}" for n, _ in ref.named_parameters())]
+
+    def outputs_and_grads(m):
+        y = m(x)
+        return (y, *torch.autograd.grad(y, [x, *m.parameters()], g))
+
+    for name, a, r in zip(names, outputs_and_grads(fast), outputs_and_grads(ref), strict=True):
+        assert_close(a, r, tol, name)
+
+
 # ---- monarch_glu ----------------------------------------------------------------------------------
 def test_blockdiag_linear_is_a_block_diagonal_dense_layer():
     lin = BlockdiagLinear(12, 8, nblocks=4, bias=True, dtype=torch.float64)
