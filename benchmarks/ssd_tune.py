@@ -3,8 +3,8 @@ shapes of the Hydra and Mamba-2 benchmarks: one-launch bidirectional scans (Hydr
 of 64, N = 64) at 4k x 8 and 32k x 1, and the one-direction scan of the ``ssd`` bench entry
 (B = 4, 16 heads of 64, N = 64). Every config is first checked against the PyTorch chunked form (a
 config that compiles can still be wrong), then timed (forward under ``torch.no_grad``, as the encoder
-benchmark runs, and forward + backward); prints one JSON row per config and a JSON last line with
-the fastest config per shape and phase. GPU only (``--smoke``: tiny shapes, also in Triton's
+benchmark runs, and forward + backward); prints one JSON row per config (the first, ``"default":
+true``, is the kernels' own choice) and a JSON last line with the fastest config per shape and phase. GPU only (``--smoke``: tiny shapes, also in Triton's
 interpreter).
 
     python benchmarks/ssd_tune.py --out ssd_tune.json
@@ -30,7 +30,7 @@ SHAPES = {
     "mamba2-32k": (False, 4, 32768, 16, 64, 64, 64),
 }
 SMOKE_SHAPES = {"smoke-bidir": (True, 1, 40, 2, 16, 16, 16), "smoke": (False, 1, 40, 2, 16, 16, 16)}
-CONFIGS = [
+CONFIGS = [  # besides the kernels' own choice
     dict(BP=BP, num_warps=w, num_stages=s)
     for BP, w, s in [
         (32, 4, 3),  # the default for half precision
@@ -119,14 +119,16 @@ def main(argv=None) -> dict:
 
     default = mod._launch_config
     shapes = SMOKE_SHAPES if args.smoke else {k: SHAPES[k] for k in args.shapes.split(",")}
-    configs = CONFIGS[:2] if args.smoke else CONFIGS
+    configs = CONFIGS[:1] if args.smoke else CONFIGS
     rows, best = [], {}
     for name, shape in shapes.items():
-        bidir, _, _, H, P, N, chunk = shape
-        for cfg in configs:
-            base = default(P, N, torch.bfloat16)
-            mod._launch_config = lambda *a, cfg=cfg, base=base, **kw: {**base, **cfg}
-            row = dict(shape=name, **cfg)
+        bidir, B, _, H, P, N, chunk = shape
+        base = default(P, N, _dtype(device), (2 if bidir else 1) * B * H, torch.device(device))
+        for cfg in [None, *configs]:  # None: the kernels' own choice
+            if cfg is not None:
+                mod._launch_config = lambda *a, cfg=cfg, base=base, **kw: {**base, **cfg}
+            row = dict(shape=name, **(cfg or {k: base[k] for k in ("BP", "num_warps", "num_stages")}))
+            row["default"] = cfg is None
             try:
                 row["max_rel_err"] = check(bidir, H, P, N, chunk, device)
                 if row["max_rel_err"] > 3e-2:

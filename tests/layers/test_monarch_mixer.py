@@ -121,7 +121,11 @@ def test_triton_short_convolution_matches_naive(causal, one_thread):
 
 
 @pytest.mark.parametrize(
-    "form, tol, causal", [("triton", 1e-4, False), ("triton_fp16", 3e-3, True)], ids=["tf32x3-bidir", "fp16-causal"]
+    "form, tol, causal",
+    [
+        pytest.param("triton", 1e-4, False, id="tf32x3-bidir"),
+        pytest.param("triton_fp16", 3e-3, True, id="fp16-causal", marks=pytest.mark.gpu),  # slow interpreted
+    ],
 )
 def test_triton_long_convolution_matches_naive(form, tol, causal, one_thread):
     """``long_conv_form="triton*"`` (the Triton FFT convolution; in Triton's interpreter on a CPU),

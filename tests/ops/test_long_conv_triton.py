@@ -62,9 +62,11 @@ def test_matches_naive_fp32(B, T, C, L, f, one_thread):
     check_against_naive(u, h, y, torch.randn_like(y), True, 1e-4)
 
 
-@pytest.mark.parametrize("T", [60, 256])
-def test_bidirectional_and_bias(T, one_thread):
-    u, h = inputs(2, T, 3, T // 2, causal=False)
+@pytest.mark.parametrize("T,L", [(60, 30), (256, 128), (60, 60), (100, 99)])
+def test_bidirectional_and_bias(T, L, one_thread):
+    """One circular convolution holds both halves: filters up to ``L = T`` (M2's), whose last reverse
+    tap reaches no output."""
+    u, h = inputs(2, T, 3, L, causal=False)
     bias = torch.randn(3, device=DEVICE, requires_grad=True)
     y = long_conv(u, h, bias, causal=False, mode="triton")  # default precision: exact in the interpreter
     check_against_naive(u, h, y, torch.randn_like(y), False, 1e-4, bias)
@@ -189,6 +191,17 @@ def test_gpu_precisions(precision, tol, T):
     u, h = inputs(1, T, 128, T)
     y = triton_long_conv(u, h, precision=precision)
     check_against_naive(u, h, y, torch.randn_like(y), True, tol, reference=fft_long_conv)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision,tol", [("tf32x3", 1e-5), ("fp16", 1.5e-3)])
+@pytest.mark.parametrize("T", [1000, 4096])
+def test_gpu_bidirectional(precision, tol, T):
+    """The two-sided convolution with filters as long as the input (M2's), forward and gradients, on
+    CUDA against the float64 FFT form."""
+    u, h = inputs(2, T, 64, T, causal=False)
+    y = triton_long_conv(u, h, causal=False, precision=precision)
+    check_against_naive(u, h, y, torch.randn_like(y), False, tol, reference=fft_long_conv)
 
 
 @pytest.mark.gpu

@@ -96,10 +96,24 @@ def test_restates_m2_blockdiag_butterfly_multiply():
     assert_close(naive_monarch(x, [w1, w2]), expected, 1e-13)
 
 
-def test_blockdiag_multiply():
-    w = torch.randn(4, 3, 5, dtype=torch.float64)
-    x = torch.randn(2, 6, 20, dtype=torch.float64)
-    assert_close(blockdiag_multiply(x, w), x @ torch.block_diag(*w).T, 1e-14)
+@pytest.mark.parametrize("layout", ["contiguous", "token-strided", "transposed"])
+def test_blockdiag_multiply(layout):
+    """Against the dense block-diagonal matrix, forward and both gradients, for inputs whose rows are
+    strided (a slice of a wider tensor) or whose last axis is not unit-stride."""
+    w = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    x = {
+        "contiguous": torch.randn(2, 6, 20, dtype=torch.float64),
+        "token-strided": torch.randn(2, 6, 31, dtype=torch.float64)[..., 3:23],
+        "transposed": torch.randn(2, 20, 6, dtype=torch.float64).transpose(1, 2),
+    }[layout].requires_grad_()
+    y = blockdiag_multiply(x, w)
+    y_ref = x @ torch.block_diag(*w).T
+    assert_close(y, y_ref, 1e-14)
+    g = torch.randn_like(y)
+    for name, a, b in zip(
+        ("dx", "dw"), torch.autograd.grad(y, (x, w), g), torch.autograd.grad(y_ref, (x, w), g), strict=True
+    ):
+        assert_close(a, b, 1e-14, name)
     with pytest.raises(ValueError, match=r"\[\.\.\., 4 \* 5 = 20\].*\(2, 6, 21\)"):
         blockdiag_multiply(torch.randn(2, 6, 21, dtype=torch.float64), w)
 

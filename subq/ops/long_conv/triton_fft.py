@@ -529,21 +529,42 @@ def _filter_strides(h: Tensor) -> tuple[int, int, int]:
     return 0, h.stride(0), h.stride(1)
 
 
+def _reversed_spectrum(z: Tensor) -> Tensor:
+    """The column pass of ``x[-n mod N]`` from the column pass ``z`` of a real ``x``.
+
+    With ``n = n1 N2 + n2`` and ``k = k1 + N1 k2`` the column pass is ``Z[k1, n2] = (1 / N2)
+    sum_k2 X[k] w_N2^(-n2 k2)``; reversing a real signal conjugates its DFT, so
+    ``Z'[k1, n2] = conj(Z[k1, -n2 mod N2])`` on the same kept rows ``k1``."""
+    idx = (-torch.arange(z.shape[-1], device=z.device)) % z.shape[-1]
+    z = z[..., idx]
+    return torch.stack((z[0], -z[1]))
+
+
 class TritonLongConvFunction(torch.autograd.Function):
+    """``y = h * u`` (causal, ``h: [C, L]``) or, with ``h: [2, C, L]``, the two-sided convolution with
+    lags ``-L .. L - 1`` as one circular convolution of size ``N``: the reverse taps sit at
+    ``N - 1 .. N - L``, and their spectrum is that of ``r = [0, h_rev]`` reversed
+    (:func:`_reversed_spectrum`), so both halves cost one product and one inverse transform."""
+
     @staticmethod
     def forward(ctx, u: Tensor, h: Tensor, precision: str, min_factor: int | None) -> Tensor:
         B, T, C = u.shape
         L = h.shape[-1]
+        bidirectional = h.dim() == 3
         plan = _plan(T, u.device, precision, min_factor)
         u_in, u = u, _time_contiguous(u)
-        h = _time_contiguous(h.t()[None])[0].t()  # [C, L], unit stride in the lag
         z_u = plan.spectrum(u, B, C, T, _btc_strides(u))  # [2, B C, H1, N2]
-        z_h = plan.spectrum(h, 1, C, L, _filter_strides(h))  # [2, C, H1, N2]
+        z_h = _filter_spectrum(plan, h[0] if bidirectional else h, C, L)  # [2, C, H1, N2]
+        if bidirectional:
+            # r[m] = h_rev[m - 1] (lag -m); lags beyond -(T - 1) reach no output
+            r = torch.nn.functional.pad(h[1], (1, 0))[:, :T]
+            z_h = z_h + _reversed_spectrum(_filter_spectrum(plan, r, C, r.shape[-1]))
         w = plan.product(z_u, z_h, B * C, C, (C, 1, 0), (0, 1, 0), 1, False)
         y = torch.empty_like(u)  # unit stride in t, as the kernels write best
         plan.inverse(w, y, C, T, _btc_strides(y))
         ctx.save_for_backward(z_u, z_h)
         ctx.plan, ctx.shape, ctx.L, ctx.dtypes = plan, (B, T, C), L, (u.dtype, h.dtype)
+        ctx.bidirectional = bidirectional
         return _like(y, u_in)
 
     @staticmethod
@@ -560,15 +581,25 @@ class TritonLongConvFunction(torch.autograd.Function):
             plan.inverse(w, du, C, T, _btc_strides(du))
             du = _like(du, dy_in)
         if ctx.needs_input_grad[1]:
-            # dh = sum_b corr(dy_b, u_b): IDFT(sum_b DY_b conj(U_b)), the first L lags
+            # dh[j] = sum_b sum_t dy[t] u[t - j] = IDFT(sum_b DY_b conj(U_b))[j], the first L lags
             w = plan.product(z_dy, z_u, C, C, (0, 1, C), (0, 1, C), B, True)
             dh = torch.empty(C, L, device=dy.device, dtype=ctx.dtypes[1])
             plan.inverse(w, dh, C, L, _filter_strides(dh))
+            if ctx.bidirectional:
+                # dh_rev[m - 1] = sum_b sum_t dy[t] u[t + m] = IDFT(sum_b U_b conj(DY_b))[m], m <= T - 1
+                w = plan.product(z_u, z_dy, C, C, (0, 1, C), (0, 1, C), B, True)
+                n = min(L + 1, T)
+                lags = torch.empty(C, n, device=dy.device, dtype=ctx.dtypes[1])
+                plan.inverse(w, lags, C, n, _filter_strides(lags))
+                dh_rev = torch.nn.functional.pad(lags[:, 1:], (0, L + 1 - n))
+                dh = torch.stack((dh, dh_rev))
         return du, dh, None, None
 
 
-def _causal(u: Tensor, h: Tensor, precision: str, min_factor: int | None) -> Tensor:
-    return TritonLongConvFunction.apply(u, h, precision, min_factor)
+def _filter_spectrum(plan: _Plan, h: Tensor, C: int, L: int) -> Tensor:
+    """The column pass of the filters ``h: [C, L]`` (copied to unit stride in the lag first)."""
+    h = _time_contiguous(h.t()[None])[0].t()  # [C, L], unit stride in the lag
+    return plan.spectrum(h, 1, C, L, _filter_strides(h))
 
 
 def triton_long_conv(
@@ -586,8 +617,9 @@ def triton_long_conv(
     The FFT size is ``2 T'`` with ``T'`` the least power of two ``>= T`` (at least 4096 on a GPU, where
     every DFT factor must be at least 16): other lengths are zero-padded and the outputs sliced, which
     is exact. The transforms compute in float32 with ``tl.dot`` at ``precision``; outputs are stored in
-    the dtype of ``u``. The bidirectional form adds the reverse half as a causal convolution of the
-    time-reversed input with ``[0, h_rev]``. Not bitwise causal (as :func:`fft_long_conv`).
+    the dtype of ``u``. The bidirectional form is one circular convolution of size ``N`` whose filter
+    holds the reverse taps at its end, at the cost of the causal one. Not bitwise causal (as
+    :func:`fft_long_conv`).
 
     Args:
         u: `[B, T, C]`, CUDA (or CPU under ``TRITON_INTERPRET=1``), any strides. Fastest as the view
@@ -615,13 +647,7 @@ def triton_long_conv(
         raise TypeError("triton_long_conv computes in float32; got float64 inputs (use mode='fft')")
     if u.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"triton_long_conv needs CUDA tensors (or TRITON_INTERPRET=1), got {u.device}")
-    if causal:
-        y = _causal(u, h, precision, min_factor)
-    else:
-        y = _causal(u, h[0], precision, min_factor)
-        # sum_j h_rev[j] u[t + 1 + j] is the causal convolution of u reversed in time with [0, h_rev]
-        shifted = torch.nn.functional.pad(h[1], (1, 0))[:, :T]  # [C, min(L + 1, T)]
-        y = y + _causal(u.flip(1), shifted, precision, min_factor).flip(1)
+    y = TritonLongConvFunction.apply(u, h, precision, min_factor)
     if bias is not None:
         y = (y.float() + bias.float() * u.float()).to(u.dtype)
     return y

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 from subq.ops.monarch.naive import check_monarch
@@ -39,10 +40,46 @@ def blockdiag_multiply(x: Tensor, w: Tensor) -> Tensor:
         raise ValueError(
             f"w must match x's dtype and device ({x.dtype}, {x.device}), got ({w.dtype}, {w.device})"
         )
-    batch = x.shape[:-1]
-    xb = x.reshape(-1, nb, n).transpose(0, 1)  # [nb, Bt, n]
-    y = xb @ w.transpose(1, 2)  # [nb, Bt, o]
-    return y.transpose(0, 1).reshape(*batch, nb * o)
+    return _BlockdiagMultiply.apply(x, w)
+
+
+def _blockdiag_out(x: Tensor, w: Tensor) -> Tensor:
+    """``x: [M, nb n]``, ``w: [nb, o, n]`` (any strides) -> ``[M, nb o]`` without a transposing copy:
+    ``torch.bmm`` reads the blocks of ``x`` and writes those of ``y`` as strided views ``[nb, M, .]``
+    (leading dimension ``nb n``, resp. ``nb o``), which cuBLAS's strided-batched GEMM takes as they are."""
+    nb, o, n = w.shape
+    M = x.shape[0]
+    y = x.new_empty(M, nb * o)
+    torch.bmm(x.view(M, nb, n).transpose(0, 1), w.transpose(1, 2), out=y.view(M, nb, o).transpose(0, 1))
+    return y
+
+
+class _BlockdiagMultiply(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor) -> Tensor:
+        batch = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        ctx.save_for_backward(x2, w)
+        ctx.batch = batch
+        return _blockdiag_out(x2, w).view(*batch, -1)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x2, w = ctx.saved_tensors
+        nb, o, n = w.shape
+        dy2 = dy.reshape(-1, nb * o)
+        if dy2.stride(-1) != 1:
+            dy2 = dy2.contiguous()
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            dx = _blockdiag_out(dy2, w.transpose(1, 2)).view(*ctx.batch, nb * n)
+        if ctx.needs_input_grad[1]:
+            M = x2.shape[0]
+            # dw[b] = dy_b^T x_b: [nb, o, M] @ [nb, M, n]
+            dw = torch.bmm(dy2.view(M, nb, o).permute(1, 2, 0), x2.view(M, nb, n).transpose(0, 1))
+        return dx, dw
 
 
 def bmm_monarch(x: Tensor, factors: Sequence[Tensor]) -> Tensor:

@@ -282,17 +282,23 @@ def triton_chunk_size_ok(chunk_size) -> bool:
     return isinstance(chunk_size, int) and 16 <= chunk_size <= 128 and not chunk_size & (chunk_size - 1)
 
 
-def _launch_config(P: int, N: int, dtype: torch.dtype) -> dict:
+def _launch_config(P: int, N: int, dtype: torch.dtype, rows: int, device: torch.device) -> dict:
     """Chunk ``BT``, block of ``P`` ``BP`` and ``N`` padded to a power of two (the state ``[BP, BN]``
-    stays in registers: ``N`` is not blocked). float32 tiles are not software-pipelined: at ``N = 128``
-    and chunk 64 the pipelined fp32 kernels need 246 KB of shared memory, more than the H200's 227 KB."""
-    return dict(
-        BT=64,
-        BP=min(32, max(16, triton.next_power_of_2(P))),
-        BN=max(16, triton.next_power_of_2(N)),
-        num_warps=4,
-        num_stages=1 if dtype == torch.float32 else 3,
-    )
+    stays in registers: ``N`` is not blocked), for ``rows`` (directions x batch x heads) scans.
+
+    Half precision: the widest ``BP`` (64, 32, 16) that still launches at least half a program per
+    SM, as ``benchmarks/ssd_tune.py`` measured on the H200 (bidirectional, 8 x 24 heads at 4k: 64,
+    0.60 ms against 0.77 ms at 32; one sequence at 32k: 16); ``BP = 64`` is pipelined two deep.
+    float32 tiles use ``BP <= 32`` and are not software-pipelined: at ``N = 128`` and chunk 64 the
+    pipelined fp32 kernels need 246 KB of shared memory, more than the H200's 227 KB."""
+    widest = max(16, triton.next_power_of_2(P))
+    if dtype == torch.float32:
+        BP, stages = min(32, widest), 1
+    else:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+        BP = next((bp for bp in (64, 32) if bp <= widest and triton.cdiv(P, bp) * rows * 2 >= sms), 16)
+        stages = 2 if BP == 64 else 3
+    return dict(BT=64, BP=BP, BN=max(16, triton.next_power_of_2(N)), num_warps=4, num_stages=stages)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -319,7 +325,7 @@ def _forward(
     the final and the per-chunk states with ``dirs b`` leading rows (the reverse scans second)."""
     b, T, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
-    cfg = _launch_config(P, N, x.dtype)
+    cfg = _launch_config(P, N, x.dtype, dirs * b * H, x.device)
     cfg["BT"] = chunk_size
     NT = triton.cdiv(T, cfg["BT"])
     y = x.new_empty(dirs * b, T, H, P) if store_y else None
@@ -342,7 +348,7 @@ def _backward(x, dt, A, B, C, h0, dy, dht, chunk_size: int, reverse: bool, dirs:
     b, T, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     _, _, hs = _forward(x, dt, A, B, C, h0, False, False, True, chunk_size, reverse, dirs, s_dir)
-    cfg = _launch_config(P, N, x.dtype)
+    cfg = _launch_config(P, N, x.dtype, dirs * b * H, x.device)
     NP, nb = triton.cdiv(P, cfg["BP"]), dirs * b
     dy = dy.to(x.dtype).contiguous()
     dx = torch.empty(nb, T, H, P, device=x.device, dtype=torch.float32)
