@@ -15,8 +15,8 @@ from torch import Tensor
 from subq.ops.gelu_gate.naive import check_gelu_gate
 
 BLOCK_M, BLOCK_N = 4, 1024
-_SQRT1_2 = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
+_SQRT1_2 = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 @triton.jit
