@@ -25,18 +25,19 @@ def test_reference_is_the_erf_gelu_glu():
 )
 def test_triton_matches_reference(shape, one_thread):
     """Forward and gradient against the float64 reference; rows beyond one program (4), columns
-    beyond one block (1024), odd widths."""
+    beyond one block (1024), odd widths. The kernels compute in float32, where ``1 + erf(g / sqrt 2)``
+    loses digits for negative ``g`` (as PyTorch's own GELU): 1e-5 relative, about 100 float32 ulps."""
     pytest.importorskip("triton")
     h = (3 * torch.randn(*shape, device=DEVICE)).requires_grad_()
     y = gelu_gate(h, mode="triton")
     ref = h.detach().double().requires_grad_()
     y_ref = naive_gelu_gate(ref)
     assert y.dtype == h.dtype and y.shape == (*shape[:-1], shape[-1] // 2)
-    assert_close(y, y_ref, 1e-6, "y")
+    assert_close(y, y_ref, 1e-5, "y")
     g = torch.randn_like(y)
     (dh,) = torch.autograd.grad(y, h, g)
     (dh_ref,) = torch.autograd.grad(y_ref, ref, g.double())
-    assert_close(dh, dh_ref, 1e-6, "dh")
+    assert_close(dh, dh_ref, 1e-5, "dh")
 
 
 def test_triton_strided_rows_and_half(one_thread):
