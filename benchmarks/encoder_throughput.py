@@ -47,9 +47,9 @@ from typing import Any
 
 import torch
 
+from subq.layers.monarch_mixer import LONG_CONV_FORMS as M2_LONG_CONV_FORMS
 from subq.models import Encoder, EncoderConfig, count_params
 from subq.models.hydra_bert import HYDRA_BERT_SIZES, hydra_bert_config
-from subq.layers.monarch_mixer import LONG_CONV_FORMS as M2_LONG_CONV_FORMS
 from subq.models.m2_bert import M2_BERT_SIZES, m2_bert_config
 
 MODELS = ("attention", "m2", "hydra")

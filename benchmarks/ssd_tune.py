@@ -4,8 +4,8 @@ of 64, N = 64) at 4k x 8 and 32k x 1, and the one-direction scan of the ``ssd`` 
 (B = 4, 16 heads of 64, N = 64). Every config is first checked against the PyTorch chunked form (a
 config that compiles can still be wrong), then timed (forward under ``torch.no_grad``, as the encoder
 benchmark runs, and forward + backward); prints one JSON row per config (the first, ``"default":
-true``, is the kernels' own choice) and a JSON last line with the fastest config per shape and phase. GPU only (``--smoke``: tiny shapes, also in Triton's
-interpreter).
+true``, is the kernels' own choice) and a JSON last line with the fastest config per shape and
+phase. GPU only (``--smoke``: tiny shapes, also in Triton's interpreter).
 
     python benchmarks/ssd_tune.py --out ssd_tune.json
 

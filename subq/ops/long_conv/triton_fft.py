@@ -649,7 +649,9 @@ def triton_long_conv(
         raise ValueError(f"triton_long_conv needs CUDA tensors (or TRITON_INTERPRET=1), got {u.device}")
     if bias is not None:  # bias * u is a lag-0 tap: folded into the filter, no pass over u and y
         h = h.float()
-        h = torch.cat((h[..., :1] + bias.float()[:, None], h[..., 1:]), -1) if causal else torch.stack(
-            (torch.cat((h[0, :, :1] + bias.float()[:, None], h[0, :, 1:]), -1), h[1])
+        h = (
+            torch.cat((h[..., :1] + bias.float()[:, None], h[..., 1:]), -1)
+            if causal
+            else torch.stack((torch.cat((h[0, :, :1] + bias.float()[:, None], h[0, :, 1:]), -1), h[1]))
         )
     return TritonLongConvFunction.apply(u, h, precision, min_factor)
