@@ -28,7 +28,9 @@ on CPU in float32, wall-clock medians. A model that runs out of memory at a leng
 
 ``--hydra-conv`` and ``--hydra-norm`` pick Hydra's convolution and gated RMSNorm forms (``conv_mode``,
 ``norm_mode``: by default the Triton kernels on CUDA and PyTorch on a CPU; ``torch`` or ``triton``
-force one); ``--m2-long-conv`` picks M2's long-convolution form (``long_conv_form``).
+force one); ``--m2-long-conv`` picks M2's long-convolution form (``long_conv_form``). ``--cuda-graph``
+times replays of a CUDA graph of each forward instead of eager calls: the GPU's time without the
+host's (kernel launches, autocast's weight casts, Python), for every model alike.
 
 Prints a table (tokens/ms per model and length, and each model's speedup over attention) and, as the
 last stdout line, one JSON object.
@@ -90,6 +92,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--m2-long-conv", choices=list(M2_LONG_CONV_FORMS), default="auto",
         help="M2's long convolutions (long_conv_form): auto (default: one torch.fft convolution, fp32), "
         "or triton_fp16 / triton_tf32 / triton (the Triton FFT convolution)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cuda-graph", action="store_true",
+        help="time replays of a CUDA graph of the forward (no host time; every model alike)",
     )  # fmt: skip
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
@@ -188,7 +194,24 @@ def _forward_ms(
         with torch.inference_mode(), autocast:
             enc(ids)
 
+    if args.cuda_graph and device.type == "cuda":
+        forward = _graphed(forward, args.warmup)
     return _time_ms(forward, device, args.warmup, args.iters)
+
+
+def _graphed(forward, warmup: int):
+    """``forward`` captured in a CUDA graph (after ``max(warmup, 2)`` eager calls on a side stream,
+    which compile the kernels and build the plans): replays launch every kernel without host work."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(max(warmup, 2)):
+            forward()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        forward()
+    return graph.replay
 
 
 def measure(model: str, seq_len: int, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -275,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             "hydra_conv": args.hydra_conv,
             "hydra_norm": args.hydra_norm,
             "m2_long_conv": args.m2_long_conv,
+            "cuda_graph": args.cuda_graph and device.type == "cuda",
             "warmup": args.warmup,
             "iters": args.iters,
             "precision": "bf16 autocast" if device.type == "cuda" else "fp32",

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.benchmarks.scripts import load_script
+from tests.conftest import assert_close
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,32 @@ def test_models_share_width_and_depth(bench):
     assert hydra.mixer.kwargs["conv_mode"] == hydra.mixer.kwargs["norm_mode"] == "auto"
     triton = bench.encoder_config("hydra", "mini", 1024, hydra_conv="triton", hydra_norm="triton").mixer
     assert triton.kwargs == {**hydra.mixer.kwargs, "conv_mode": "triton", "norm_mode": "triton"}
+    m2_triton = bench.encoder_config("m2", "mini", 1024, m2_long_conv="triton_fp16").mixer
+    assert m2_triton.kwargs == {**m2.mixer.kwargs, "long_conv_form": "triton_fp16"}
+    assert m2.mixer.kwargs["long_conv_form"] == "auto"
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replays_the_eager_forward(bench):
+    """``--cuda-graph``: the captured forward of every model writes what the eager one computes."""
+    for model in bench.MODELS:
+        enc = bench.Encoder(bench.encoder_config(model, "tiny", 4096)).cuda().eval()
+        ids = torch.randint(0, 1000, (2, 4096), device="cuda")
+        out = {}
+
+        def forward(enc=enc, ids=ids, out=out):
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+                out["y"] = enc(ids)
+
+        forward()
+        eager = out["y"].clone()
+        replay = bench._graphed(forward, warmup=1)
+        with torch.inference_mode():
+            out["y"].zero_()
+        replay()
+        torch.cuda.synchronize()
+        # the same kernels on the same inputs; bf16 rounding bounds any difference in GEMM algorithms
+        assert_close(out["y"].float(), eager.float(), 1e-2, model)
 
 
 def test_oom_is_a_result_not_a_crash(bench, monkeypatch):
