@@ -97,18 +97,17 @@ def test_bad_arguments():
         mixer(True, short_conv_mode="cuda")
 
 
-@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
-def test_triton_short_convolution_matches_naive(causal, one_thread):
-    """``short_conv_mode="triton"`` (in Triton's interpreter on a CPU), float32, against the naive
-    layer: forward and every gradient."""
+def _check_triton_form(causal: bool, T: int, tol: float, **form) -> None:
+    """A mixer with a Triton ``form`` (in Triton's interpreter on a CPU), float32, against the naive
+    layer with the same weights: forward and every gradient."""
     pytest.importorskip("triton")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     kw = {"filter_order": 8, "max_seq_len": 64, "device": device}
-    fast = MonarchMixer(D, causal=causal, short_conv_mode="triton", **kw).eval()
+    fast = MonarchMixer(D, causal=causal, **form, **kw).eval()
     ref = MonarchMixer(D, causal=causal, mode="naive", **kw).eval()
     ref.load_state_dict(fast.state_dict())
-    x = torch.randn(2, 40, D, device=device, requires_grad=True)
-    g = torch.randn(2, 40, D, device=device)
+    x = torch.randn(2, T, D, device=device, requires_grad=True)
+    g = torch.randn(2, T, D, device=device)
     names = ["y", "dx", *(f"d{n}" for n, _ in ref.named_parameters())]
 
     def outputs_and_grads(m):
@@ -116,7 +115,12 @@ def test_triton_short_convolution_matches_naive(causal, one_thread):
         return (y, *torch.autograd.grad(y, [x, *m.parameters()], g))
 
     for name, a, r in zip(names, outputs_and_grads(fast), outputs_and_grads(ref), strict=True):
-        assert_close(a, r, 1e-4, name)
+        assert_close(a, r, tol, name)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_triton_short_convolution_matches_naive(causal, one_thread):
+    _check_triton_form(causal, 40, 1e-4, short_conv_mode="triton")
     assert mixer(causal).short_conv_mode == "auto"
 
 
@@ -128,24 +132,8 @@ def test_triton_short_convolution_matches_naive(causal, one_thread):
     ],
 )
 def test_triton_long_convolution_matches_naive(form, tol, causal, one_thread):
-    """``long_conv_form="triton*"`` (the Triton FFT convolution; in Triton's interpreter on a CPU),
-    float32, against the naive layer: forward and every gradient."""
-    pytest.importorskip("triton")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    kw = {"filter_order": 8, "max_seq_len": 64, "device": device}
-    fast = MonarchMixer(D, causal=causal, long_conv_form=form, **kw).eval()
-    ref = MonarchMixer(D, causal=causal, mode="naive", **kw).eval()
-    ref.load_state_dict(fast.state_dict())
-    x = torch.randn(2, 20, D, device=device, requires_grad=True)
-    g = torch.randn(2, 20, D, device=device)
-    names = ["y", "dx", *(f"d{n}" for n, _ in ref.named_parameters())]
-
-    def outputs_and_grads(m):
-        y = m(x)
-        return (y, *torch.autograd.grad(y, [x, *m.parameters()], g))
-
-    for name, a, r in zip(names, outputs_and_grads(fast), outputs_and_grads(ref), strict=True):
-        assert_close(a, r, tol, name)
+    """``long_conv_form="triton*"``: the Triton FFT convolution (two-sided as one circular one)."""
+    _check_triton_form(causal, 20, tol, long_conv_form=form)
 
 
 # ---- monarch_glu ----------------------------------------------------------------------------------

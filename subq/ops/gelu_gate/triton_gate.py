@@ -20,25 +20,27 @@ _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 @triton.jit
-def gelu_gate_fwd_kernel(h, out, M, n, s_h, s_o, BM: tl.constexpr, BN: tl.constexpr):
+def _tile(h, M, n, s_h, BM: tl.constexpr, BN: tl.constexpr):
+    """The program's ``[BM, BN]`` tile: rows, columns, mask, and the gate ``g`` and value ``v`` (float32)."""
     rows = tl.program_id(0).to(tl.int64) * BM + tl.arange(0, BM)
     cols = tl.program_id(1) * BN + tl.arange(0, BN)
     m = (rows < M)[:, None] & (cols < n)[None, :]
     p = h + rows[:, None] * s_h + cols[None, :]
     g = tl.load(p, mask=m, other=0.0).to(tl.float32)
     v = tl.load(p + n, mask=m, other=0.0).to(tl.float32)
+    return rows, cols, m, g, v
+
+
+@triton.jit
+def gelu_gate_fwd_kernel(h, out, M, n, s_h, s_o, BM: tl.constexpr, BN: tl.constexpr):
+    rows, cols, m, g, v = _tile(h, M, n, s_h, BM, BN)
     y = 0.5 * g * (1.0 + tl.erf(g * _SQRT1_2)) * v
     tl.store(out + rows[:, None] * s_o + cols[None, :], y.to(out.dtype.element_ty), mask=m)
 
 
 @triton.jit
 def gelu_gate_bwd_kernel(h, dy, dh, M, n, s_h, s_dy, s_dh, BM: tl.constexpr, BN: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BM + tl.arange(0, BM)
-    cols = tl.program_id(1) * BN + tl.arange(0, BN)
-    m = (rows < M)[:, None] & (cols < n)[None, :]
-    p = h + rows[:, None] * s_h + cols[None, :]
-    g = tl.load(p, mask=m, other=0.0).to(tl.float32)
-    v = tl.load(p + n, mask=m, other=0.0).to(tl.float32)
+    rows, cols, m, g, v = _tile(h, M, n, s_h, BM, BN)
     d = tl.load(dy + rows[:, None] * s_dy + cols[None, :], mask=m, other=0.0).to(tl.float32)
     cdf = 0.5 * (1.0 + tl.erf(g * _SQRT1_2))
     pdf = tl.exp(-0.5 * g * g) * _INV_SQRT_2PI
