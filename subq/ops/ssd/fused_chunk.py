@@ -13,10 +13,15 @@ forward ones and its ``B``, ``C`` ``s_dir`` elements further on. ``README.md`` h
   state ``h [P, N]`` in registers (float32): inside a chunk the masked quadratic form, across chunks
   one read and one update of the state. With ``STORE_STATES`` it also writes the state before every
   chunk (the backward's first launch recomputes them instead of keeping them from the forward).
-- ``ssd_bwd_kernel``: one program per (block of ``P``, batch x head) walks the chunks backwards with
-  ``dh`` in registers and the saved state before the chunk: ``dxbar``, and per block of ``P`` partial
-  ``dB``, ``dC`` and ``da`` (summed by the caller). ``da`` is built from pairs that straddle each
-  position (no difference of large sums), so it stays accurate at long ``T``.
+- ``ssd_dstate_kernel``: one program per (block of ``P``, batch x head) walks the chunks backwards
+  carrying only the state gradient ``dh`` (one matmul a chunk) and writes it after every chunk.
+- ``ssd_bwd_kernel``: one program per (block of ``P``, batch x head, chunk): with the state before
+  the chunk (recomputed by the forward kernel) and the state gradient after it, every chunk's
+  gradients are independent: ``dxbar``, and per block of ``P`` partial ``dB``, ``dC`` and ``da``
+  (summed by the caller). ``da`` is built from pairs that straddle each position (no difference of
+  large sums), so it stays accurate at long ``T``. Before this split one program walked all the
+  chunks with the whole chunk's work on the sequential path: at ``B = 4``, 16 heads and ``T = 4096``
+  its 128 programs left most of the H200 idle and the backward took 9x the forward.
 """
 
 from __future__ import annotations
@@ -156,6 +161,72 @@ def ssd_fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["T"])
+def ssd_dstate_kernel(
+    dt,
+    A,
+    Cm,
+    dy,
+    dht,
+    dhs,
+    dh0,
+    T,
+    NBI,
+    s_bb,
+    s_bt,
+    s_dir,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    P: tl.constexpr,
+    N: tl.constexpr,
+    BT: tl.constexpr,
+    BP: tl.constexpr,
+    BN: tl.constexpr,
+    DIRS: tl.constexpr,
+    USE_INITIAL_STATE: tl.constexpr,
+    USE_FINAL_STATE_GRAD: tl.constexpr,
+    REVERSE: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """The state gradients' recurrence, walked backwards: ``dhs[c]`` is the gradient of the state
+    after chunk ``c`` (``dht`` after the last), and
+    ``dh <- exp(sum a) dh + sum_i exp(a_cum[i]) dy_i C_i^T`` carries it to the chunk's start."""
+    i_p, i_bh = tl.program_id(0), tl.program_id(1)
+    i_o, i_b, i_d, rev = _direction(i_bh, NBI, H, DIRS, REVERSE)
+    i_h = i_bh % H
+    i_g = i_h // (H // G)
+    DT = dy.dtype.element_ty
+    o_i = tl.arange(0, BT)
+    o_p = i_p * BP + tl.arange(0, BP)
+    o_n = tl.arange(0, BN)
+    m_p, m_n = o_p < P, o_n < N
+    m_pn = m_p[:, None] & m_n[None, :]
+    p_dt = dt + i_b.to(tl.int64) * T * DIRS * H + i_d * H + i_h
+    A_h = tl.load(A + i_h).to(tl.float32)
+    p_dy = dy + (i_o.to(tl.int64) * T * H + i_h) * P
+    p_C = Cm + i_b.to(tl.int64) * s_bb + i_d * s_dir + i_g * N
+    p_state = o_p[:, None] * N + o_n[None, :]
+    if USE_FINAL_STATE_GRAD:
+        b_dh = tl.load(dht + i_bh.to(tl.int64) * P * N + p_state, mask=m_pn, other=0.0).to(tl.float32)
+    else:
+        b_dh = tl.zeros([BP, BN], dtype=tl.float32)
+    NT = tl.cdiv(T, BT)
+    for i in range(NT):
+        i_t = NT - 1 - i
+        o_t = i_t * BT + o_i
+        m_t = o_t < T
+        o_m = _token(o_t, T, rev).to(tl.int64)
+        tl.store(dhs + (i_bh.to(tl.int64) * NT + i_t) * P * N + p_state, b_dh, mask=m_pn)
+        b_a = tl.load(p_dt + o_m * DIRS * H, mask=m_t, other=0.0).to(tl.float32) * A_h
+        m_tn, m_tp = m_t[:, None] & m_n[None, :], m_t[:, None] & m_p[None, :]
+        b_C = tl.load(p_C + o_m[:, None] * s_bt + o_n[None, :], mask=m_tn, other=0.0)
+        b_dy = tl.load(p_dy + o_m[:, None] * H * P + o_p[None, :], mask=m_tp, other=0.0)
+        b_dyd = (b_dy * tl.exp(tl.cumsum(b_a, 0))[:, None]).to(DT)
+        b_dh = tl.exp(tl.sum(b_a, 0)) * b_dh + tl.dot(tl.trans(b_dyd), b_C, input_precision=PREC)
+    if USE_INITIAL_STATE:
+        tl.store(dh0 + i_bh.to(tl.int64) * P * N + p_state, b_dh, mask=m_pn)
+
+
+@triton.jit(do_not_specialize=["T"])
 def ssd_bwd_kernel(
     x,
     dt,
@@ -164,13 +235,12 @@ def ssd_bwd_kernel(
     Cm,
     dy,
     hs,
-    dht,
+    dhs,
     dx,
     dB,
     dC,
     ddt,
     dA,
-    dh0,
     T,
     NBI,
     s_xb,
@@ -187,12 +257,10 @@ def ssd_bwd_kernel(
     BP: tl.constexpr,
     BN: tl.constexpr,
     DIRS: tl.constexpr,
-    USE_INITIAL_STATE: tl.constexpr,
-    USE_FINAL_STATE_GRAD: tl.constexpr,
     REVERSE: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    i_p, i_bh = tl.program_id(0), tl.program_id(1)
+    i_p, i_bh, i_t = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_o, i_b, i_d, rev = _direction(i_bh, NBI, H, DIRS, REVERSE)
     i_h = i_bh % H
     i_g = i_h // (H // G)
@@ -218,63 +286,52 @@ def ssd_bwd_kernel(
     p_dA = dA + i_p.to(tl.int64) * NB * T * H + row0
     p_state = o_p[:, None] * N + o_n[None, :]
 
-    if USE_FINAL_STATE_GRAD:
-        b_dh = tl.load(dht + i_bh.to(tl.int64) * P * N + p_state, mask=m_pn, other=0.0).to(tl.float32)
-    else:
-        b_dh = tl.zeros([BP, BN], dtype=tl.float32)
-
     NT = tl.cdiv(T, BT)
-    for i in range(NT):
-        i_t = NT - 1 - i
-        o_t = i_t * BT + o_i
-        m_t = o_t < T
-        m_tp = m_t[:, None] & m_p[None, :]
-        m_tn = m_t[:, None] & m_n[None, :]
-        o_m = _token(o_t, T, rev)
-        b_x, b_xin, b_dt, b_acs, b_last, b_B, b_C = _load_chunk(
-            p_x, p_dt, A_h, p_B, p_C, o_m, m_t, o_p, m_p, o_n, m_n, s_xt, s_bt, DIRS * H
-        )
-        o_t64 = o_m.to(tl.int64)
-        b_dy = tl.load(p_dy + o_t64[:, None] * H * P + o_p[None, :], mask=m_tp, other=0.0)
-        b_h = tl.load(hs + (i_bh.to(tl.int64) * NT + i_t) * P * N + p_state, mask=m_pn, other=0.0)
-        b_decay = tl.exp(b_acs)  # [BT], from the chunk's start
-        b_to_end = tl.exp(b_last - b_acs)  # [BT], to the chunk's end
-        # rows i (outputs), columns j (inputs)  [BT, BT]
-        b_g = tl.where(m_causal, tl.exp(b_acs[:, None] - b_acs[None, :]), 0.0)
-        b_s = tl.dot(b_C, tl.trans(b_B), input_precision=PREC) * b_g  # (L o C B^T)_ij
-        b_dyx = tl.dot(b_dy, tl.trans(b_x), input_precision=PREC)  # dy_i . xbar_j
-        b_M = b_s * b_dyx  # each (i, j) term's share of d(loss) / d(log decay), for da
-        b_dyx = b_dyx * b_g
+    o_t = i_t * BT + o_i
+    m_t = o_t < T
+    m_tp = m_t[:, None] & m_p[None, :]
+    m_tn = m_t[:, None] & m_n[None, :]
+    o_m = _token(o_t, T, rev)
+    b_x, b_xin, b_dt, b_acs, b_last, b_B, b_C = _load_chunk(
+        p_x, p_dt, A_h, p_B, p_C, o_m, m_t, o_p, m_p, o_n, m_n, s_xt, s_bt, DIRS * H
+    )
+    o_t64 = o_m.to(tl.int64)
+    b_dy = tl.load(p_dy + o_t64[:, None] * H * P + o_p[None, :], mask=m_tp, other=0.0)
+    p_chunk = (i_bh.to(tl.int64) * NT + i_t) * P * N + p_state
+    b_h = tl.load(hs + p_chunk, mask=m_pn, other=0.0)  # the state before the chunk
+    b_dh = tl.load(dhs + p_chunk, mask=m_pn, other=0.0)  # the gradient of the state after it
+    b_decay = tl.exp(b_acs)  # [BT], from the chunk's start
+    b_to_end = tl.exp(b_last - b_acs)  # [BT], to the chunk's end
+    # rows i (outputs), columns j (inputs)  [BT, BT]
+    b_g = tl.where(m_causal, tl.exp(b_acs[:, None] - b_acs[None, :]), 0.0)
+    b_s = tl.dot(b_C, tl.trans(b_B), input_precision=PREC) * b_g  # (L o C B^T)_ij
+    b_dyx = tl.dot(b_dy, tl.trans(b_x), input_precision=PREC)  # dy_i . xbar_j
+    b_M = b_s * b_dyx  # each (i, j) term's share of d(loss) / d(log decay), for da
+    b_dyx = b_dyx * b_g
 
-        b_dhB = tl.dot(b_B, tl.trans(b_dh).to(DT), input_precision=PREC)  # [BT, BP]: dh B_j
-        b_dx = tl.dot(tl.trans(b_s).to(DT), b_dy, input_precision=PREC) + b_to_end[:, None] * b_dhB
-        b_dB = tl.dot(tl.trans(b_dyx).to(DT), b_C, input_precision=PREC)
-        b_dB += b_to_end[:, None] * tl.dot(b_x, b_dh.to(DT), input_precision=PREC)
-        b_dyh = tl.dot(b_dy, b_h.to(DT), input_precision=PREC)  # [BT, BN]: h^T dy_i
-        b_dC = tl.dot(b_dyx.to(DT), b_B, input_precision=PREC) + b_decay[:, None] * b_dyh
+    b_dhB = tl.dot(b_B, tl.trans(b_dh).to(DT), input_precision=PREC)  # [BT, BP]: dh B_j
+    b_dx = tl.dot(tl.trans(b_s).to(DT), b_dy, input_precision=PREC) + b_to_end[:, None] * b_dhB
+    b_dB = tl.dot(tl.trans(b_dyx).to(DT), b_C, input_precision=PREC)
+    b_dB += b_to_end[:, None] * tl.dot(b_x, b_dh.to(DT), input_precision=PREC)
+    b_dyh = tl.dot(b_dy, b_h.to(DT), input_precision=PREC)  # [BT, BN]: h^T dy_i
+    b_dC = tl.dot(b_dyx.to(DT), b_B, input_precision=PREC) + b_decay[:, None] * b_dyh
 
-        # da_k: every term whose decay spans step k
-        b_Mx = tl.cumsum(b_M, 1) - b_M  # [i, k] = sum_{j < k} M_ij
-        b_da = tl.sum(tl.where(m_causal, b_Mx, 0.0), 0)  # sum_{i >= k}
-        b_off = b_decay * tl.sum(b_C.to(tl.float32) * b_dyh, 1)  # [BT]: dy_i . y_off_i
-        b_da += tl.sum(tl.where(m_causal, b_off[:, None], 0.0), 0)  # sum_{i >= k}
-        b_w = b_to_end * tl.sum(b_x.to(tl.float32) * b_dhB, 1)  # [BT]: xbar_j . (exp(..) dh B_j)
-        b_da += tl.cumsum(b_w, 0) - b_w  # sum_{j < k}
-        b_da += tl.exp(b_last) * tl.sum(b_dh * b_h)  # the state before the chunk decays through all of it
+    # da_k: every term whose decay spans step k
+    b_Mx = tl.cumsum(b_M, 1) - b_M  # [i, k] = sum_{j < k} M_ij
+    b_da = tl.sum(tl.where(m_causal, b_Mx, 0.0), 0)  # sum_{i >= k}
+    b_off = b_decay * tl.sum(b_C.to(tl.float32) * b_dyh, 1)  # [BT]: dy_i . y_off_i
+    b_da += tl.sum(tl.where(m_causal, b_off[:, None], 0.0), 0)  # sum_{i >= k}
+    b_w = b_to_end * tl.sum(b_x.to(tl.float32) * b_dhB, 1)  # [BT]: xbar_j . (exp(..) dh B_j)
+    b_da += tl.cumsum(b_w, 0) - b_w  # sum_{j < k}
+    b_da += tl.exp(b_last) * tl.sum(b_dh * b_h)  # the state before the chunk decays through all of it
 
-        # through xbar = dt x and a = dt A: dx = dt dxbar, ddt = x . dxbar + A da, dA = sum dt da
-        b_ddt = tl.sum(b_xin.to(tl.float32) * b_dx, 1) + A_h * b_da
-        tl.store(p_dx + o_t64[:, None] * H * P + o_p[None, :], b_dx * b_dt[:, None], mask=m_tp)
-        tl.store(p_dB + o_t64[:, None] * H * N + o_n[None, :], b_dB, mask=m_tn)
-        tl.store(p_dC + o_t64[:, None] * H * N + o_n[None, :], b_dC, mask=m_tn)
-        tl.store(p_ddt + o_t64 * H, b_ddt, mask=m_t)
-        tl.store(p_dA + o_t64 * H, b_da * b_dt, mask=m_t)
-        # dh <- exp(sum a) dh + sum_i exp(a_cum[i]) dy_i C_i^T  [BP, BT] @ [BT, BN]
-        b_dyd = (b_dy * b_decay[:, None]).to(DT)
-        b_dh = tl.exp(b_last) * b_dh + tl.dot(tl.trans(b_dyd), b_C, input_precision=PREC)
-
-    if USE_INITIAL_STATE:
-        tl.store(dh0 + i_bh.to(tl.int64) * P * N + p_state, b_dh, mask=m_pn)
+    # through xbar = dt x and a = dt A: dx = dt dxbar, ddt = x . dxbar + A da, dA = sum dt da
+    b_ddt = tl.sum(b_xin.to(tl.float32) * b_dx, 1) + A_h * b_da
+    tl.store(p_dx + o_t64[:, None] * H * P + o_p[None, :], b_dx * b_dt[:, None], mask=m_tp)
+    tl.store(p_dB + o_t64[:, None] * H * N + o_n[None, :], b_dB, mask=m_tn)
+    tl.store(p_dC + o_t64[:, None] * H * N + o_n[None, :], b_dC, mask=m_tn)
+    tl.store(p_ddt + o_t64 * H, b_ddt, mask=m_t)
+    tl.store(p_dA + o_t64 * H, b_da * b_dt, mask=m_t)
 
 
 def triton_chunk_size_ok(chunk_size) -> bool:
@@ -343,8 +400,9 @@ def _forward(
 
 
 def _backward(x, dt, A, B, C, h0, dy, dht, chunk_size: int, reverse: bool, dirs: int = 1, s_dir: int = 0):
-    """The backward kernel (after the forward one recomputes the chunk states): ``dx [dirs b, T, H,
-    P]`` float32, ``ddt [dirs b, T, H]``, ``dA [H]``, ``dB, dC [dirs b, T, G, N]`` float32, ``dh0``."""
+    """The backward kernels (after the forward one recomputes the chunk states, the state gradients'
+    recurrence, then every chunk at once): ``dx [dirs b, T, H, P]`` float32, ``ddt [dirs b, T, H]``,
+    ``dA [H]``, ``dB, dC [dirs b, T, G, N]`` float32, ``dh0``."""
     b, T, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     _, _, hs = _forward(x, dt, A, B, C, h0, False, False, True, chunk_size, reverse, dirs, s_dir)
@@ -357,11 +415,19 @@ def _backward(x, dt, A, B, C, h0, dy, dht, chunk_size: int, reverse: bool, dirs:
     ddt = x.new_empty(NP, nb, T, H, dtype=torch.float32)
     dA = x.new_empty(NP, nb, T, H, dtype=torch.float32)
     dh0 = torch.empty_like(h0) if h0 is not None else None
-    ssd_bwd_kernel[(NP, nb * H)](
-        x, dt, A, B, C, dy, hs, None if dht is None else dht.float().contiguous(),
-        dx, dB, dC, ddt, dA, dh0, T, b, *_strides(x, B), s_dir,
-        NB=nb, H=H, G=G, P=P, N=N, BT=chunk_size, BP=cfg["BP"], BN=cfg["BN"], DIRS=dirs,
+    dhs = torch.empty_like(hs)  # the gradient of the state after every chunk
+    ssd_dstate_kernel[(NP, nb * H)](
+        dt, A, C, dy, None if dht is None else dht.float().contiguous(), dhs, dh0, T, b,
+        B.stride(0), B.stride(1), s_dir,
+        H=H, G=G, P=P, N=N, BT=chunk_size, BP=cfg["BP"], BN=cfg["BN"], DIRS=dirs,
         USE_INITIAL_STATE=h0 is not None, USE_FINAL_STATE_GRAD=dht is not None,
+        REVERSE=reverse, PREC=_precision(x.dtype), num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
+    )  # fmt: skip
+    # with both states known, the chunks are independent: one program per chunk
+    ssd_bwd_kernel[(NP, nb * H, triton.cdiv(T, chunk_size))](
+        x, dt, A, B, C, dy, hs, dhs, dx, dB, dC, ddt, dA, T, b, *_strides(x, B), s_dir,
+        NB=nb, H=H, G=G, P=P, N=N, BT=chunk_size, BP=cfg["BP"], BN=cfg["BN"], DIRS=dirs,
         REVERSE=reverse, PREC=_precision(x.dtype), num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )  # fmt: skip
