@@ -47,16 +47,6 @@ from subq.ops.short_conv import (
 )
 
 LONG_CONV_FORMS = ("auto", "fft", "chunk", "monarch", "triton", "triton_tf32", "triton_fp16")
-TRITON_MIN_LEN = 4096
-"""The Triton plan pads shorter inputs to 4096 on a GPU: below it ``"auto"`` keeps ``torch.fft``."""
-
-
-def _bidirectional_auto(x: Tensor) -> str:
-    """``"auto"``'s two-sided form: the Triton FFT convolution with float16 operands for half-precision
-    CUDA inputs of at least ``TRITON_MIN_LEN`` tokens (its error, about 7e-4 relative, is below the
-    inputs' own rounding), else one ``torch.fft`` convolution in float32."""
-    half = x.dtype in (torch.float16, torch.bfloat16)
-    return "triton_fp16" if x.is_cuda and half and x.shape[1] >= TRITON_MIN_LEN else "fft"
 
 
 @register_mixer("monarch_mixer")
@@ -77,8 +67,8 @@ class MonarchMixer(Mixer):
             causal dyadic blocks), ``"monarch"`` (Monarch evaluation/interpolation, ``O(T^1.5)`` batched
             matmuls), the Triton FFT convolution on CUDA (``"triton"``: float32-exact; ``"triton_tf32"``,
             ``"triton_fp16"``: relative RMS about 7e-4; :func:`~subq.ops.long_conv.long_conv`) or
-            ``"auto"`` (default: ``"chunk"`` when causal; bidirectional, ``"triton_fp16"`` for bf16 or
-            fp16 CUDA inputs of at least 4096 tokens, else ``"fft"``).
+            ``"auto"`` (default: ``"chunk"`` when causal, ``"fft"`` when bidirectional; on the H200
+            ``"triton_fp16"`` is 13% faster at 4k tokens when the host keeps up, see ``BENCHMARKS.md``).
         short_conv_mode: the short convolution's form outside ``mode="naive"``: ``"auto"`` (default:
             the Triton kernels on CUDA, ``F.conv1d`` otherwise), ``"torch"`` or ``"triton"``
             (:func:`~subq.ops.short_conv.short_conv`).
@@ -152,7 +142,7 @@ class MonarchMixer(Mixer):
             return long_conv(x, h, bias, causal=self.causal, mode="naive")
         form = self.long_conv_form
         if form == "auto":
-            form = "chunk" if self.causal else _bidirectional_auto(x)
+            form = "chunk" if self.causal else "fft"
         if form == "monarch":
             return monarch_conv(x, h, bias, causal=self.causal)
         return long_conv(x, h, bias, causal=self.causal, mode=form)

@@ -173,16 +173,3 @@ def test_monarch_glu_with_any_sequence_mixer():
     )
     lm = subq.models.language_model.LanguageModel(cfg)
     assert lm(torch.randint(0, 50, (2, 9))).shape == (2, 9, 50)
-
-
-def test_bidirectional_auto_form():
-    """``long_conv_form="auto"`` (bidirectional) takes the Triton float16-operand convolution only for
-    half-precision CUDA inputs of at least 4096 tokens."""
-    from subq.layers.monarch_mixer import _bidirectional_auto
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    on_gpu = "triton_fp16" if device == "cuda" else "fft"
-    assert _bidirectional_auto(torch.zeros(1, 4096, 2, dtype=torch.bfloat16, device=device)) == on_gpu
-    assert _bidirectional_auto(torch.zeros(1, 4096, 2, dtype=torch.float16, device=device)) == on_gpu
-    assert _bidirectional_auto(torch.zeros(1, 4095, 2, dtype=torch.bfloat16, device=device)) == "fft"
-    assert _bidirectional_auto(torch.zeros(1, 4096, 2, device=device)) == "fft"  # float32
