@@ -72,6 +72,14 @@ def test_bidirectional_and_bias(T, L, one_thread):
     check_against_naive(u, h, y, torch.randn_like(y), False, 1e-4, bias)
 
 
+def test_causal_bias(one_thread):
+    """The skip ``bias * u`` rides in the filter's lag-0 tap: its gradient and the filter's."""
+    u, h = inputs(2, 60, 3, 45)
+    bias = torch.randn(3, device=DEVICE, requires_grad=True)
+    y = long_conv(u, h, bias, causal=True, mode="triton")
+    check_against_naive(u, h, y, torch.randn_like(y), True, 1e-4, bias)
+
+
 def test_gpu_plan_in_interpreter(one_thread):
     """The plan CUDA runs at T = 65536 (``min_factor`` 16): FFT size 2^17, columns 256 (two blocks of
     output rows, four chunks of the 128-term sums), rows 16 x 32. The error is float32 rounding."""

@@ -640,7 +640,7 @@ def triton_long_conv(
     Returns:
         ``y: [B, T, C]`` in the dtype of ``u``.
     """
-    B, T, C, L = check_long_conv(u, h, bias, causal)
+    check_long_conv(u, h, bias, causal)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if u.dtype == torch.float64:
@@ -648,10 +648,6 @@ def triton_long_conv(
     if u.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"triton_long_conv needs CUDA tensors (or TRITON_INTERPRET=1), got {u.device}")
     if bias is not None:  # bias * u is a lag-0 tap: folded into the filter, no pass over u and y
-        h = h.float()
-        h = (
-            torch.cat((h[..., :1] + bias.float()[:, None], h[..., 1:]), -1)
-            if causal
-            else torch.stack((torch.cat((h[0, :, :1] + bias.float()[:, None], h[0, :, 1:]), -1), h[1]))
-        )
+        h = h.float().clone()
+        (h[:, 0] if causal else h[0, :, 0]).add_(bias.float())
     return TritonLongConvFunction.apply(u, h, precision, min_factor)
