@@ -7,6 +7,7 @@ python -m pytest tests/bench/test_long_conv_entries.py -q
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -106,6 +107,8 @@ def test_hyena_stack_shares_weights_across_forms_and_follows_the_layer(one_threa
         layer.mode = "naive"
         want = want + layer(want)
     for name, fn in (*spec.modes.items(), ("reference", spec.reference)):
+        if "triton" in name and os.environ.get("TRITON_INTERPRET") != "1":
+            continue  # CPU tensors: the Triton forms run only in the interpreter (set where there is no GPU)
         # the Triton forms run in the interpreter here; fp16 operands carry ~1e-3 of rounding
         assert_close(fn(**x), want, 3e-3 if name in ("triton_fp16", "all_triton") else 1e-5, name)
 

@@ -276,6 +276,11 @@ registers fit four programs per SM instead of three (153 uncapped), with no spil
 and window loops; 1.16x faster on the H200 (``BENCHMARKS.md``). ``None`` leaves it to the compiler."""
 
 
+FWD_NUM_STAGES: int = 2
+"""Software-pipelining stages of the forward kernel: 2, 1.03-1.04x faster than 1 at 32k and 128k on
+the H200 in an interleaved A/B (``BENCHMARKS.md``); 3 and more are slower."""
+
+
 class BlockSparseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, indices, counts, scale, q_offset, geo):
@@ -291,7 +296,7 @@ class BlockSparseAttention(torch.autograd.Function):
         hip_attn_fwd_kernel[grid](
             q, k, v, o, lse, indices, counts, scale, T_q, T_k, q_offset, sink, window,
             G=indices.shape[-1], BN=BN, BLOCK_K=block_size_k, CAUSAL=causal, **dims,
-            num_warps=8 if dims["BD"] > 128 else 4, num_stages=1,  # gathered keys: no pipelining
+            num_warps=8 if dims["BD"] > 128 else 4, num_stages=FWD_NUM_STAGES,
             **({"maxnreg": cap} if cap else {}),
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, o, lse, indices, counts)

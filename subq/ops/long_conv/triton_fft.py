@@ -431,13 +431,17 @@ class _Plan:
         # the column kernels' launches: output rows and sum terms per matmul, warps, pipelining stages
         # (the fastest of a sweep at T = 64k and 1M on the H200, BENCHMARKS.md)
         half = precision == "fp16"
-        # forward: one block of output rows per program; inverse: all of them
-        self.fwd = dict(BM=min(64, K), BK=min(128 if half else 64, K), MB=1, num_warps=4, num_stages=2)
-        if half and K <= 128:
-            self.inv = dict(BM=min(64, K), BK=min(128, K), MB=1, num_warps=4, num_stages=1)
+        # forward: one block of output rows per program, two pipelining stages up to 128 sum terms
+        # (one at 256: 1.09x at T = 1M, the same time at 64k); inverse: all of them
+        stages = 2 if K <= 128 else 1
+        bk = min(128 if half else 64, K)
+        self.fwd = dict(BM=min(64, K), BK=bk, MB=1, BN=self.BN, num_warps=4, num_stages=stages)
+        if half and K <= 128:  # 32 columns per program: 1.18x at T = 64k (and 0.84x at 1M, K = 256)
+            bn = min(32, self.N2)
+            self.inv = dict(BM=min(128, K), BK=min(128, K), MB=1, BN=bn, num_warps=4, num_stages=1)
         else:
             bk = 128 if half else (64 if K > 128 else 32)
-            self.inv = dict(BM=min(128, K), BK=min(bk, K), MB=1, num_warps=8, num_stages=1)
+            self.inv = dict(BM=min(128, K), BK=min(bk, K), MB=1, BN=self.BN, num_warps=8, num_stages=1)
         self.inv["MB"] = K // self.inv["BM"]
         # columns: the [N1 / 2, N1 / 2] corner of F_N1; rows: F_R1, F_R2 and the twiddle w_N2^(r1 k_r2)
         self.corner = _dft_tables(K, K, self.N1, device, precision)
@@ -459,7 +463,7 @@ class _Plan:
     def _programs(self, launch: dict, signals: int) -> int:
         """Programs of a column kernel: blocks of ``MB BM`` output rows x blocks of ``BN`` columns x
         signals."""
-        return (self.N1 // 2) // (launch["BM"] * launch["MB"]) * (self.N2 // self.BN) * signals
+        return (self.N1 // 2) // (launch["BM"] * launch["MB"]) * (self.N2 // launch["BN"]) * signals
 
     def spectrum(self, x: Tensor, B: int, C: int, T: int, strides: tuple[int, int, int]) -> Tensor:
         """Half spectrum (column pass) of ``B C`` real signals ``x[b, c, t]`` (``t < T``, zero after):
@@ -467,7 +471,7 @@ class _Plan:
         z = torch.empty(2, B * C, self.H1, self.N2, device=x.device, dtype=torch.float32)
         _COLS[(self._programs(self.fwd, B * C),)](
             x, z[0], z[1], *self.corner, *self.outer_cols, T, *strides, C=C, N1=self.N1, N2=self.N2,
-            BN=self.BN, UNIT_T=strides[2] == 1, PREC=self.precision, **self.fwd,
+            UNIT_T=strides[2] == 1, PREC=self.precision, **self.fwd,
         )  # fmt: skip
         return z
 
@@ -484,7 +488,7 @@ class _Plan:
     def inverse(self, w: Tensor, y: Tensor, C: int, T: int, strides: tuple[int, int, int]) -> None:
         """Write the real signals ``y[b, c, t]``, ``t < T``, from the row-pass output ``w``."""
         _ICOLS[(self._programs(self.inv, w.shape[1]),)](
-            w[0], w[1], y, *self.corner, T, *strides, C=C, N1=self.N1, N2=self.N2, BN=self.BN,
+            w[0], w[1], y, *self.corner, T, *strides, C=C, N1=self.N1, N2=self.N2,
             UNIT_T=strides[2] == 1, PREC=self.precision, **self.inv,
         )  # fmt: skip
 
