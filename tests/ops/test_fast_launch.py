@@ -94,3 +94,25 @@ def test_compiled_kernels_are_kept_per_device(monkeypatch):
     launch[(1,)](x, x, 16, BLOCK=16)
     launch[(1,)](x, x, 16, BLOCK=16)
     assert [e[0] for e in k.log] == ["jit", "compiled", "jit", "compiled"]
+
+
+def test_tensor_passed_by_keyword_is_this_calls_own():
+    k = StandIn()
+    launch = FastLaunch(k)
+    x, y = torch.zeros(64), torch.zeros(64)
+    first, second = torch.zeros(16), torch.ones(16)  # same specialization
+    launch[(4,)](x, y, 32, BLOCK=16, FLAG=first)
+    launch[(4,)](x, y, 32, BLOCK=16, FLAG=second)
+    assert [e[0] for e in k.log] == ["jit", "compiled"]
+    assert k.log[1][2][-1] is second
+
+
+def test_keyword_order_is_part_of_the_key():
+    k = StandIn()
+    launch = FastLaunch(k)
+    x, y = torch.zeros(64), torch.zeros(64)
+    launch[(4,)](x, y, 32, BLOCK=16, FLAG=True)
+    launch[(4,)](x, y, 32, FLAG=True, BLOCK=16)  # another order: compiled once more, same arguments
+    launch[(4,)](x, y, 32, FLAG=True, BLOCK=16)
+    assert [e[0] for e in k.log] == ["jit", "jit", "compiled"]
+    assert k.log[2][2] == (x, y, 32, 16, True)

@@ -49,7 +49,9 @@ class FastLaunch:
     def __init__(self, kernel):
         self.kernel = kernel
         self._params = None
-        self._compiled: dict[tuple, tuple[Any, tuple[str, ...]]] = {}  # key -> (launcher, trailing names)
+        self._cuda: bool | None = None
+        # key -> (launcher, the trailing parameters' values, or their names where a tensor is among them)
+        self._compiled: dict[tuple, tuple[Any, tuple, bool]] = {}
 
     def __getitem__(self, grid):
         grid = tuple(grid) + (1,) * (3 - len(grid))  # the compiled kernel's launcher reads three sizes
@@ -66,19 +68,29 @@ class FastLaunch:
         return names
 
     def launch(self, grid: tuple, args: tuple, meta: dict) -> None:
+        if self._cuda is None:
+            self._cuda = torch.cuda.is_available()
         # a compiled kernel is loaded on the device that was current when it first ran
-        device = torch.cuda.current_device() if torch.cuda.is_available() else None
-        specs = tuple(_spec(a) for a in args)
-        key = (device, grid, specs, tuple(sorted((k, _exact(v)) for k, v in meta.items())))
+        device = torch.cuda.current_device() if self._cuda else None
+        # the keywords in the caller's order: a call site that passes them in another order only adds
+        # an entry
+        specs = tuple([_spec(a) for a in args])
+        key = (device, grid, specs, tuple([(k, _exact(v)) for k, v in meta.items()]))
         hit = self._compiled.get(key)
         if hit is not None:
-            runner, names = hit
-            runner(*args, *(meta[n] if n in meta else self._params[n].default for n in names))
+            runner, trailing, by_name = hit
+            if by_name:  # a tensor passed by keyword: this call's own
+                trailing = [meta[n] if n in meta else self._params[n].default for n in trailing]
+            runner(*args, *trailing)
             return
         compiled = self.kernel[grid](*args, **meta)
         if type(compiled).__name__ == "CompiledKernel" and hasattr(compiled, "run"):
-            # the compiled kernel's launcher for this grid (it reads the current stream per call)
-            self._compiled[key] = (compiled[grid], self._trailing(len(args), meta))
+            # the compiled kernel's launcher for this grid (it reads the current stream per call); the
+            # trailing values are the key's, except tensors, which the key holds by specialization only
+            names = self._trailing(len(args), meta)
+            by_name = any(isinstance(v, torch.Tensor) for v in meta.values())
+            values = tuple(meta[n] if n in meta else self._params[n].default for n in names)
+            self._compiled[key] = (compiled[grid], names if by_name else values, by_name)
 
 
 def fast_launch(kernel) -> FastLaunch:

@@ -470,7 +470,7 @@ class _Plan:
         ``[2, B C, N1 / 2 + 1, N2]`` float32 (real, imaginary planes)."""
         z = torch.empty(2, B * C, self.H1, self.N2, device=x.device, dtype=torch.float32)
         _COLS[(self._programs(self.fwd, B * C),)](
-            x, z[0], z[1], *self.corner, *self.outer_cols, T, *strides, C=C, N1=self.N1, N2=self.N2,
+            x, *z.unbind(), *self.corner, *self.outer_cols, T, *strides, C=C, N1=self.N1, N2=self.N2,
             UNIT_T=strides[2] == 1, PREC=self.precision, **self.fwd,
         )  # fmt: skip
         return z
@@ -479,7 +479,7 @@ class _Plan:
         """``sum_s IDFT_rows(DFT_rows(a) [conj] DFT_rows(b))`` on the kept rows: ``[2, rows, H1, N2]``."""
         w = torch.empty(2, rows, self.H1, self.N2, device=a.device, dtype=torch.float32)
         _ROWS[(self.H1 * rows,)](
-            a[0], a[1], b[0], b[1], w[0], w[1], *self.rows, *self.outer_rows, *a_strides, *b_strides, C=C,
+            *a.unbind(), *b.unbind(), *w.unbind(), *self.rows, *self.outer_rows, *a_strides, *b_strides, C=C,
             NSUM=nsum, N1=self.N1, R1=self.R1, R2=self.R2, CONJ=conj, PREC=self.precision,
             num_warps=self.row_warps,
         )  # fmt: skip
@@ -488,7 +488,7 @@ class _Plan:
     def inverse(self, w: Tensor, y: Tensor, C: int, T: int, strides: tuple[int, int, int]) -> None:
         """Write the real signals ``y[b, c, t]``, ``t < T``, from the row-pass output ``w``."""
         _ICOLS[(self._programs(self.inv, w.shape[1]),)](
-            w[0], w[1], y, *self.corner, T, *strides, C=C, N1=self.N1, N2=self.N2,
+            *w.unbind(), y, *self.corner, T, *strides, C=C, N1=self.N1, N2=self.N2,
             UNIT_T=strides[2] == 1, PREC=self.precision, **self.inv,
         )  # fmt: skip
 
