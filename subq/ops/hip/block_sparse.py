@@ -277,8 +277,9 @@ and window loops; 1.16x faster on the H200 (``BENCHMARKS.md``). ``None`` leaves 
 
 
 FWD_NUM_STAGES: int = 2
-"""Software-pipelining stages of the forward kernel: 2, 1.03-1.04x faster than 1 at 32k and 128k on
-the H200 in an interleaved A/B (``BENCHMARKS.md``); 3 and more are slower."""
+"""Software-pipelining stages of the forward kernel for 16-bit inputs with head dims up to 128: 2,
+1.03-1.04x faster than 1 at 32k and 128k on the H200 in an interleaved A/B (``BENCHMARKS.md``); 3 and
+more are slower. Other inputs take one stage (their larger tiles would double in shared memory)."""
 
 
 class BlockSparseAttention(torch.autograd.Function):
@@ -296,7 +297,8 @@ class BlockSparseAttention(torch.autograd.Function):
         hip_attn_fwd_kernel[grid](
             q, k, v, o, lse, indices, counts, scale, T_q, T_k, q_offset, sink, window,
             G=indices.shape[-1], BN=BN, BLOCK_K=block_size_k, CAUSAL=causal, **dims,
-            num_warps=8 if dims["BD"] > 128 else 4, num_stages=FWD_NUM_STAGES,
+            num_warps=8 if dims["BD"] > 128 else 4,
+            num_stages=FWD_NUM_STAGES if q.element_size() == 2 and dims["BD"] <= 128 else 1,
             **({"maxnreg": cap} if cap else {}),
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, o, lse, indices, counts)

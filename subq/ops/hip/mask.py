@@ -242,14 +242,15 @@ def hip_mask_kernel(
 
 def _hip_mask_triton(
     q, k, *, G, block_size_q, block_stride_q, block_size_k, block_stride_k, sink, window, causal, q_offset,
-    children_per_product=None, num_warps=4, num_stages=2, radix_bits=2, max_registers=96,
+    children_per_product=None, num_warps=4, num_stages=None, radix_bits=2, max_registers=96,
 ):  # fmt: skip
     """The launch; ``children_per_product`` (``CH``), ``num_warps``, ``num_stages``, ``radix_bits``
     (bits per step of the radix select) and ``max_registers`` (``maxnreg`` on CUDA, head dims up to
     128; ``None``: the compiler's choice) override the defaults (tuning). Defaults from H200 sweeps
-    (``BENCHMARKS.md``): 4 warps, two pipelining stages (with the representatives loaded a chunk
-    ahead: 1.19x faster than one stage at 128k), a cap of 96 registers (5 programs per SM instead
-    of 4)."""
+    (``BENCHMARKS.md``): 4 warps, two pipelining stages for 16-bit inputs with head dims up to 128
+    (with the representatives loaded a chunk ahead: 1.19x faster than one stage at 128k; one stage
+    otherwise, where two would double larger key tiles in shared memory), a cap of 96 registers (5
+    programs per SM instead of 4)."""
     B, T_q, H, D = q.shape
     k = k.to(q.dtype).contiguous()
     q = q.contiguous()
@@ -258,6 +259,8 @@ def _hip_mask_triton(
     KS = block_size_k // block_stride_k  # sampled keys per key block
     CH = min(2 * BG, children_per_product or max(1, 64 // KS))  # children per product: [CH * KS, D] keys
     cap = max_registers if q.is_cuda and D <= 128 else None
+    if num_stages is None:
+        num_stages = 2 if q.element_size() == 2 and D <= 128 else 1
     indices = torch.empty(B, H, n_qb, G, device=q.device, dtype=torch.int32)
     counts = torch.empty(B, H, n_qb, device=q.device, dtype=torch.int32)
     # per program: branch sizes and scores (G each), children's representatives and scores (2G each)
