@@ -458,7 +458,7 @@ class _Plan:
         self.outer_rows = _dft_tables(self.H1, self.R1, N, device, step=self.R2)
         self.outer_rows += _dft_tables(self.H1, self.R2, N, device)
         self.precision = precision
-        self.row_warps = 2 if self.N2 <= 512 else 4
+        self.row_launch = dict(num_warps=2 if self.N2 <= 512 else 4)
 
     def _programs(self, launch: dict, signals: int) -> int:
         """Programs of a column kernel: blocks of ``MB BM`` output rows x blocks of ``BN`` columns x
@@ -481,7 +481,7 @@ class _Plan:
         _ROWS[(self.H1 * rows,)](
             *a.unbind(), *b.unbind(), *w.unbind(), *self.rows, *self.outer_rows, *a_strides, *b_strides, C=C,
             NSUM=nsum, N1=self.N1, R1=self.R1, R2=self.R2, CONJ=conj, PREC=self.precision,
-            num_warps=self.row_warps,
+            **self.row_launch,
         )  # fmt: skip
         return w
 
