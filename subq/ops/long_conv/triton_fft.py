@@ -428,7 +428,8 @@ class _Plan:
         self.H1 = self.N1 // 2 + 1
         K = self.N1 // 2
         self.BN = min(64, self.N2)  # columns per program of the column kernels
-        # the column kernels' launches: output rows and sum terms per matmul, warps, pipelining stages
+        # the column kernels' launches: output rows and sum terms per matmul, columns per program, warps,
+        # pipelining stages
         # (the fastest of a sweep at T = 64k and 1M on the H200, BENCHMARKS.md)
         half = precision == "fp16"
         # forward: one block of output rows per program, two pipelining stages up to 128 sum terms
