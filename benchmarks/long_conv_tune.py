@@ -81,21 +81,13 @@ class plan_config:
         self.plan, self.kernel, self.cfg = plan, kernel, cfg
 
     def __enter__(self):
-        from subq.ops.long_conv.triton_fft import _dft_tables
-
         p = self.plan
-        self.saved = dict(p.fwd), dict(p.inv), dict(p.row_launch), p.BN, p.outer_cols
+        self.saved = dict(p.fwd), dict(p.inv), dict(p.row_launch)
         if self.cfg is None:
             return
         cfg = clipped(p, self.kernel, self.cfg)
         if self.kernel == "columns":
-            p.fwd = cfg
-            if cfg["BN"] != p.BN:
-                N, device = p.N1 * p.N2, p.corner[0].device
-                p.BN = cfg["BN"]
-                p.outer_cols = _dft_tables(p.H1, p.N2 // p.BN, N, device, step=p.BN) + _dft_tables(
-                    p.H1, p.BN, N, device
-                )
+            p.set_forward(cfg)
         elif self.kernel == "inverse":
             p.inv = cfg
         else:
@@ -103,7 +95,8 @@ class plan_config:
 
     def __exit__(self, *exc):
         p = self.plan
-        p.fwd, p.inv, p.row_launch, p.BN, p.outer_cols = self.saved
+        p.set_forward(self.saved[0])
+        p.inv, p.row_launch = self.saved[1:]
 
 
 def main(argv=None) -> dict:

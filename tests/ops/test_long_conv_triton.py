@@ -111,10 +111,15 @@ def test_strided_inputs_channels_first(one_thread):
     check_against_naive(u, h, y, torch.randn(2, 3, 128, device=DEVICE).transpose(1, 2), True, 1e-5)
 
 
-@pytest.mark.parametrize("T,f", [(100, 2), (4096, 16)], ids=["T100-f2", "T4096-f16"])
-def test_every_output_is_written(T, f, monkeypatch, one_thread):
-    """Spectra, row outputs, ``y`` and the gradients allocated NaN-filled: an element a kernel fails
-    to write (a Nyquist row, a block of rows or columns) reaches the outputs as NaN."""
+@pytest.mark.parametrize(
+    "T,f,precision",
+    [(100, 2, "ieee"), (4096, 16, "ieee"), (100, 2, "fp16")],
+    ids=["T100-f2", "T4096-f16", "T100-f2-fp16"],
+)
+def test_every_output_is_written(T, f, precision, monkeypatch, one_thread):
+    """Spectra (with ``fp16``'s scales), row outputs, ``y`` and the gradients allocated NaN-filled: an
+    element a kernel fails to write (a Nyquist row, a block of rows or columns, a scale) reaches the
+    outputs as NaN."""
     empty, empty_like = torch.empty, torch.empty_like
 
     def nan_empty(*args, **kwargs):
@@ -126,8 +131,34 @@ def test_every_output_is_written(T, f, monkeypatch, one_thread):
     monkeypatch.setattr(torch, "empty", nan_empty)
     monkeypatch.setattr(torch, "empty_like", nan_empty_like)
     u, h = inputs(1, T, 2, T)
-    y = triton_long_conv(u, h, precision="ieee", min_factor=interpreter_plan(f))
-    check_against_naive(u, h, y, torch.randn_like(y), True, 1e-5, reference=fft_long_conv)
+    y = triton_long_conv(u, h, precision=precision, min_factor=interpreter_plan(f))
+    tol = 1e-5 if precision == "ieee" else 2e-3
+    check_against_naive(u, h, y, torch.randn_like(y), True, tol, reference=fft_long_conv)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+@pytest.mark.parametrize("groups", ["default", "swapped"])
+def test_fp16_spectra_with_scales(causal, groups, one_thread):
+    """``fp16`` keeps the spectra between kernels in float16 with a power-of-two scale per row and group
+    of columns. The default plan at ``T = 100`` (rows ``8 x 8``) reads the column pass's scales one
+    per block row (64 columns each) and the rows' in the inverse per column (8 each, 64 columns per
+    program); ``swapped`` launches 4 and 8 columns per program, so that the rows kernel gathers per
+    column and the inverse reads one scale per block row. The interpreter rounds float16 operands as the GPU does."""
+    from subq.ops.long_conv import triton_fft as tf
+
+    u, h = inputs(2, 100, 3, 100 if causal else 60, causal=causal)
+    plan = tf._plan(100, u.device, "fp16", interpreter_plan(2))
+    assert (plan.R1, plan.R2, plan.fwd["BN"], plan.inv["BN"]) == (8, 8, 64, 64)
+    fwd, inv = dict(plan.fwd), dict(plan.inv)
+    try:
+        if groups == "swapped":
+            plan.set_forward(dict(fwd, BN=4))
+            plan.inv = dict(inv, BN=8)
+        y = triton_long_conv(u, h, causal=causal, precision="fp16", min_factor=2)
+        check_against_naive(u, h, y, torch.randn_like(y), causal, 1.5e-3)
+    finally:
+        plan.set_forward(fwd)
+        plan.inv = inv
 
 
 def test_token_major_inputs_keep_their_layout(one_thread):

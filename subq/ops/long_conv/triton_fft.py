@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -81,6 +82,40 @@ def _pow2_max(xr, xi):
 
 
 @triton.jit
+def _pow2_rows(xr, xi):
+    """Per row of the block: a power of two ``>= max(|xr|, |xi|)`` (``2^-99`` for a zero row)."""
+    m = tl.max(tl.maximum(tl.abs(xr), tl.abs(xi)), axis=1)
+    return tl.exp2(tl.ceil(tl.log2(tl.maximum(m, 1e-30))))
+
+
+@triton.jit
+def _store_parts(pr, pi, ps, p, p_s, xr, xi):
+    """Store a complex block at offsets ``p``: as it is in float32 planes, or in float16 planes each row
+    divided by a power of two bounding it (its scale, stored at ``ps + p_s``). The ``fp16`` kernels
+    round every matmul operand so (to 11 bits after a power-of-two scaling): stored where it is
+    computed, the rounding moves and the planes' traffic halves."""
+    if pr.dtype.element_ty == tl.float16:
+        s = _pow2_rows(xr, xi)
+        tl.store(ps + p_s, s)
+        xr, xi = xr * (1.0 / s)[:, None], xi * (1.0 / s)[:, None]
+    tl.store(pr + p, xr.to(pr.dtype.element_ty))
+    tl.store(pi + p, xi.to(pi.dtype.element_ty))
+
+
+@triton.jit
+def _load_parts(pr, pi, ps, p, p_s):
+    """A complex block stored by :func:`_store_parts`, in float32, and a power of two bounding it
+    (float16 planes; else 1. ``p_s``: the offsets of the rows' scales, broadcastable to ``p``)."""
+    xr, xi = tl.load(pr + p).to(tl.float32), tl.load(pi + p).to(tl.float32)
+    bound = 1.0
+    if pr.dtype.element_ty == tl.float16:
+        sc = tl.load(ps + p_s)
+        bound = tl.max(tl.max(sc, axis=1), axis=0)
+        xr, xi = xr * sc, xi * sc
+    return xr, xi, bound
+
+
+@triton.jit
 def _operands(xr, xi, s, PREC: tl.constexpr):
     """Complex data ``(xr + i xi) / s`` as ``tl.dot`` operands of ``PREC``: float16 (``s`` must bound
     the parts), rounded to tf32, or float32 as it is (``s`` is a power of two: exact)."""
@@ -126,17 +161,14 @@ def _load_mat(p, o_r, o_c, NC: tl.constexpr):
 
 
 @triton.jit
-def _row_dft(b_r, b_i, f1r, f1i, f2r, f2i, t2r, t2i, R: tl.constexpr, PREC: tl.constexpr):
+def _row_dft(b_r, b_i, s, f1r, f1i, f2r, f2i, t2r, t2i, R: tl.constexpr, PREC: tl.constexpr):
     """Forward DFT of a row ``[R1, R2]`` (natural order ``n2 = R2 r1 + r2``), in the order
     ``k2 = k_r1 + R1 k_r2`` (``[k_r1, k_r2]``): ``(re, im, g)`` with the DFT ``g (re + i im)``.
 
     The data stay in a scaled domain: divided by ``s`` (a power of two bounding the row; 1 unless
-    ``fp16``), the parts after ``F_R1`` are at most ``sqrt(2) R1``, and the twiddle table comes
-    divided by ``2 R`` (``R = max(R1, R2)``), so the second matmul's operands are below 1 in magnitude:
-    ``fp16`` needs no second reduction, and every scaling is an exact power of two."""
-    s = 1.0
-    if PREC == "fp16":
-        s = _pow2_max(b_r, b_i)
+    ``fp16``: :func:`_load_parts`), the parts after ``F_R1`` are at most ``sqrt(2) R1``, and the
+    twiddle table comes divided by ``2 R`` (``R = max(R1, R2)``), so the second matmul's operands are
+    below 1 in magnitude: ``fp16`` needs no reduction, and every scaling is an exact power of two."""
     xr, xi = _operands(b_r, b_i, s, PREC)
     cr, ci = _cmm(f1r, f1i, xr, xi, True, False, PREC)
     cr, ci = cr * t2r - ci * t2i, cr * t2i + ci * t2r  # w_N2^(r2 k_r1) / (2 R)
@@ -149,10 +181,13 @@ def _row_dft(b_r, b_i, f1r, f1i, f2r, f2i, t2r, t2i, R: tl.constexpr, PREC: tl.c
 def long_conv_fft_rows_kernel(
     ar,
     ai,
+    a_s,
     br,
     bi,
+    b_s,
     wr,
     wi,
+    w_s,
     f1r,
     f1i,
     f2r,
@@ -174,10 +209,12 @@ def long_conv_fft_rows_kernel(
     N1: tl.constexpr,
     R1: tl.constexpr,
     R2: tl.constexpr,
+    GZ: tl.constexpr,
     CONJ: tl.constexpr,
     PREC: tl.constexpr,
 ):
     # program: kept row k1 of output row (b, c); W = sum_s IDFT_row(DFT_row(A) * [conj] DFT_row(B))
+    # (fp16: the operands' rows come with one scale per GZ columns, W's with one per R2)
     N2: tl.constexpr = R1 * R2
     N: tl.constexpr = N1 * N2
     H1: tl.constexpr = N1 // 2 + 1
@@ -186,6 +223,10 @@ def long_conv_fft_rows_kernel(
     i_b, i_c = i_bc // C, i_bc % C
     o_1, o_2 = tl.arange(0, R1), tl.arange(0, R2)
     o_row = o_1[:, None] * R2 + o_2[None, :]  # [R1, R2], natural order
+    if GZ >= R2:  # the operands' scale groups: whole rows r1 of the block
+        o_g = (o_1 * R2 // GZ)[:, None]
+    else:
+        o_g = o_row // GZ
     b_f1r, b_f1i = _load_mat(f1r, o_1, o_1, R1), _load_mat(f1i, o_1, o_1, R1)
     b_f2r, b_f2i = _load_mat(f2r, o_2, o_2, R2), _load_mat(f2i, o_2, o_2, R2)
     b_t2r, b_t2i = _load_mat(t2r, o_1, o_2, R2), _load_mat(t2i, o_1, o_2, R2)
@@ -196,14 +237,17 @@ def long_conv_fft_rows_kernel(
         # rows of the [rows, H1, N2] spectra planes, in units of rows
         a_row = i_b * a_sb + i_c * a_sc + i_s * a_ss
         b_row = i_b * b_sb + i_c * b_sc + i_s * b_ss
-        p_a = (a_row.to(tl.int64) * H1 + i_k) * N2 + o_row
-        p_b = (b_row.to(tl.int64) * H1 + i_k) * N2 + o_row
-        b_ar, b_ai, g_a = _row_dft(
-            tl.load(ar + p_a), tl.load(ai + p_a), b_f1r, b_f1i, b_f2r, b_f2i, b_t2r, b_t2i, R, PREC
-        )
-        b_br, b_bi, g_b = _row_dft(
-            tl.load(br + p_b), tl.load(bi + p_b), b_f1r, b_f1i, b_f2r, b_f2i, b_t2r, b_t2i, R, PREC
-        )
+        r_a = a_row.to(tl.int64) * H1 + i_k
+        r_b = b_row.to(tl.int64) * H1 + i_k
+        b_ar, b_ai, s_a = _load_parts(ar, ai, a_s, r_a * N2 + o_row, r_a * (N2 // GZ) + o_g)
+        b_br, b_bi, s_b = _load_parts(br, bi, b_s, r_b * N2 + o_row, r_b * (N2 // GZ) + o_g)
+        if PREC == "fp16":  # float32 planes: the rows' bounds
+            if ar.dtype.element_ty != tl.float16:
+                s_a = _pow2_max(b_ar, b_ai)
+            if br.dtype.element_ty != tl.float16:
+                s_b = _pow2_max(b_br, b_bi)
+        b_ar, b_ai, g_a = _row_dft(b_ar, b_ai, s_a, b_f1r, b_f1i, b_f2r, b_f2i, b_t2r, b_t2i, R, PREC)
+        b_br, b_bi, g_b = _row_dft(b_br, b_bi, s_b, b_f1r, b_f1i, b_f2r, b_f2i, b_t2r, b_t2i, R, PREC)
         if CONJ:
             b_bi = -b_bi
         b_yr += (b_ar * b_br - b_ai * b_bi) * (g_a * g_b)
@@ -228,9 +272,8 @@ def long_conv_fft_rows_kernel(
     scale = tl.where((i_k > 0) & (i_k < N1 // 2), 2.0, 1.0) * (g_y / N)
     b_wr = (b_yr * cr - b_yi * ci) * scale
     b_wi = (b_yr * ci + b_yi * cr) * scale
-    p_w = (i_bc.to(tl.int64) * H1 + i_k) * N2 + o_row
-    tl.store(wr + p_w, b_wr)
-    tl.store(wi + p_w, b_wi)
+    w_row = i_bc.to(tl.int64) * H1 + i_k
+    _store_parts(wr, wi, w_s, w_row * N2 + o_row, w_row * R1 + o_1, b_wr, b_wi)
 
 
 @triton.jit
@@ -259,6 +302,7 @@ def long_conv_dft_cols_kernel(
     x,
     zr,
     zi,
+    zs,
     fr,
     fi,
     ohr,
@@ -282,7 +326,8 @@ def long_conv_dft_cols_kernel(
     # program: MB blocks of BM output rows k1, for BN columns n2, of one real signal (b, c)
     # of T samples: Z[k1, n2] = w_N^(n2 k1) sum_{n1 < N1 / 2} F_N1[k1, n1] x[n1 N2 + n2], k1 < N1 / 2
     # (rows n1 >= N1 / 2 are the zero padding; F_N1 is read as its [N1 / 2, N1 / 2] corner); the
-    # programs of the first row block also write the Nyquist row k1 = N1 / 2
+    # programs of the first row block also write the Nyquist row k1 = N1 / 2; fp16: one scale per row
+    # and block of BN columns (_store_parts)
     i_mb, i_n, i_bc = _program(MB, N1, N2, BM, BN)
     i_b, i_c = i_bc // C, i_bc % C
     K: tl.constexpr = N1 // 2
@@ -310,19 +355,22 @@ def long_conv_dft_cols_kernel(
             b_zi = _table_dot(_load_mat(fi, o_m, o_k, K), b_x, b_zi, PREC)
         # w_N^(k1 n2) = w_N^(k1 i_n BN) w_N^(k1 j) for n2 = i_n BN + j (two small tables)
         cr, ci = _twiddle(ohr, ohi, olr, oli, o_m, i_n, o_j, NB, BN)
-        o_w = o_m[:, None] * N2 + o_n[None, :]
-        tl.store(zr + row0 + o_w, b_zr * cr - b_zi * ci)
-        tl.store(zi + row0 + o_w, b_zr * ci + b_zi * cr)
+        o_w = row0 + o_m[:, None] * N2 + o_n[None, :]
+        o_s = (i_bc.to(tl.int64) * (K + 1) + o_m) * NB + i_n
+        _store_parts(zr, zi, zs, o_w, o_s, b_zr * cr - b_zi * ci, b_zr * ci + b_zi * cr)
     if i_mb == 0:
-        cr, ci = _twiddle(ohr, ohi, olr, oli, K + tl.arange(0, 1), i_n, o_j, NB, BN)
-        tl.store(zr + row0 + K * N2 + o_n[None, :], b_nyq[None, :] * cr)
-        tl.store(zi + row0 + K * N2 + o_n[None, :], b_nyq[None, :] * ci)
+        o_m = K + tl.arange(0, 1)
+        cr, ci = _twiddle(ohr, ohi, olr, oli, o_m, i_n, o_j, NB, BN)
+        o_w = row0 + o_m[:, None] * N2 + o_n[None, :]
+        o_s = (i_bc.to(tl.int64) * (K + 1) + o_m) * NB + i_n
+        _store_parts(zr, zi, zs, o_w, o_s, b_nyq[None, :] * cr, b_nyq[None, :] * ci)
 
 
 @triton.jit
 def long_conv_dft_icols_kernel(
     wr,
     wi,
+    ws,
     y,
     fr,
     fi,
@@ -337,28 +385,42 @@ def long_conv_dft_icols_kernel(
     BM: tl.constexpr,
     BK: tl.constexpr,
     MB: tl.constexpr,
+    GW: tl.constexpr,
     UNIT_T: tl.constexpr,
     PREC: tl.constexpr,
 ):
     # program: MB blocks of BM outputs n1 < N1 / 2 (t < T), for BN columns n2, of output
     # row (b, c): y[n1, n2] = Re sum_k1 W[k1, n2] w_N1^(-n1 k1)
     #                       = (Re F W_re + Im F W_im)[n1, n2] + (-1)^n1 Re W[N1 / 2, n2]   (F: F_N1's corner)
+    # fp16: W comes with one scale per row and GW columns (_store_parts)
     i_mb, i_n, i_bc = _program(MB, N1, N2, BM, BN)
     i_b, i_c = i_bc // C, i_bc % C
     K: tl.constexpr = N1 // 2
-    row0 = i_bc.to(tl.int64) * (K + 1) * N2
+    NG: tl.constexpr = N2 // GW
+    row0 = i_bc.to(tl.int64) * (K + 1)
     p_y = y + i_b.to(tl.int64) * s_b + i_c.to(tl.int64) * s_c
     o_n = i_n * BN + tl.arange(0, BN)
-    b_nyq = tl.load(wr + row0 + K * N2 + o_n)  # [BN]
+    if GW >= BN:  # one scale group per row of the block
+        o_g = i_n * BN // GW
+    else:
+        o_g = (o_n // GW)[None, :]
+    o_nyq = (row0 + K + tl.arange(0, 1))[:, None]
+    b_nyq, _, _ = _load_parts(wr, wi, ws, o_nyq * N2 + o_n[None, :], o_nyq * NG + o_g)  # [1, BN]
     for i_mm in range(MB):
         o_m = (i_mb * MB + i_mm) * BM + tl.arange(0, BM)
         b_y = tl.zeros([BM, BN], dtype=tl.float32)
         for i_k in range(K // BK):
-            o_k = i_k * BK + tl.arange(0, BK)
-            o_w = row0 + o_k[:, None] * N2 + o_n[None, :]
-            b_y = _table_dot(_load_mat(fr, o_m, o_k, K), tl.load(wr + o_w), b_y, PREC)
-            b_y = _table_dot(_load_mat(fi, o_m, o_k, K), tl.load(wi + o_w), b_y, PREC)
-        b_y += (1.0 - 2.0 * (o_m % 2).to(tl.float32))[:, None] * b_nyq[None, :]
+            o_k = (row0 + i_k * BK + tl.arange(0, BK))[:, None]
+            f_k = i_k * BK + tl.arange(0, BK)
+            b_wr, b_wi, s = _load_parts(wr, wi, ws, o_k * N2 + o_n[None, :], o_k * NG + o_g)
+            if wr.dtype.element_ty == tl.float16:  # one power of two bounds both parts: (F W) s
+                xr, xi = _operands(b_wr, b_wi, s, PREC)
+                c = tl.dot(_load_mat(fr, o_m, f_k, K), xr, out_dtype=tl.float32)
+                b_y += tl.dot(_load_mat(fi, o_m, f_k, K), xi, c, out_dtype=tl.float32) * s
+            else:
+                b_y = _table_dot(_load_mat(fr, o_m, f_k, K), b_wr, b_y, PREC)
+                b_y = _table_dot(_load_mat(fi, o_m, f_k, K), b_wi, b_y, PREC)
+        b_y += (1.0 - 2.0 * (o_m % 2).to(tl.float32))[:, None] * b_nyq
         o_t = o_m[:, None] * N2 + o_n[None, :]
         if UNIT_T:
             tl.store(p_y + o_t, b_y.to(y.dtype.element_ty), mask=o_t < T)
@@ -427,7 +489,7 @@ class _Plan:
         self.N2 = self.R1 * self.R2
         self.H1 = self.N1 // 2 + 1
         K = self.N1 // 2
-        self.BN = min(64, self.N2)  # columns per program of the column kernels
+        cols = min(64, self.N2)  # columns per program of the column kernels
         # the column kernels' launches: output rows and sum terms per matmul, columns per program, warps,
         # pipelining stages
         # (the fastest of a sweep at T = 64k and 1M on the H200, BENCHMARKS.md)
@@ -436,13 +498,11 @@ class _Plan:
         # (one at 256: 1.09x at T = 1M, the same time at 64k); inverse: all of them
         stages = 2 if K <= 128 else 1
         bk = min(128 if half else 64, K)
-        self.fwd = dict(BM=min(64, K), BK=bk, MB=1, BN=self.BN, num_warps=4, num_stages=stages)
-        if half and K <= 128:  # 32 columns per program: 1.18x at T = 64k (and 0.84x at 1M, K = 256)
-            bn = min(32, self.N2)
-            self.inv = dict(BM=min(128, K), BK=min(128, K), MB=1, BN=bn, num_warps=4, num_stages=1)
-        else:
-            bk = 128 if half else (64 if K > 128 else 32)
-            self.inv = dict(BM=min(128, K), BK=min(bk, K), MB=1, BN=self.BN, num_warps=8, num_stages=1)
+        fwd = dict(BM=min(64, K), BK=bk, MB=1, BN=cols, num_warps=4, num_stages=stages)
+        # fp16 (float16 planes): two pipelining stages at 256 sum terms (1.09x at T = 1M)
+        bk = 128 if half else (64 if K > 128 else 32)
+        stages = 2 if half and K > 128 else 1
+        self.inv = dict(BM=min(128, K), BK=min(bk, K), MB=1, BN=cols, num_warps=8, num_stages=stages)
         self.inv["MB"] = K // self.inv["BM"]
         # columns: the [N1 / 2, N1 / 2] corner of F_N1; rows: F_R1, F_R2 and the twiddle w_N2^(r1 k_r2)
         self.corner = _dft_tables(K, K, self.N1, device, precision)
@@ -454,44 +514,102 @@ class _Plan:
         # the outer twiddle w_N^(k1 n2) of the kept rows k1 = 0 .. N1 / 2, as products of two tables:
         # n2 = i BN + j for the column kernel, n2 = r1 R2 + r2 for the row kernel
         N = self.N1 * self.N2
-        self.outer_cols = _dft_tables(self.H1, self.N2 // self.BN, N, device, step=self.BN)
-        self.outer_cols += _dft_tables(self.H1, self.BN, N, device)
+        self.set_forward(fwd)
         self.outer_rows = _dft_tables(self.H1, self.R1, N, device, step=self.R2)
         self.outer_rows += _dft_tables(self.H1, self.R2, N, device)
         self.precision = precision
         self.row_launch = dict(num_warps=2 if self.N2 <= 512 else 4)
+
+    def set_forward(self, launch: dict) -> None:
+        """Launch the forward column kernel with ``launch`` (its outer twiddle tables follow the
+        columns per program, ``BN``)."""
+        self.fwd = dict(launch)
+        bn, N, device = launch["BN"], self.N1 * self.N2, self.corner[0].device
+        self.outer_cols = _dft_tables(self.H1, self.N2 // bn, N, device, step=bn)
+        self.outer_cols += _dft_tables(self.H1, bn, N, device)
 
     def _programs(self, launch: dict, signals: int) -> int:
         """Programs of a column kernel: blocks of ``MB BM`` output rows x blocks of ``BN`` columns x
         signals."""
         return (self.N1 // 2) // (launch["BM"] * launch["MB"]) * (self.N2 // launch["BN"]) * signals
 
-    def spectrum(self, x: Tensor, B: int, C: int, T: int, strides: tuple[int, int, int]) -> Tensor:
+    def _empty(self, rows: int, groups: int, device: torch.device, half: bool | None = None) -> Spectrum:
+        """Uninitialised ``[2, rows, H1, N2]`` planes with ``groups`` scales per row (float16 planes by
+        default for ``fp16``)."""
+        half = self.precision == "fp16" if half is None else half
+        planes = torch.empty(
+            2, rows, self.H1, self.N2, device=device, dtype=torch.float16 if half else torch.float32
+        )
+        scales = (
+            torch.empty(rows, self.H1, groups, device=device)
+            if half
+            else planes.new_ones(1, dtype=torch.float32)
+        )
+        return Spectrum(planes, scales)
+
+    def spectrum(
+        self, x: Tensor, B: int, C: int, T: int, strides: tuple[int, int, int], half: bool | None = None
+    ) -> Spectrum:
         """Half spectrum (column pass) of ``B C`` real signals ``x[b, c, t]`` (``t < T``, zero after):
-        ``[2, B C, N1 / 2 + 1, N2]`` float32 (real, imaginary planes)."""
-        z = torch.empty(2, B * C, self.H1, self.N2, device=x.device, dtype=torch.float32)
+        ``[2, B C, N1 / 2 + 1, N2]`` (real, imaginary planes; :class:`Spectrum`, float16 planes by
+        default for ``fp16``)."""
+        z = self._empty(B * C, self.N2 // self.fwd["BN"], x.device, half)
         _COLS[(self._programs(self.fwd, B * C),)](
-            x, *z.unbind(), *self.corner, *self.outer_cols, T, *strides, C=C, N1=self.N1, N2=self.N2,
-            UNIT_T=strides[2] == 1, PREC=self.precision, **self.fwd,
+            x, *z.planes.unbind(), z.scales, *self.corner, *self.outer_cols, T, *strides, C=C, N1=self.N1,
+            N2=self.N2, UNIT_T=strides[2] == 1, PREC=self.precision, **self.fwd,
         )  # fmt: skip
         return z
 
-    def product(self, a: Tensor, b: Tensor, rows: int, C: int, a_strides, b_strides, nsum: int, conj: bool):
-        """``sum_s IDFT_rows(DFT_rows(a) [conj] DFT_rows(b))`` on the kept rows: ``[2, rows, H1, N2]``."""
-        w = torch.empty(2, rows, self.H1, self.N2, device=a.device, dtype=torch.float32)
+    def product(
+        self, a: Spectrum, b: Spectrum, rows: int, C: int, a_strides, b_strides, nsum: int, conj: bool
+    ):
+        """``sum_s IDFT_rows(DFT_rows(a) [conj] DFT_rows(b))`` on the kept rows: ``[2, rows, H1, N2]``
+        (:class:`Spectrum`, ``fp16``: one scale per row and ``R2`` columns)."""
+        gz = a.group(self.N2)
+        if b.group(self.N2) != gz:
+            raise ValueError(f"spectra with scale groups of {gz} and {b.group(self.N2)} columns")
+        w = self._empty(rows, self.R1, a.planes.device)
         _ROWS[(self.H1 * rows,)](
-            *a.unbind(), *b.unbind(), *w.unbind(), *self.rows, *self.outer_rows, *a_strides, *b_strides, C=C,
-            NSUM=nsum, N1=self.N1, R1=self.R1, R2=self.R2, CONJ=conj, PREC=self.precision,
-            **self.row_launch,
+            *a.planes.unbind(), a.scales, *b.planes.unbind(), b.scales, *w.planes.unbind(), w.scales,
+            *self.rows, *self.outer_rows, *a_strides, *b_strides, C=C, NSUM=nsum, N1=self.N1, R1=self.R1,
+            R2=self.R2, GZ=gz, CONJ=conj, PREC=self.precision, **self.row_launch,
         )  # fmt: skip
         return w
 
-    def inverse(self, w: Tensor, y: Tensor, C: int, T: int, strides: tuple[int, int, int]) -> None:
+    def inverse(self, w: Spectrum, y: Tensor, C: int, T: int, strides: tuple[int, int, int]) -> None:
         """Write the real signals ``y[b, c, t]``, ``t < T``, from the row-pass output ``w``."""
-        _ICOLS[(self._programs(self.inv, w.shape[1]),)](
-            *w.unbind(), y, *self.corner, T, *strides, C=C, N1=self.N1, N2=self.N2,
-            UNIT_T=strides[2] == 1, PREC=self.precision, **self.inv,
+        _ICOLS[(self._programs(self.inv, w.planes.shape[1]),)](
+            *w.planes.unbind(), w.scales, y, *self.corner, T, *strides, C=C, N1=self.N1, N2=self.N2,
+            GW=w.group(self.N2), UNIT_T=strides[2] == 1, PREC=self.precision, **self.inv,
         )  # fmt: skip
+
+    def dense(self, z: Spectrum) -> Tensor:
+        """The planes of ``z`` in float32, scales applied."""
+        if z.planes.dtype != torch.float16:
+            return z.planes
+        return z.planes.float() * z.scales.repeat_interleave(z.group(self.N2), -1)
+
+    def stored(self, z: Tensor, group: int) -> Spectrum:
+        """Float32 planes ``z`` as the kernels store them (``fp16``: each row's groups of ``group``
+        columns divided by a power of two bounding them, in float16)."""
+        if self.precision != "fp16":
+            return Spectrum(z, z.new_ones(1))
+        g = z.unflatten(-1, (-1, group))
+        s = torch.exp2(torch.ceil(torch.log2(g.abs().amax(dim=(0, -1)).clamp_min(1e-30))))
+        return Spectrum((g / s[None, ..., None]).half().flatten(-2), s)
+
+
+class Spectrum(NamedTuple):
+    """Complex planes ``[2, rows, H1, N2]`` between the kernels: float32, or for ``fp16`` float16 with
+    ``scales[row, k1, g]``, a power of two per row and group of columns (``planes * scales`` is the
+    value; other precisions carry a placeholder)."""
+
+    planes: Tensor
+    scales: Tensor
+
+    def group(self, n2: int) -> int:
+        """Columns per scale (``n2`` for a placeholder)."""
+        return n2 // self.scales.shape[-1] if self.scales.dim() == 3 else n2
 
 
 # the kernels' launches: compiled once per specialization, then launched without Triton's binder
@@ -559,22 +677,26 @@ class TritonLongConvFunction(torch.autograd.Function):
         plan = _plan(T, u.device, precision, min_factor)
         u_in, u = u, _time_contiguous(u)
         z_u = plan.spectrum(u, B, C, T, _btc_strides(u))  # [2, B C, H1, N2]
-        z_h = _filter_spectrum(plan, h[0] if bidirectional else h, C, L)  # [2, C, H1, N2]
-        if bidirectional:
+        if bidirectional:  # both halves' column passes in float32, their sum rounded once
+            z_h = _filter_spectrum(plan, h[0], C, L, half=False)  # [2, C, H1, N2]
             # r[m] = h_rev[m - 1] (lag -m); lags beyond -(T - 1) reach no output
             r = torch.nn.functional.pad(h[1], (1, 0))[:, :T]
-            z_h = z_h + _reversed_spectrum(_filter_spectrum(plan, r, C, r.shape[-1]))
+            z_r = _filter_spectrum(plan, r, C, r.shape[-1], half=False).planes
+            z_h = plan.stored(z_h.planes + _reversed_spectrum(z_r), plan.fwd["BN"])
+        else:
+            z_h = _filter_spectrum(plan, h, C, L)  # [2, C, H1, N2]
         w = plan.product(z_u, z_h, B * C, C, (C, 1, 0), (0, 1, 0), 1, False)
         y = torch.empty_like(u)  # unit stride in t, as the kernels write best
         plan.inverse(w, y, C, T, _btc_strides(y))
-        ctx.save_for_backward(z_u, z_h)
+        ctx.save_for_backward(*z_u, *z_h)
         ctx.plan, ctx.shape, ctx.L, ctx.dtypes = plan, (B, T, C), L, (u.dtype, h.dtype)
         ctx.bidirectional = bidirectional
         return _like(y, u_in)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
-        z_u, z_h = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        z_u, z_h = Spectrum(*saved[:2]), Spectrum(*saved[2:])
         plan, (B, T, C), L = ctx.plan, ctx.shape, ctx.L
         dy_in, dy = dy, _time_contiguous(dy)
         z_dy = plan.spectrum(dy, B, C, T, _btc_strides(dy))
@@ -601,10 +723,10 @@ class TritonLongConvFunction(torch.autograd.Function):
         return du, dh, None, None
 
 
-def _filter_spectrum(plan: _Plan, h: Tensor, C: int, L: int) -> Tensor:
+def _filter_spectrum(plan: _Plan, h: Tensor, C: int, L: int, half: bool | None = None) -> Spectrum:
     """The column pass of the filters ``h: [C, L]`` (copied to unit stride in the lag first)."""
     h = _time_contiguous(h.t()[None])[0].t()  # [C, L], unit stride in the lag
-    return plan.spectrum(h, 1, C, L, _filter_strides(h))
+    return plan.spectrum(h, 1, C, L, _filter_strides(h), half)
 
 
 def triton_long_conv(
