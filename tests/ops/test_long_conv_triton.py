@@ -143,7 +143,8 @@ def test_fp16_spectra_with_scales(causal, groups, one_thread):
     of columns. The default plan at ``T = 100`` (rows ``8 x 8``) reads the column pass's scales one
     per block row (64 columns each) and the rows' in the inverse per column (8 each, 64 columns per
     program); ``swapped`` launches 4 and 8 columns per program, so that the rows kernel gathers per
-    column and the inverse reads one scale per block row. The interpreter rounds float16 operands as the GPU does."""
+    column and the inverse reads one scale per block row. The interpreter rounds float16 operands as
+    the GPU does."""
     from subq.ops.long_conv import triton_fft as tf
 
     u, h = inputs(2, 100, 3, 100 if causal else 60, causal=causal)
@@ -173,6 +174,16 @@ def test_token_major_inputs_keep_their_layout(one_thread):
         triton_long_conv(u, h, precision="ieee", min_factor=interpreter_plan(4)), u, g
     )
     assert du.is_contiguous()
+
+
+def test_half_inputs_with_bias_take_separate_column_passes(one_thread):
+    """The forward transforms ``u`` and ``h`` in one launch when they share a dtype; a bias makes the
+    filter float32 (it is folded into the lag-0 tap), so float16 ``u`` takes two launches."""
+    u, h = (t.detach() for t in inputs(1, 128, 2, 100, dtype=torch.float64))
+    bias = torch.randn(2, dtype=torch.float64, device=DEVICE)
+    y = triton_long_conv(u.half(), h.half(), bias.half(), min_factor=interpreter_plan(4))
+    assert y.dtype == torch.float16
+    assert_close(y, naive_long_conv(u, h.half().double(), bias.half().double()), 2e-3, "fp16")
 
 
 def test_half_inputs_out_in_their_dtype(one_thread):

@@ -179,25 +179,17 @@ def _row_dft(b_r, b_i, s, f1r, f1i, f2r, f2i, t2r, t2i, R: tl.constexpr, PREC: t
 
 @triton.jit
 def long_conv_fft_rows_kernel(
-    ar,
-    ai,
+    a,
     a_s,
-    br,
-    bi,
+    b,
     b_s,
-    wr,
-    wi,
+    w,
     w_s,
-    f1r,
-    f1i,
-    f2r,
-    f2i,
-    t2r,
-    t2i,
-    o1r,
-    o1i,
-    o2r,
-    o2i,
+    tab_f,
+    tab_t,
+    a_plane,
+    b_plane,
+    w_plane,
     a_sb,
     a_sc,
     a_ss,
@@ -214,10 +206,21 @@ def long_conv_fft_rows_kernel(
     PREC: tl.constexpr,
 ):
     # program: kept row k1 of output row (b, c); W = sum_s IDFT_row(DFT_row(A) * [conj] DFT_row(B))
-    # (fp16: the operands' rows come with one scale per GZ columns, W's with one per R2)
+    # (fp16: the operands' rows come with one scale per GZ columns, W's with one per R2). Each of
+    # a, b, w: a real plane [rows, H1, N2] and the imaginary plane *_plane elements after it
     N2: tl.constexpr = R1 * R2
     N: tl.constexpr = N1 * N2
     H1: tl.constexpr = N1 // 2 + 1
+    ar, ai = a, a + a_plane
+    br, bi = b, b + b_plane
+    wr, wi = w, w + w_plane
+    # tab_f (operand format): F_R1 re, im, F_R2 re, im; tab_t (float32): the twiddle w_N2^(r1 k_r2) / (2 R)
+    # re, im, then the outer twiddle's two factors [H1, R1] re, im and [H1, R2] re, im
+    f1r, f1i = tab_f, tab_f + R1 * R1
+    f2r, f2i = tab_f + 2 * R1 * R1, tab_f + 2 * R1 * R1 + R2 * R2
+    t2r, t2i = tab_t, tab_t + R1 * R2
+    o1r, o1i = tab_t + 2 * R1 * R2, tab_t + 2 * R1 * R2 + H1 * R1
+    o2r, o2i = tab_t + 2 * R1 * R2 + 2 * H1 * R1, tab_t + 2 * R1 * R2 + 2 * H1 * R1 + H1 * R2
     R: tl.constexpr = max(R1, R2)  # the row twiddle table t2 comes divided by 2 R (_row_dft)
     i_k, i_bc = tl.program_id(0) % H1, tl.program_id(0) // H1  # a 1-D grid: any number of rows
     i_b, i_c = i_bc // C, i_bc % C
@@ -300,19 +303,19 @@ def _program(MB: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, BM: tl.conste
 @triton.jit
 def long_conv_dft_cols_kernel(
     x,
-    zr,
-    zi,
+    x2,
+    z,
     zs,
-    fr,
-    fi,
-    ohr,
-    ohi,
-    olr,
-    oli,
+    tab_f,
+    tab_t,
+    z_plane,
     T,
     s_b,
     s_c,
     s_t,
+    T2,
+    s2_c,
+    NS1,
     C: tl.constexpr,
     N1: tl.constexpr,
     N2: tl.constexpr,
@@ -323,8 +326,9 @@ def long_conv_dft_cols_kernel(
     UNIT_T: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    # program: MB blocks of BM output rows k1, for BN columns n2, of one real signal (b, c)
-    # of T samples: Z[k1, n2] = w_N^(n2 k1) sum_{n1 < N1 / 2} F_N1[k1, n1] x[n1 N2 + n2], k1 < N1 / 2
+    # program: MB blocks of BM output rows k1, for BN columns n2, of one real signal: x[b, c] of T
+    # samples for the first NS1 = B C rows of z, then x2[c] of T2 samples (strides s2_c and s_t):
+    # Z[k1, n2] = w_N^(n2 k1) sum_{n1 < N1 / 2} F_N1[k1, n1] x[n1 N2 + n2], k1 < N1 / 2
     # (rows n1 >= N1 / 2 are the zero padding; F_N1 is read as its [N1 / 2, N1 / 2] corner); the
     # programs of the first row block also write the Nyquist row k1 = N1 / 2; fp16: one scale per row
     # and block of BN columns (_store_parts)
@@ -332,8 +336,18 @@ def long_conv_dft_cols_kernel(
     i_b, i_c = i_bc // C, i_bc % C
     K: tl.constexpr = N1 // 2
     NB: tl.constexpr = N2 // BN
+    zr, zi = z, z + z_plane  # real plane [rows, K + 1, N2], the imaginary one z_plane elements after
+    # tab_f: the corner of F_N1, re then im; tab_t: the outer twiddle's factors [H1, NB] re, im and
+    # [H1, BN] re, im
+    fr, fi = tab_f, tab_f + K * K
+    ohr, ohi = tab_t, tab_t + (K + 1) * NB
+    olr, oli = tab_t + 2 * (K + 1) * NB, tab_t + 2 * (K + 1) * NB + (K + 1) * BN
     o_j = tl.arange(0, BN)
-    p_x = x + i_b.to(tl.int64) * s_b + i_c.to(tl.int64) * s_c
+    first = i_bc < NS1
+    p_x = tl.where(
+        first, x + i_b.to(tl.int64) * s_b + i_c.to(tl.int64) * s_c, x2 + (i_bc - NS1).to(tl.int64) * s2_c
+    )
+    n_t = tl.where(first, T, T2)
     row0 = i_bc.to(tl.int64) * (K + 1) * N2
     o_n = i_n * BN + o_j
     b_nyq = tl.zeros([BN], dtype=tl.float32)
@@ -346,9 +360,9 @@ def long_conv_dft_cols_kernel(
             o_k = i_k * BK + tl.arange(0, BK)
             o_t = o_k[:, None] * N2 + o_n[None, :]
             if UNIT_T:
-                b_x = tl.load(p_x + o_t, mask=o_t < T, other=0.0).to(tl.float32)  # [BK, BN]
+                b_x = tl.load(p_x + o_t, mask=o_t < n_t, other=0.0).to(tl.float32)  # [BK, BN]
             else:
-                b_x = tl.load(p_x + o_t.to(tl.int64) * s_t, mask=o_t < T, other=0.0).to(tl.float32)
+                b_x = tl.load(p_x + o_t.to(tl.int64) * s_t, mask=o_t < n_t, other=0.0).to(tl.float32)
             if i_m == 0:  # Nyquist row k1 = N1 / 2: sum_n1 (-1)^n1 x, exact in float32
                 b_nyq += tl.sum(b_x * (1.0 - 2.0 * (o_k % 2).to(tl.float32))[:, None], axis=0)
             b_zr = _table_dot(_load_mat(fr, o_m, o_k, K), b_x, b_zr, PREC)
@@ -368,12 +382,11 @@ def long_conv_dft_cols_kernel(
 
 @triton.jit
 def long_conv_dft_icols_kernel(
-    wr,
-    wi,
+    w,
     ws,
     y,
-    fr,
-    fi,
+    tab_f,
+    w_plane,
     T,
     s_b,
     s_c,
@@ -397,6 +410,8 @@ def long_conv_dft_icols_kernel(
     i_b, i_c = i_bc // C, i_bc % C
     K: tl.constexpr = N1 // 2
     NG: tl.constexpr = N2 // GW
+    wr, wi = w, w + w_plane  # real plane [rows, K + 1, N2], the imaginary one w_plane elements after
+    fr, fi = tab_f, tab_f + K * K  # the corner of F_N1, re then im
     row0 = i_bc.to(tl.int64) * (K + 1)
     p_y = y + i_b.to(tl.int64) * s_b + i_c.to(tl.int64) * s_c
     o_n = i_n * BN + tl.arange(0, BN)
@@ -504,19 +519,25 @@ class _Plan:
         stages = 2 if half and K > 128 else 1
         self.inv = dict(BM=min(128, K), BK=min(bk, K), MB=1, BN=cols, num_warps=8, num_stages=stages)
         self.inv["MB"] = K // self.inv["BM"]
-        # columns: the [N1 / 2, N1 / 2] corner of F_N1; rows: F_R1, F_R2 and the twiddle w_N2^(r1 k_r2)
-        self.corner = _dft_tables(K, K, self.N1, device, precision)
-        self.rows = _dft_tables(self.R1, self.R1, self.R1, device, precision)
-        self.rows += _dft_tables(self.R2, self.R2, self.R2, device, precision)
-        self.rows += tuple(
-            t / (2 * max(self.R1, self.R2)) for t in _dft_tables(self.R1, self.R2, self.N2, device)
+        # the tables, each kernel's packed into one tensor per format (fewer launch arguments; the
+        # kernels take them apart at constant offsets). Columns: the [N1 / 2, N1 / 2] corner of F_N1;
+        # rows: F_R1, F_R2 and the twiddle w_N2^(r1 k_r2)
+        self.device = device
+        self.corner = _packed(_dft_tables(K, K, self.N1, device, precision))
+        self.row_dfts = _packed(
+            _dft_tables(self.R1, self.R1, self.R1, device, precision)
+            + _dft_tables(self.R2, self.R2, self.R2, device, precision)
         )
         # the outer twiddle w_N^(k1 n2) of the kept rows k1 = 0 .. N1 / 2, as products of two tables:
         # n2 = i BN + j for the column kernel, n2 = r1 R2 + r2 for the row kernel
         N = self.N1 * self.N2
         self.set_forward(fwd)
-        self.outer_rows = _dft_tables(self.H1, self.R1, N, device, step=self.R2)
-        self.outer_rows += _dft_tables(self.H1, self.R2, N, device)
+        self.row_twiddles = _packed(
+            tuple(t / (2 * max(self.R1, self.R2)) for t in _dft_tables(self.R1, self.R2, self.N2, device))
+            + _dft_tables(self.H1, self.R1, N, device, step=self.R2)
+            + _dft_tables(self.H1, self.R2, N, device)
+        )
+        self.no_scales = torch.ones(1, device=device)  # the scales' placeholder of float32 planes
         self.precision = precision
         self.row_launch = dict(num_warps=2 if self.N2 <= 512 else 4)
 
@@ -524,9 +545,11 @@ class _Plan:
         """Launch the forward column kernel with ``launch`` (its outer twiddle tables follow the
         columns per program, ``BN``)."""
         self.fwd = dict(launch)
-        bn, N, device = launch["BN"], self.N1 * self.N2, self.corner[0].device
-        self.outer_cols = _dft_tables(self.H1, self.N2 // bn, N, device, step=bn)
-        self.outer_cols += _dft_tables(self.H1, bn, N, device)
+        bn, N = launch["BN"], self.N1 * self.N2
+        self.outer_cols = _packed(
+            _dft_tables(self.H1, self.N2 // bn, N, self.device, step=bn)
+            + _dft_tables(self.H1, bn, N, self.device)
+        )
 
     def _programs(self, launch: dict, signals: int) -> int:
         """Programs of a column kernel: blocks of ``MB BM`` output rows x blocks of ``BN`` columns x
@@ -540,25 +563,33 @@ class _Plan:
         planes = torch.empty(
             2, rows, self.H1, self.N2, device=device, dtype=torch.float16 if half else torch.float32
         )
-        scales = (
-            torch.empty(rows, self.H1, groups, device=device)
-            if half
-            else planes.new_ones(1, dtype=torch.float32)
-        )
-        return Spectrum(planes, scales)
+        return Spectrum(planes, torch.empty(rows, self.H1, groups, device=device) if half else self.no_scales)
 
     def spectrum(
-        self, x: Tensor, B: int, C: int, T: int, strides: tuple[int, int, int], half: bool | None = None
-    ) -> Spectrum:
+        self,
+        x: Tensor,
+        B: int,
+        C: int,
+        T: int,
+        strides: tuple[int, int, int],
+        half: bool | None = None,
+        filters: tuple[Tensor, int] | None = None,
+    ):
         """Half spectrum (column pass) of ``B C`` real signals ``x[b, c, t]`` (``t < T``, zero after):
         ``[2, B C, N1 / 2 + 1, N2]`` (real, imaginary planes; :class:`Spectrum`, float16 planes by
-        default for ``fp16``)."""
-        z = self._empty(B * C, self.N2 // self.fwd["BN"], x.device, half)
-        _COLS[(self._programs(self.fwd, B * C),)](
-            x, *z.planes.unbind(), z.scales, *self.corner, *self.outer_cols, T, *strides, C=C, N1=self.N1,
-            N2=self.N2, UNIT_T=strides[2] == 1, PREC=self.precision, **self.fwd,
+        default for ``fp16``). ``filters=(h, L)``: also the ``C`` signals ``h[c, :L]`` (``x``'s dtype and
+        stride in time), in the same launch and one allocation; returns both spectra."""
+        n = B * C
+        z = self._empty(n + (C if filters else 0), self.N2 // self.fwd["BN"], x.device, half)
+        h, L = filters or (x, T)
+        _COLS[(self._programs(self.fwd, z.planes.shape[1]),)](
+            x, h, z.planes, z.scales, self.corner, self.outer_cols, z.planes.stride(0), T, *strides, L,
+            h.stride(0), n, C=C, N1=self.N1, N2=self.N2, UNIT_T=strides[2] == 1, PREC=self.precision,
+            **self.fwd,
         )  # fmt: skip
-        return z
+        if not filters:
+            return z
+        return z.rows(0, n), z.rows(n, n + C)
 
     def product(
         self, a: Spectrum, b: Spectrum, rows: int, C: int, a_strides, b_strides, nsum: int, conj: bool
@@ -570,16 +601,17 @@ class _Plan:
             raise ValueError(f"spectra with scale groups of {gz} and {b.group(self.N2)} columns")
         w = self._empty(rows, self.R1, a.planes.device)
         _ROWS[(self.H1 * rows,)](
-            *a.planes.unbind(), a.scales, *b.planes.unbind(), b.scales, *w.planes.unbind(), w.scales,
-            *self.rows, *self.outer_rows, *a_strides, *b_strides, C=C, NSUM=nsum, N1=self.N1, R1=self.R1,
-            R2=self.R2, GZ=gz, CONJ=conj, PREC=self.precision, **self.row_launch,
+            a.planes, a.scales, b.planes, b.scales, w.planes, w.scales, self.row_dfts, self.row_twiddles,
+            a.planes.stride(0), b.planes.stride(0), w.planes.stride(0), *a_strides, *b_strides, C=C,
+            NSUM=nsum, N1=self.N1, R1=self.R1, R2=self.R2, GZ=gz, CONJ=conj, PREC=self.precision,
+            **self.row_launch,
         )  # fmt: skip
         return w
 
     def inverse(self, w: Spectrum, y: Tensor, C: int, T: int, strides: tuple[int, int, int]) -> None:
         """Write the real signals ``y[b, c, t]``, ``t < T``, from the row-pass output ``w``."""
         _ICOLS[(self._programs(self.inv, w.planes.shape[1]),)](
-            *w.planes.unbind(), w.scales, y, *self.corner, T, *strides, C=C, N1=self.N1, N2=self.N2,
+            w.planes, w.scales, y, self.corner, w.planes.stride(0), T, *strides, C=C, N1=self.N1, N2=self.N2,
             GW=w.group(self.N2), UNIT_T=strides[2] == 1, PREC=self.precision, **self.inv,
         )  # fmt: skip
 
@@ -593,19 +625,29 @@ class _Plan:
         """Float32 planes ``z`` as the kernels store them (``fp16``: each row's groups of ``group``
         columns divided by a power of two bounding them, in float16)."""
         if self.precision != "fp16":
-            return Spectrum(z, z.new_ones(1))
+            return Spectrum(z.contiguous(), self.no_scales)
         g = z.unflatten(-1, (-1, group))
         s = torch.exp2(torch.ceil(torch.log2(g.abs().amax(dim=(0, -1)).clamp_min(1e-30))))
         return Spectrum((g / s[None, ..., None]).half().flatten(-2), s)
 
 
+def _packed(tables: tuple[Tensor, ...]) -> Tensor:
+    """``tables`` (one dtype) flattened into one tensor, in order."""
+    return torch.cat([t.reshape(-1) for t in tables])
+
+
 class Spectrum(NamedTuple):
-    """Complex planes ``[2, rows, H1, N2]`` between the kernels: float32, or for ``fp16`` float16 with
-    ``scales[row, k1, g]``, a power of two per row and group of columns (``planes * scales`` is the
-    value; other precisions carry a placeholder)."""
+    """Complex planes ``[2, rows, H1, N2]`` (contiguous) between the kernels: float32, or for ``fp16``
+    float16 with ``scales[row, k1, g]``, a power of two per row and group of columns (``planes *
+    scales`` is the value; float32 planes carry a placeholder)."""
 
     planes: Tensor
     scales: Tensor
+
+    def rows(self, start: int, stop: int) -> Spectrum:
+        """Rows ``start .. stop - 1`` (views)."""
+        scales = self.scales[start:stop] if self.scales.dim() == 3 else self.scales
+        return Spectrum(self.planes[:, start:stop], scales)
 
     def group(self, n2: int) -> int:
         """Columns per scale (``n2`` for a placeholder)."""
@@ -676,15 +718,22 @@ class TritonLongConvFunction(torch.autograd.Function):
         bidirectional = h.dim() == 3
         plan = _plan(T, u.device, precision, min_factor)
         u_in, u = u, _time_contiguous(u)
-        z_u = plan.spectrum(u, B, C, T, _btc_strides(u))  # [2, B C, H1, N2]
-        if bidirectional:  # both halves' column passes in float32, their sum rounded once
+        if bidirectional:
+            z_u = plan.spectrum(
+                u, B, C, T, _btc_strides(u)
+            )  # [2, B C, H1, N2]  # both halves' column passes in float32, their sum rounded once
             z_h = _filter_spectrum(plan, h[0], C, L, half=False)  # [2, C, H1, N2]
             # r[m] = h_rev[m - 1] (lag -m); lags beyond -(T - 1) reach no output
             r = torch.nn.functional.pad(h[1], (1, 0))[:, :T]
             z_r = _filter_spectrum(plan, r, C, r.shape[-1], half=False).planes
             z_h = plan.stored(z_h.planes + _reversed_spectrum(z_r), plan.fwd["BN"])
         else:
-            z_h = _filter_spectrum(plan, h, C, L)  # [2, C, H1, N2]
+            h = _lag_contiguous(h)
+            if h.dtype == u.dtype and u.stride(1) == h.stride(1):  # both column passes in one launch
+                z_u, z_h = plan.spectrum(u, B, C, T, _btc_strides(u), filters=(h, L))
+            else:
+                z_u = plan.spectrum(u, B, C, T, _btc_strides(u))
+                z_h = _filter_spectrum(plan, h, C, L)  # [2, C, H1, N2]
         w = plan.product(z_u, z_h, B * C, C, (C, 1, 0), (0, 1, 0), 1, False)
         y = torch.empty_like(u)  # unit stride in t, as the kernels write best
         plan.inverse(w, y, C, T, _btc_strides(y))
@@ -723,9 +772,14 @@ class TritonLongConvFunction(torch.autograd.Function):
         return du, dh, None, None
 
 
+def _lag_contiguous(h: Tensor) -> Tensor:
+    """Filters ``h: [C, L]`` with unit stride in the lag (a copy if needed)."""
+    return _time_contiguous(h.t()[None])[0].t()
+
+
 def _filter_spectrum(plan: _Plan, h: Tensor, C: int, L: int, half: bool | None = None) -> Spectrum:
     """The column pass of the filters ``h: [C, L]`` (copied to unit stride in the lag first)."""
-    h = _time_contiguous(h.t()[None])[0].t()  # [C, L], unit stride in the lag
+    h = _lag_contiguous(h)
     return plan.spectrum(h, 1, C, L, _filter_strides(h), half)
 
 
