@@ -176,6 +176,24 @@ def test_token_major_inputs_keep_their_layout(one_thread):
     assert du.is_contiguous()
 
 
+@pytest.mark.parametrize("precision", ["ieee", "fp16"])
+def test_one_launch_backward_equals_the_separate_ones(precision, one_thread):
+    """With ``B = 1`` and both gradients asked for, the backward runs ``du``'s and ``dh``'s products in
+    one launch and their inverses in another; each gradient alone takes its own launches. Same
+    operations in the same order: the gradients are equal bit for bit."""
+    u, h = (t.detach() for t in inputs(1, 100, 3, 37))
+    g = torch.randn(1, 100, 3, device=DEVICE)
+
+    def grads(need_u: bool, need_h: bool):
+        uu, hh = u.clone().requires_grad_(need_u), h.clone().requires_grad_(need_h)
+        y = triton_long_conv(uu, hh, precision=precision, min_factor=interpreter_plan(2))
+        return torch.autograd.grad(y, [t for t in (uu, hh) if t.requires_grad], g)
+
+    du, dh = grads(True, True)
+    assert torch.equal(du, grads(True, False)[0])
+    assert torch.equal(dh, grads(False, True)[0])
+
+
 def test_half_inputs_with_bias_take_separate_column_passes(one_thread):
     """The forward transforms ``u`` and ``h`` in one launch when they share a dtype; a bias makes the
     filter float32 (it is folded into the lag-0 tap), so float16 ``u`` takes two launches."""

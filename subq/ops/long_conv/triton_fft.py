@@ -385,12 +385,16 @@ def long_conv_dft_icols_kernel(
     w,
     ws,
     y,
+    y2,
     tab_f,
     w_plane,
     T,
     s_b,
     s_c,
     s_t,
+    T2,
+    s2_c,
+    NS1,
     C: tl.constexpr,
     N1: tl.constexpr,
     N2: tl.constexpr,
@@ -402,8 +406,9 @@ def long_conv_dft_icols_kernel(
     UNIT_T: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    # program: MB blocks of BM outputs n1 < N1 / 2 (t < T), for BN columns n2, of output
-    # row (b, c): y[n1, n2] = Re sum_k1 W[k1, n2] w_N1^(-n1 k1)
+    # program: MB blocks of BM outputs n1 < N1 / 2 (t < T), for BN columns n2, of output row (b, c)
+    # of y for the first NS1 = B C rows of W, then of row c of y2 (T2 samples, strides s2_c and s_t):
+    # y[n1, n2] = Re sum_k1 W[k1, n2] w_N1^(-n1 k1)
     #                       = (Re F W_re + Im F W_im)[n1, n2] + (-1)^n1 Re W[N1 / 2, n2]   (F: F_N1's corner)
     # fp16: W comes with one scale per row and GW columns (_store_parts)
     i_mb, i_n, i_bc = _program(MB, N1, N2, BM, BN)
@@ -413,7 +418,11 @@ def long_conv_dft_icols_kernel(
     wr, wi = w, w + w_plane  # real plane [rows, K + 1, N2], the imaginary one w_plane elements after
     fr, fi = tab_f, tab_f + K * K  # the corner of F_N1, re then im
     row0 = i_bc.to(tl.int64) * (K + 1)
-    p_y = y + i_b.to(tl.int64) * s_b + i_c.to(tl.int64) * s_c
+    first = i_bc < NS1
+    p_y = tl.where(
+        first, y + i_b.to(tl.int64) * s_b + i_c.to(tl.int64) * s_c, y2 + (i_bc - NS1).to(tl.int64) * s2_c
+    )
+    n_t = tl.where(first, T, T2)
     o_n = i_n * BN + tl.arange(0, BN)
     if GW >= BN:  # one scale group per row of the block
         o_g = i_n * BN // GW
@@ -438,9 +447,9 @@ def long_conv_dft_icols_kernel(
         b_y += (1.0 - 2.0 * (o_m % 2).to(tl.float32))[:, None] * b_nyq
         o_t = o_m[:, None] * N2 + o_n[None, :]
         if UNIT_T:
-            tl.store(p_y + o_t, b_y.to(y.dtype.element_ty), mask=o_t < T)
+            tl.store(p_y + o_t, b_y.to(y.dtype.element_ty), mask=o_t < n_t)
         else:
-            tl.store(p_y + o_t.to(tl.int64) * s_t, b_y.to(y.dtype.element_ty), mask=o_t < T)
+            tl.store(p_y + o_t.to(tl.int64) * s_t, b_y.to(y.dtype.element_ty), mask=o_t < n_t)
 
 
 def fft_plan(T: int, min_factor: int = 16) -> tuple[int, int, int]:
@@ -608,11 +617,24 @@ class _Plan:
         )  # fmt: skip
         return w
 
-    def inverse(self, w: Spectrum, y: Tensor, C: int, T: int, strides: tuple[int, int, int]) -> None:
-        """Write the real signals ``y[b, c, t]``, ``t < T``, from the row-pass output ``w``."""
-        _ICOLS[(self._programs(self.inv, w.planes.shape[1]),)](
-            w.planes, w.scales, y, self.corner, w.planes.stride(0), T, *strides, C=C, N1=self.N1, N2=self.N2,
-            GW=w.group(self.N2), UNIT_T=strides[2] == 1, PREC=self.precision, **self.inv,
+    def inverse(
+        self,
+        w: Spectrum,
+        y: Tensor,
+        C: int,
+        T: int,
+        strides: tuple[int, int, int],
+        filters: tuple[Tensor, int] | None = None,
+    ) -> None:
+        """Write the real signals ``y[b, c, t]``, ``t < T``, from the row-pass output ``w``; with
+        ``filters=(g, L)`` (``y``'s dtype and stride in time) the rows of ``w`` after ``y``'s ``B C``
+        write ``g[c, :L]``, in the same launch."""
+        g, L = filters or (y, T)
+        rows = w.planes.shape[1]
+        _ICOLS[(self._programs(self.inv, rows),)](
+            w.planes, w.scales, y, g, self.corner, w.planes.stride(0), T, *strides, L, g.stride(0),
+            rows - (C if filters else 0), C=C, N1=self.N1, N2=self.N2, GW=w.group(self.N2),
+            UNIT_T=strides[2] == 1, PREC=self.precision, **self.inv,
         )  # fmt: skip
 
     def dense(self, z: Spectrum) -> Tensor:
@@ -718,6 +740,7 @@ class TritonLongConvFunction(torch.autograd.Function):
         bidirectional = h.dim() == 3
         plan = _plan(T, u.device, precision, min_factor)
         u_in, u = u, _time_contiguous(u)
+        stacked = False
         if bidirectional:
             z_u = plan.spectrum(
                 u, B, C, T, _btc_strides(u)
@@ -731,6 +754,7 @@ class TritonLongConvFunction(torch.autograd.Function):
             h = _lag_contiguous(h)
             if h.dtype == u.dtype and u.stride(1) == h.stride(1):  # both column passes in one launch
                 z_u, z_h = plan.spectrum(u, B, C, T, _btc_strides(u), filters=(h, L))
+                stacked = True  # z_h's rows follow z_u's in one tensor
             else:
                 z_u = plan.spectrum(u, B, C, T, _btc_strides(u))
                 z_h = _filter_spectrum(plan, h, C, L)  # [2, C, H1, N2]
@@ -740,6 +764,7 @@ class TritonLongConvFunction(torch.autograd.Function):
         ctx.save_for_backward(*z_u, *z_h)
         ctx.plan, ctx.shape, ctx.L, ctx.dtypes = plan, (B, T, C), L, (u.dtype, h.dtype)
         ctx.bidirectional = bidirectional
+        ctx.stacked = stacked
         return _like(y, u_in)
 
     @staticmethod
@@ -750,6 +775,14 @@ class TritonLongConvFunction(torch.autograd.Function):
         dy_in, dy = dy, _time_contiguous(dy)
         z_dy = plan.spectrum(dy, B, C, T, _btc_strides(dy))
         du = dh = None
+        if ctx.stacked and B == 1 and all(ctx.needs_input_grad[:2]):
+            # both products in one launch, rows c (du: DY conj(H)) then C + c (dh: DY conj(U)): the rows
+            # of z_h, then C rows before them (z_u's); both inverses in one launch
+            w = plan.product(z_dy, z_h, 2 * C, C, (0, 1, 0), (-C, 1, 0), 1, True)
+            du = torch.empty_like(dy, dtype=ctx.dtypes[0])
+            dh = torch.empty(C, L, device=dy.device, dtype=ctx.dtypes[1])
+            plan.inverse(w, du, C, T, _btc_strides(du), filters=(dh, L))
+            return _like(du, dy_in), dh, None, None
         if ctx.needs_input_grad[0]:
             # du = corr(dy, h): IDFT(DY conj(H))
             w = plan.product(z_dy, z_h, B * C, C, (C, 1, 0), (0, 1, 0), 1, True)
