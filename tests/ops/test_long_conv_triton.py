@@ -194,6 +194,19 @@ def test_one_launch_backward_equals_the_separate_ones(precision, one_thread):
     assert torch.equal(dh, grads(False, True)[0])
 
 
+def test_fp16_products_take_float16_planes(one_thread):
+    """Float32 planes (a column pass with ``half=False``, as the bidirectional filter's halves before
+    their sum) are refused by an ``fp16`` product: its kernel reads float16 planes with scales."""
+    from subq.ops.long_conv import triton_fft as tf
+
+    plan = tf._plan(100, torch.device(DEVICE), "fp16", interpreter_plan(2))
+    u = torch.randn(1, 3, 100, device=DEVICE).transpose(1, 2)
+    z = plan.spectrum(u, 1, 3, 100, tf._btc_strides(u), half=False)
+    assert z.planes.dtype == torch.float32
+    with pytest.raises(ValueError, match="fp16 products take float16 planes"):
+        plan.product(z, z, 3, 3, (3, 1, 0), (0, 1, 0), 1, False)
+
+
 def test_half_inputs_with_bias_take_separate_column_passes(one_thread):
     """The forward transforms ``u`` and ``h`` in one launch when they share a dtype; a bias makes the
     filter float32 (it is folded into the lag-0 tap), so float16 ``u`` takes two launches."""

@@ -16,7 +16,8 @@ with a twiddle between (FlashFFTConv's Monarch form).
    ``n < T``.
 
 HBM traffic per real signal of ``T`` samples: read ``T`` reals, write and read ``T / 2 + N2`` complex
-(the half spectrum) once per pass. ``README.md`` has the math, the plan and the error analysis.
+(the half spectrum) once per pass, in float16 with a power-of-two scale per row and group of columns
+for ``fp16`` (:class:`Spectrum`). ``README.md`` has the math, the plan and the error analysis.
 """
 
 from __future__ import annotations
@@ -244,11 +245,6 @@ def long_conv_fft_rows_kernel(
         r_b = b_row.to(tl.int64) * H1 + i_k
         b_ar, b_ai, s_a = _load_parts(ar, ai, a_s, r_a * N2 + o_row, r_a * (N2 // GZ) + o_g)
         b_br, b_bi, s_b = _load_parts(br, bi, b_s, r_b * N2 + o_row, r_b * (N2 // GZ) + o_g)
-        if PREC == "fp16":  # float32 planes: the rows' bounds
-            if ar.dtype.element_ty != tl.float16:
-                s_a = _pow2_max(b_ar, b_ai)
-            if br.dtype.element_ty != tl.float16:
-                s_b = _pow2_max(b_br, b_bi)
         b_ar, b_ai, g_a = _row_dft(b_ar, b_ai, s_a, b_f1r, b_f1i, b_f2r, b_f2i, b_t2r, b_t2i, R, PREC)
         b_br, b_bi, g_b = _row_dft(b_br, b_bi, s_b, b_f1r, b_f1i, b_f2r, b_f2i, b_t2r, b_t2i, R, PREC)
         if CONJ:
@@ -605,6 +601,8 @@ class _Plan:
     ):
         """``sum_s IDFT_rows(DFT_rows(a) [conj] DFT_rows(b))`` on the kept rows: ``[2, rows, H1, N2]``
         (:class:`Spectrum`, ``fp16``: one scale per row and ``R2`` columns)."""
+        if self.precision == "fp16" and {a.planes.dtype, b.planes.dtype} != {torch.float16}:
+            raise ValueError("fp16 products take float16 planes (Spectrum with scales)")
         gz = a.group(self.N2)
         if b.group(self.N2) != gz:
             raise ValueError(f"spectra with scale groups of {gz} and {b.group(self.N2)} columns")
