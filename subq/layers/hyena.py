@@ -28,6 +28,10 @@ one more). Differences, each deliberate:
   (the reference's ``l_max``) sets their time scale and caps the filter at ``max_seq_len`` taps; any
   ``T`` works, and for ``T > max_seq_len`` the long convolution reaches back ``max_seq_len - 1``
   tokens (the reference truncates the sequence instead).
+- The filter MLP runs in the parameters' precision under autocast too (the reference's runs its
+  linears in bf16, and with ``w = 10`` the sines amplify that rounding to about 20% of the taps'
+  RMS at ``T = 2^20``; ``BENCHMARKS.md``); the taps are then cast to the activations' dtype. On
+  CUDA one fused Triton kernel each way computes them (``filter_mode``, :mod:`subq.ops.hyena_filter`).
 - Bidirectional (``causal=False``) uses M2-BERT's two-sided filter: a second MLP, sharing ``freq``
   and the window, gives the taps for lags ``-1 .. -L`` (``HazyResearch/m2``,
   ``bert/src/mm/hyena_utils.py``). HyenaDNA's padded bidirectional convolution is not used; see
@@ -49,7 +53,7 @@ from torch import Tensor, nn
 
 from subq.layers.base import Mixer
 from subq.layers.registry import register_mixer
-from subq.ops.common.layout import to_channels_first
+from subq.ops.hyena_filter import HYENA_FILTER_MODES, hyena_filter
 from subq.ops.long_conv import long_conv, long_conv_step
 from subq.ops.short_conv import (
     MAX_KERNEL_SIZE,
@@ -168,9 +172,44 @@ class HyenaFilter(nn.Module):
             z = torch.sin(self.freq * linear(z))
         return mlp[-1](z)
 
+    def weights(self, reverse: bool = False) -> tuple[Tensor, ...]:
+        """``(w1, b1, w2, b2, w3, b3, w4)`` of the forward (or the reverse taps') MLP."""
+        mlp = self.mlp_rev if reverse else self.mlp
+        return tuple(p for linear in mlp for p in (linear.weight, linear.bias) if p is not None)
+
+    def _features(self, start: int, length: int) -> tuple[Tensor, Tensor]:
+        """``(z [L, emb_dim], t [L])`` of positions ``start ..``, in the parameters' dtype; the last
+        ones are kept (they depend on the positions alone)."""
+        key = (start, length, self.freq.device, self.freq.dtype)
+        cached = getattr(self, "_feature_cache", None)
+        if cached is None or cached[0] != key:
+            positions = torch.arange(start, start + length, device=self.freq.device)
+            z, t = hyena_positional_features(positions, self.emb_dim, self.max_seq_len)
+            cached = (key, z.to(self.freq.dtype), t[:, 0].to(self.freq.dtype))
+            self._feature_cache = cached
+        return cached[1], cached[2]
+
+    def taps(
+        self, length: int, start: int = 0, *, groups: int = 1, dtype: torch.dtype | None = None, mode: str = "auto"
+    ) -> Tensor:
+        """Taps at positions ``start .. start + length - 1``, channels-first with contiguous lags:
+        ``[groups, channels / groups, length]`` (channel ``c`` at ``(c % groups, c // groups)``), or
+        ``[2, groups, channels / groups, length]`` (forward, reverse) when bidirectional; in ``dtype``
+        (default: the parameters'). ``mode``: :func:`~subq.ops.hyena_filter.hyena_filter`'s (the
+        Triton form computes the MLP, the window and the layout in one kernel each way). Autocast does
+        not reach the MLP: the taps are computed in the parameters' dtype, then stored in ``dtype``."""
+        z, t = self._features(start, length)
+        kw = dict(groups=groups, dtype=dtype, mode=mode)
+        with torch.autocast(self.freq.device.type, enabled=False):  # the parameters' precision
+            h = hyena_filter(z, t, self.freq, self.weights(), self.deltas, **kw)
+            if self.mlp_rev is None:
+                return h
+            return torch.stack([h, hyena_filter(z, t, self.freq, self.weights(reverse=True), self.deltas, **kw)])
+
     def forward(self, positions: Tensor) -> Tensor:
         """Taps at ``positions: [L]`` -> ``[L, channels]``, or ``[2, L, channels]`` (forward, reverse)
-        when bidirectional."""
+        when bidirectional: the PyTorch form, position-major (:meth:`taps` gives the layout the
+        convolutions read)."""
         z, t = hyena_positional_features(positions, self.emb_dim, self.max_seq_len)
         z, t = z.to(self.freq.dtype), t.to(self.freq.dtype)
         window = torch.exp(-t * self.deltas.abs())  # [L, channels]
@@ -201,6 +240,9 @@ class Hyena(Mixer):
             (faster, relative RMS about 7e-4; :func:`~subq.ops.long_conv.long_conv`): how
             ``mode="torch"`` computes the long convolutions (``mode="naive"`` uses the tap-by-tap
             reference).
+        filter_mode: how ``mode="torch"`` computes the implicit filters: ``"auto"`` (default: the fused
+            Triton kernels for float32 CUDA parameters, else PyTorch), ``"torch"`` or ``"triton"``
+            (:func:`~subq.ops.hyena_filter.hyena_filter`).
         short_conv_mode: how ``mode="torch"`` computes the short convolution: ``"auto"`` (default:
             ``"triton"`` on CUDA tensors when Triton is installed, else ``"torch"``), ``"torch"``
             (``F.conv1d``) or ``"triton"``  (:func:`~subq.ops.short_conv.triton_conv.triton_short_conv`,
@@ -231,6 +273,7 @@ class Hyena(Mixer):
         w: float = 1.0,
         dropout: float = 0.0,
         long_conv_form: str = "chunk",
+        filter_mode: str = "auto",
         short_conv_mode: str = "auto",
         causal: bool = True,
         layer_idx: int | None = None,
@@ -244,8 +287,10 @@ class Hyena(Mixer):
         check_filter_args(filter_order, emb_dim, short_filter_order, max_seq_len, dropout)
         if long_conv_form not in LONG_CONV_FORMS:
             raise ValueError(f"long_conv_form must be one of {LONG_CONV_FORMS}, got {long_conv_form!r}")
+        if filter_mode not in HYENA_FILTER_MODES:
+            raise ValueError(f"filter_mode must be one of {HYENA_FILTER_MODES}, got {filter_mode!r}")
         check_short_conv_mode(short_conv_mode)
-        self.short_conv_mode = short_conv_mode
+        self.short_conv_mode, self.filter_mode = short_conv_mode, filter_mode
         self.order, self.filter_order, self.emb_dim = order, filter_order, emb_dim
         self.short_filter_order, self.max_seq_len, self.long_conv_form = (
             short_filter_order,
@@ -282,15 +327,13 @@ class Hyena(Mixer):
         autocast)."""
         return self.short_filter_weight.to(like.dtype), self.short_filter_bias.to(like.dtype)
 
-    def long_filters(self, length: int, start: int = 0) -> Tensor:
+    def long_filters(self, length: int, start: int = 0, *, dtype: torch.dtype | None = None, mode: str = "torch") -> Tensor:
         """Taps at positions ``start .. start + length - 1``: ``[N - 1, d, length]``, or
-        ``[N - 1, 2, d, length]`` (forward, reverse) when bidirectional."""
-        positions = torch.arange(start, start + length, device=self.filter.freq.device)
-        h = self.filter(positions)  # [(2,) length, d (N - 1)], channel i (N - 1) + o: filter o, channel i
-        # lags of unit stride, as the convolutions read them: [(1 | 2), d, N - 1, length]
-        h = to_channels_first(h[None] if self.causal else h).transpose(1, 2)
-        h = h.unflatten(1, (self.d_model, self.order - 1))
-        return h[0].permute(1, 0, 2) if self.causal else h.permute(2, 0, 1, 3)  # [N - 1, (2,) d, length]
+        ``[N - 1, 2, d, length]`` (forward, reverse) when bidirectional, lags contiguous, in ``dtype``
+        (default: the parameters'); ``mode`` is the layer's (``"naive"`` computes them in PyTorch)."""
+        form = "torch" if mode == "naive" else self.filter_mode
+        h = self.filter.taps(length, start, groups=self.order - 1, dtype=dtype, mode=form)
+        return h if self.causal else h.transpose(0, 1)
 
     def _mix(self, x: Tensor, mode: str) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
         """``x: [B, T, d]`` -> ``(y, projected input [B, T, (N+1)d], long-conv inputs [B, T, d] per
@@ -303,7 +346,7 @@ class Hyena(Mixer):
             short = resolve_short_conv_mode(self.short_conv_mode, p)
             conv = short_conv(p, *self._short_filter(p), mode=short)
         *xs, v = conv.split(d, dim=-1)  # [B, T, d] each
-        h = self.long_filters(min(T, self.max_seq_len))  # [N-1, (2,) d, L]
+        h = self.long_filters(min(T, self.max_seq_len), dtype=p.dtype, mode=mode)  # [N-1, (2,) d, L]
         form = "naive" if mode == "naive" else self.long_conv_form
         inputs = []
         for o, x_i in enumerate(reversed(xs[1:])):
@@ -350,7 +393,8 @@ class Hyena(Mixer):
         *xs, v = c.split(d, dim=-1)  # [B, d] each
         filters = state.filters
         if filters.shape[-1] < self.max_seq_len:  # the tap for this position, once
-            filters = torch.cat([filters, self.long_filters(1, start=filters.shape[-1])], dim=-1)
+            tap = self.long_filters(1, start=filters.shape[-1], dtype=filters.dtype, mode=self.resolve_mode(x_t))
+            filters = torch.cat([filters, tap], dim=-1)
         history = []
         for o, x_i in enumerate(reversed(xs[1:])):
             v = self.dropout(v * x_i)
@@ -370,5 +414,5 @@ class Hyena(Mixer):
             f"{super().extra_repr()}, order={self.order}, filter_order={self.filter_order}, "
             f"emb_dim={self.emb_dim}, short_filter_order={self.short_filter_order}, "
             f"max_seq_len={self.max_seq_len}, long_conv_form={self.long_conv_form!r}, "
-            f"short_conv_mode={self.short_conv_mode!r}"
+            f"filter_mode={self.filter_mode!r}, short_conv_mode={self.short_conv_mode!r}"
         )

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from subq.layers.base import Mixer
 from subq.layers.hyena import HyenaFilter, check_filter_args
+from subq.ops.hyena_filter import HYENA_FILTER_MODES
 from subq.layers.registry import register_mixer
 from subq.ops.long_conv import long_conv
 from subq.ops.monarch import monarch_conv
@@ -69,6 +70,9 @@ class MonarchMixer(Mixer):
             ``"triton_fp16"``: relative RMS about 7e-4; :func:`~subq.ops.long_conv.long_conv`) or
             ``"auto"`` (default: ``"chunk"`` when causal, ``"fft"`` when bidirectional; on the H200
             ``"triton_fp16"`` is 13% faster at 4k tokens when the host keeps up, see ``BENCHMARKS.md``).
+        filter_mode: how the implicit filters are computed outside ``mode="naive"``: ``"auto"`` (default:
+            the fused Triton kernels for float32 CUDA parameters and ``filter_order <= 64``, else
+            PyTorch), ``"torch"`` or ``"triton"`` (:func:`~subq.ops.hyena_filter.hyena_filter`).
         short_conv_mode: the short convolution's form outside ``mode="naive"``: ``"auto"`` (default:
             the Triton kernels on CUDA, ``F.conv1d`` otherwise), ``"torch"`` or ``"triton"``
             (:func:`~subq.ops.short_conv.short_conv`).
@@ -95,6 +99,7 @@ class MonarchMixer(Mixer):
         residual_long_conv: bool = True,
         dropout: float = 0.0,
         long_conv_form: str = "auto",
+        filter_mode: str = "auto",
         short_conv_mode: str = "auto",
         causal: bool = True,
         layer_idx: int | None = None,
@@ -105,7 +110,9 @@ class MonarchMixer(Mixer):
         super().__init__(d_model, causal=causal, layer_idx=layer_idx, mode=mode, device=device, dtype=dtype)
         check_filter_args(filter_order, emb_dim, short_filter_order, max_seq_len, dropout)
         check_short_conv_mode(short_conv_mode)
-        self.short_conv_mode = short_conv_mode
+        if filter_mode not in HYENA_FILTER_MODES:
+            raise ValueError(f"filter_mode must be one of {HYENA_FILTER_MODES}, got {filter_mode!r}")
+        self.short_conv_mode, self.filter_mode = short_conv_mode, filter_mode
         if long_conv_form not in LONG_CONV_FORMS:
             raise ValueError(f"long_conv_form must be one of {LONG_CONV_FORMS}, got {long_conv_form!r}")
         self.filter_order, self.emb_dim, self.short_filter_order = filter_order, emb_dim, short_filter_order
@@ -131,10 +138,11 @@ class MonarchMixer(Mixer):
         nn.init.uniform_(self.short_filter_weight, -bound, bound)
         nn.init.uniform_(self.short_filter_bias, -bound, bound)
 
-    def _taps(self, filt: HyenaFilter, length: int) -> Tensor:
-        """``[d, length]`` (causal) or ``[2, d, length]`` (forward, reverse)."""
-        h = filt(torch.arange(length, device=filt.freq.device))  # [(2,) length, d]
-        return h.transpose(-1, -2)
+    def _taps(self, filt: HyenaFilter, length: int, mode: str) -> Tensor:
+        """``[d, length]`` (causal) or ``[2, d, length]`` (forward, reverse); ``mode`` the layer's
+        (``"naive"``: PyTorch; else ``filter_mode``)."""
+        h = filt.taps(length, mode="torch" if mode == "naive" else self.filter_mode)  # [(2,) 1, d, length]
+        return h.squeeze(-3)
 
     def _conv(self, x: Tensor, h: Tensor, bias: Tensor, mode: str) -> Tensor:
         h, bias = h.to(x.dtype), bias.to(x.dtype)
@@ -160,9 +168,9 @@ class MonarchMixer(Mixer):
         x1, x2, v = conv.split(d, dim=-1)
         L = min(T, self.max_seq_len)
         v = self.dropout(v * x1)
-        y = self._conv(v, self._taps(self.filter, L), self.filter_bias, mode) * x2  # [B, T, d]
+        y = self._conv(v, self._taps(self.filter, L, mode), self.filter_bias, mode) * x2  # [B, T, d]
         if self.residual_long_conv:
-            y = y + self._conv(u, self._taps(self.filter2, L), self.filter2_bias, mode)
+            y = y + self._conv(u, self._taps(self.filter2, L, mode), self.filter2_bias, mode)
         return self.out_linear(y)
 
     def state_size(self, seq_len: int) -> int:
@@ -174,5 +182,6 @@ class MonarchMixer(Mixer):
         return (
             f"{super().extra_repr()}, filter_order={self.filter_order}, emb_dim={self.emb_dim}, "
             f"max_seq_len={self.max_seq_len}, residual_long_conv={self.residual_long_conv}, "
-            f"long_conv_form={self.long_conv_form!r}, short_conv_mode={self.short_conv_mode!r}"
+            f"long_conv_form={self.long_conv_form!r}, filter_mode={self.filter_mode!r}, "
+            f"short_conv_mode={self.short_conv_mode!r}"
         )

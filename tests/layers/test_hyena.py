@@ -132,12 +132,13 @@ def test_forms_agree_forward_and_gradients(causal, T, one_thread):
 )
 def test_triton_forms_match_the_reference(form, short, causal, tol, one_thread):
     """The Triton FFT convolution (and the Triton short convolution) inside the layer (float32; on a
-    CPU the kernels run in Triton's interpreter), forward and gradients against the naive layer. The
+    CPU the kernels run in Triton's interpreter), forward and gradients against the naive layer (the
+    filters in PyTorch in both: ``test_triton_filter_matches_the_reference`` covers the fused ones). The
     layer's activations are token-major, so this also covers the copy to channels-first storage and
     back, and the short convolution in place on the projection."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     kw = {"filter_order": 16, "max_seq_len": 64, "order": 2, "causal": causal, "device": device}
-    fast = Hyena(16, long_conv_form=form, short_conv_mode=short, **kw).eval()
+    fast = Hyena(16, long_conv_form=form, short_conv_mode=short, filter_mode="torch", **kw).eval()
     naive = Hyena(16, mode="naive", **kw).eval()
     fast.load_state_dict(naive.state_dict())
     x = torch.randn(2, 50, 16, device=device, requires_grad=True)
@@ -150,6 +151,37 @@ def test_triton_forms_match_the_reference(form, short, causal, tol, one_thread):
 
     for name, a, b in zip(names, outputs_and_grads(fast), outputs_and_grads(naive), strict=True):
         assert_close(a, b, tol, f"{form} {name}")
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_triton_filter_matches_the_reference(causal, one_thread):
+    """The fused Triton filter (``filter_mode="triton"``; the interpreter on a CPU) inside the layer,
+    order 3 (two filters interleaved in the MLP's channels), forward and every gradient against the
+    naive layer in float32; then decoding with it: a new tap per step."""
+    pytest.importorskip("triton")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    kw = {"filter_order": 16, "max_seq_len": 40, "order": 3, "causal": causal, "device": device}
+    fast = Hyena(16, filter_mode="triton", **kw).eval()
+    naive = Hyena(16, mode="naive", **kw).eval()
+    fast.load_state_dict(naive.state_dict())
+    x = torch.randn(2, 50, 16, device=device, requires_grad=True)
+    g = torch.randn(2, 50, 16, device=device)
+    names = ["y", "dx", *(f"d{n}" for n, _ in naive.named_parameters())]
+    results = []
+    for m in (fast, naive):
+        y = m(x)
+        results.append((y, *torch.autograd.grad(y, [x, *m.parameters()], g)))
+    # on a GPU the filter's backward dots run in single TF32 (subq/ops/hyena_filter/triton_filter.py)
+    filter_tol = 1e-5 if device == "cpu" else 5e-3
+    for name, a, b in zip(names, *results, strict=True):
+        assert_close(a, b, filter_tol if name.startswith("dfilter.") else 1e-5, name)
+    if causal:
+        with torch.no_grad():
+            y_pre, state = fast.prefill(x[:, :30])
+            for t in range(30, 45):
+                y_t, state = fast.step(x[:, t], state)
+                assert_close(y_t, results[0][0][:, t], 1e-5, f"step t={t}")
+        assert state.filters.shape == (2, 16, 40)
 
 
 @pytest.mark.parametrize("form", ["chunk", "fft"])
@@ -264,6 +296,7 @@ def test_dropout_only_in_training():
         ({"max_seq_len": 1}, "max_seq_len must be an int >= 2, got 1"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0"),
         ({"long_conv_form": "cufft"}, "long_conv_form must be one of"),
+        ({"filter_mode": "cuda"}, "filter_mode must be one of"),
         ({"mode": "triton"}, "hyena has no 'triton' form"),
     ],
 )
