@@ -31,11 +31,11 @@ filter MLP width 64, ``emb_dim`` 5, short filter 3, ``w`` 10) and a filter as lo
 (``max_seq_len = T``). Modes: ``fft``, ``chunk``, ``triton`` and ``triton_fp16`` (CUDA), the layer's
 ``mode="torch"`` with that ``long_conv_form``; reference: the same weights with ``mode="naive"``.
 In bf16 or fp16 the weights stay float32 and the stack runs under ``torch.autocast`` (as training
-does), and so does the reference: the gate compares the forms, not the precisions. (Under autocast
-the filter MLP runs in bf16 on rounded positional features; against float32 that alone moves the
-output by about 1e-2 relative at T = 64 and 4e-2 at T = 512, in every form.) The runner's baseline
-is two causal SDPA calls in sequence (``sdpa_layers=2``) at ``[B, H, T, D]``: attention's
-operator alone, without the projections that the Hyena stack's time includes, so the speedup is a
+does), and so does the reference: the gate compares the forms, not the precisions. The implicit
+filters are computed in float32 in every form (``HyenaFilter.taps`` runs the MLP outside autocast;
+on CUDA the fused Triton filter, in the reference PyTorch's), then cast to the activations' dtype.
+The runner's baseline is two causal SDPA calls in sequence (``sdpa_layers=2``) at ``[B, H, T, D]``:
+attention's operator alone, without the projections that the Hyena stack's time includes, so the speedup is a
 lower bound. Use ``H = 1, D = 128``: Hyena's operator is single-headed over all ``d`` channels, and
 head dim 128 is the one FlashAttention is tuned for (the attention FLOPs, ``2 T^2 H D``, are the same
 for any split of ``d``). Where one SDPA call takes longer than ``Timing.single_call_ms`` the runner

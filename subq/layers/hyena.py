@@ -190,7 +190,13 @@ class HyenaFilter(nn.Module):
         return cached[1], cached[2]
 
     def taps(
-        self, length: int, start: int = 0, *, groups: int = 1, dtype: torch.dtype | None = None, mode: str = "auto"
+        self,
+        length: int,
+        start: int = 0,
+        *,
+        groups: int = 1,
+        dtype: torch.dtype | None = None,
+        mode: str = "auto",
     ) -> Tensor:
         """Taps at positions ``start .. start + length - 1``, channels-first with contiguous lags:
         ``[groups, channels / groups, length]`` (channel ``c`` at ``(c % groups, c // groups)``), or
@@ -204,7 +210,9 @@ class HyenaFilter(nn.Module):
             h = hyena_filter(z, t, self.freq, self.weights(), self.deltas, **kw)
             if self.mlp_rev is None:
                 return h
-            return torch.stack([h, hyena_filter(z, t, self.freq, self.weights(reverse=True), self.deltas, **kw)])
+            return torch.stack(
+                [h, hyena_filter(z, t, self.freq, self.weights(reverse=True), self.deltas, **kw)]
+            )
 
     def forward(self, positions: Tensor) -> Tensor:
         """Taps at ``positions: [L]`` -> ``[L, channels]``, or ``[2, L, channels]`` (forward, reverse)
@@ -327,7 +335,9 @@ class Hyena(Mixer):
         autocast)."""
         return self.short_filter_weight.to(like.dtype), self.short_filter_bias.to(like.dtype)
 
-    def long_filters(self, length: int, start: int = 0, *, dtype: torch.dtype | None = None, mode: str = "torch") -> Tensor:
+    def long_filters(
+        self, length: int, start: int = 0, *, dtype: torch.dtype | None = None, mode: str = "torch"
+    ) -> Tensor:
         """Taps at positions ``start .. start + length - 1``: ``[N - 1, d, length]``, or
         ``[N - 1, 2, d, length]`` (forward, reverse) when bidirectional, lags contiguous, in ``dtype``
         (default: the parameters'); ``mode`` is the layer's (``"naive"`` computes them in PyTorch)."""
@@ -393,7 +403,9 @@ class Hyena(Mixer):
         *xs, v = c.split(d, dim=-1)  # [B, d] each
         filters = state.filters
         if filters.shape[-1] < self.max_seq_len:  # the tap for this position, once
-            tap = self.long_filters(1, start=filters.shape[-1], dtype=filters.dtype, mode=self.resolve_mode(x_t))
+            tap = self.long_filters(
+                1, start=filters.shape[-1], dtype=filters.dtype, mode=self.resolve_mode(x_t)
+            )
             filters = torch.cat([filters, tap], dim=-1)
         history = []
         for o, x_i in enumerate(reversed(xs[1:])):

@@ -36,8 +36,8 @@ from torch import Tensor, nn
 
 from subq.layers.base import Mixer
 from subq.layers.hyena import HyenaFilter, check_filter_args
-from subq.ops.hyena_filter import HYENA_FILTER_MODES
 from subq.layers.registry import register_mixer
+from subq.ops.hyena_filter import HYENA_FILTER_MODES
 from subq.ops.long_conv import long_conv
 from subq.ops.monarch import monarch_conv
 from subq.ops.short_conv import (

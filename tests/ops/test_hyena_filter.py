@@ -26,9 +26,19 @@ def _filter(C: int, E: int, Fw: int, max_seq_len: int, seed: int = 0) -> HyenaFi
 
 
 def _inputs(filt: HyenaFilter, L: int, start: int = 0):
-    z, t = hyena_positional_features(torch.arange(start, start + L, device=DEVICE), filt.emb_dim, filt.max_seq_len)
+    z, t = hyena_positional_features(
+        torch.arange(start, start + L, device=DEVICE), filt.emb_dim, filt.max_seq_len
+    )
     mlp = filt.mlp
-    weights = (mlp[0].weight, mlp[0].bias, mlp[1].weight, mlp[1].bias, mlp[2].weight, mlp[2].bias, mlp[3].weight)
+    weights = (
+        mlp[0].weight,
+        mlp[0].bias,
+        mlp[1].weight,
+        mlp[1].bias,
+        mlp[2].weight,
+        mlp[2].bias,
+        mlp[3].weight,
+    )
     return z.float(), t[:, 0].float(), filt.freq, weights, filt.deltas
 
 
@@ -67,14 +77,16 @@ def test_triton_matches_reference(L, E, Fw, C, groups, start, one_thread):
     params = [freq, *weights]
     out = hyena_filter(z, t, freq, weights, deltas, groups=groups, mode="triton")
     ref_params = [p.detach().double().requires_grad_() for p in params]
-    ref = naive_hyena_filter(z.double(), t.double(), ref_params[0], tuple(ref_params[1:]), deltas.double(), groups=groups)
+    ref = naive_hyena_filter(
+        z.double(), t.double(), ref_params[0], tuple(ref_params[1:]), deltas.double(), groups=groups
+    )
     assert out.dtype == torch.float32 and out.shape == (groups, C // groups, L)
     assert_close(out, ref, 1e-5, "taps")
     g = torch.randn_like(out)
     grads = torch.autograd.grad(out, params, g)
     ref_grads = torch.autograd.grad(ref, ref_params, g.double())
     names = ["freq", "w1", "b1", "w2", "b2", "w3", "b3", "w4"]
-    for name, got, want in zip(names, grads, ref_grads):
+    for name, got, want in zip(names, grads, ref_grads, strict=True):
         assert got.dtype == torch.float32
         assert_close(got, want, GRAD_TOL, name)
 
@@ -100,7 +112,10 @@ def test_auto_and_bad_input():
     z, t, freq, weights, deltas = _inputs(filt, 16)
     expected = "triton" if DEVICE == "cuda" else "torch"
     with torch.no_grad():
-        assert torch.equal(hyena_filter(z, t, freq, weights, deltas), hyena_filter(z, t, freq, weights, deltas, mode=expected))
+        assert torch.equal(
+            hyena_filter(z, t, freq, weights, deltas),
+            hyena_filter(z, t, freq, weights, deltas, mode=expected),
+        )
     with pytest.raises(ValueError, match="mode must be one of"):
         hyena_filter(z, t, freq, weights, deltas, mode="cuda")
     with pytest.raises(ValueError, match="divisor of the 8 channels"):
@@ -114,4 +129,6 @@ def test_auto_and_bad_input():
     with pytest.raises(ValueError, match="width <= 64, got 72"):
         hyena_filter(z, t, freq, weights, deltas, mode="triton")
     with torch.no_grad():  # auto takes PyTorch for wide MLPs
-        assert torch.equal(hyena_filter(z, t, freq, weights, deltas), naive_hyena_filter(z, t, freq, weights, deltas))
+        assert torch.equal(
+            hyena_filter(z, t, freq, weights, deltas), naive_hyena_filter(z, t, freq, weights, deltas)
+        )

@@ -43,7 +43,10 @@ def hyena_filter(
     if mode == "torch":
         return naive_hyena_filter(z, t, freq, weights, deltas, groups=groups, dtype=dtype)
     if freq.shape[0] > MAX_WIDTH:
-        raise ValueError(f"hyena_filter: the Triton form takes an MLP of width <= {MAX_WIDTH}, got {freq.shape[0]}; use mode='torch'")
+        raise ValueError(
+            f"hyena_filter: the Triton form takes an MLP of width <= {MAX_WIDTH}, "
+            f"got {freq.shape[0]}; use mode='torch'"
+        )
     from subq.ops.hyena_filter.triton_filter import triton_hyena_filter
 
     return triton_hyena_filter(z, t, freq, weights, deltas, groups=groups, dtype=dtype)

@@ -22,13 +22,17 @@ from torch import Tensor
 PARAMS = ("w1", "b1", "w2", "b2", "w3", "b3", "w4")
 
 
-def check_hyena_filter(z: Tensor, t: Tensor, freq: Tensor, weights: tuple[Tensor, ...], deltas: Tensor, groups: int):
+def check_hyena_filter(
+    z: Tensor, t: Tensor, freq: Tensor, weights: tuple[Tensor, ...], deltas: Tensor, groups: int
+):
     """Shapes of the inputs of :func:`naive_hyena_filter`; a ``ValueError`` naming the first mismatch."""
     if len(weights) != len(PARAMS):
         raise ValueError(f"hyena_filter takes the weights {PARAMS}; got {len(weights)} tensors")
     w1, b1, w2, b2, w3, b3, w4 = weights
     if z.dim() != 2 or t.shape != (z.shape[0],):
-        raise ValueError(f"hyena_filter: z must be [L, E] and t [L]; got {tuple(z.shape)} and {tuple(t.shape)}")
+        raise ValueError(
+            f"hyena_filter: z must be [L, E] and t [L]; got {tuple(z.shape)} and {tuple(t.shape)}"
+        )
     L, E = z.shape
     Fw, C = freq.shape[0], w4.shape[0]
     expected = {
@@ -44,9 +48,14 @@ def check_hyena_filter(z: Tensor, t: Tensor, freq: Tensor, weights: tuple[Tensor
     }
     for name, (tensor, shape) in expected.items():
         if tuple(tensor.shape) != shape:
-            raise ValueError(f"hyena_filter: {name} must have shape {shape} (E={E}, F={Fw}, C={C}); got {tuple(tensor.shape)}")
+            raise ValueError(
+                f"hyena_filter: {name} must have shape {shape} (E={E}, F={Fw}, C={C}); "
+                f"got {tuple(tensor.shape)}"
+            )
     if not isinstance(groups, int) or groups < 1 or C % groups:
-        raise ValueError(f"hyena_filter: groups must be a positive divisor of the {C} channels; got {groups!r}")
+        raise ValueError(
+            f"hyena_filter: groups must be a positive divisor of the {C} channels; got {groups!r}"
+        )
 
 
 def naive_hyena_filter(

@@ -42,7 +42,9 @@ def _sin(x, FAST: tl.constexpr):
     if FAST:
         k = tl.floor(x * 0.15915494309189535 + 0.5)
         r = (x - k * 6.28125) - k * 0.0019353071795864769
-        return tl.inline_asm_elementwise("sin.approx.f32 $0, $1;", "=r,r", [r], dtype=tl.float32, is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(
+            "sin.approx.f32 $0, $1;", "=r,r", [r], dtype=tl.float32, is_pure=True, pack=1
+        )
     return tl.sin(x)
 
 
@@ -52,7 +54,9 @@ def _cos(x, FAST: tl.constexpr):
     if FAST:
         k = tl.floor(x * 0.15915494309189535 + 0.5)
         r = (x - k * 6.28125) - k * 0.0019353071795864769
-        return tl.inline_asm_elementwise("cos.approx.f32 $0, $1;", "=r,r", [r], dtype=tl.float32, is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(
+            "cos.approx.f32 $0, $1;", "=r,r", [r], dtype=tl.float32, is_pure=True, pack=1
+        )
     return tl.cos(x)
 
 
@@ -89,7 +93,9 @@ def _hidden_weights(w2, w3, Fw, FP: tl.constexpr):
     o_f = tl.arange(0, FP)
     m = (o_f < Fw)[:, None] & (o_f < Fw)[None, :]
     p = o_f[:, None] * Fw + o_f[None, :]
-    return tl.load(w2 + p, mask=m, other=0.0).to(tl.float32), tl.load(w3 + p, mask=m, other=0.0).to(tl.float32)
+    return tl.load(w2 + p, mask=m, other=0.0).to(tl.float32), tl.load(w3 + p, mask=m, other=0.0).to(
+        tl.float32
+    )
 
 
 @triton.jit
@@ -98,7 +104,9 @@ def _channels(deltas, w4, i_c, C, Fw, GROUPS: tl.constexpr, BC: tl.constexpr, FP
     o_c = i_c * BC + tl.arange(0, BC)
     o_f = tl.arange(0, FP)
     m_c = o_c < C
-    rows = (o_c % GROUPS) * (C // GROUPS) + o_c // GROUPS  # channel c = i groups + o -> row o (C / groups) + i
+    rows = (o_c % GROUPS) * (
+        C // GROUPS
+    ) + o_c // GROUPS  # channel c = i groups + o -> row o (C / groups) + i
     b_d = tl.abs(tl.load(deltas + o_c, mask=m_c, other=0.0).to(tl.float32))
     b_w4 = tl.load(w4 + o_c[:, None] * Fw + o_f[None, :], mask=m_c[:, None] & (o_f < Fw)[None, :], other=0.0)
     return rows.to(tl.int64), m_c, b_d, b_w4.to(tl.float32)
@@ -272,7 +280,7 @@ class TritonHyenaFilter(torch.autograd.Function):
             pb3[:Fw],
             part_w4.sum(0)[:, :Fw],
         )
-        grads = tuple(gr.to(w.dtype) for gr, w in zip(grads, weights))
+        grads = tuple(gr.to(w.dtype) for gr, w in zip(grads, weights, strict=True))
         return (None, None, pf[:Fw].to(freq.dtype), None, None, None, *grads)
 
 
