@@ -5,8 +5,9 @@ The filter is HyenaDNA's (``d = 128`` channels, MLP width 64, ``emb_dim`` 5, ``w
 ``max_seq_len = L``; ``HyenaFilter.taps(L, dtype=bf16)`` as the Hyena layer calls it under bf16
 autocast (the MLP itself runs in float32 in both forms), with a bf16 upstream gradient for the
 backward. ``do_bench`` medians, in ms. Also reported: the relative RMS of the Triton taps (float32
-and bf16) and of the old bf16-autocast MLP against the float32 PyTorch taps. Prints one JSON row per
-length. GPU only (``--smoke``: a tiny length, also in Triton's interpreter on a CPU).
+and bf16) and of the old bf16-autocast MLP against the float32 PyTorch taps. Prints one line per
+length and, as the last line, one JSON object (``--out`` also writes it). GPU only (``--smoke``: a
+tiny length, also in Triton's interpreter on a CPU).
 
     python benchmarks/hyena_filter_bench.py --L 4096,131072,1048576 --out hyena_filter.json
 """
@@ -67,10 +68,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for L in lengths:
         rows.append(bench_length(L, device, timed))
-        print(json.dumps(rows[-1]), flush=True)
+        r = rows[-1]
+        times = "  ".join(f"{k} {v:.3f}" for k, v in r.items() if k.endswith("_ms"))
+        print(f"L={L}  {times}  triton rel-RMS fp32 {r['triton_fp32_rel_rms']:.1e}", flush=True)
+    record = {"gpu": torch.cuda.get_device_name() if timed else "none", "rows": rows}
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"gpu": torch.cuda.get_device_name() if timed else "none", "rows": rows}, f, indent=1)
+            json.dump(record, f, indent=1)
+    print(json.dumps(record))
     return rows
 
 

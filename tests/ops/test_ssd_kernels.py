@@ -30,6 +30,16 @@ GPU_CASES = [
 ]
 
 
+@pytest.fixture(params=["walk", "parallel"])
+def forward_form(request, monkeypatch):
+    """Both forms of the kernels' forward (``fused_chunk.FORWARD``): one walk over the chunks, or the
+    walk storing the states and one program per chunk for the outputs."""
+    from subq.ops.ssd import fused_chunk
+
+    monkeypatch.setattr(fused_chunk, "FORWARD", request.param)
+    return request.param
+
+
 def _ids(case):
     b, T, H, P, G, N, Q = case
     return f"B{b}-T{T}-H{H}-P{P}-G{G}-N{N}-Q{Q}"
@@ -37,7 +47,7 @@ def _ids(case):
 
 @pytest.mark.interpret
 @pytest.mark.parametrize("case", CPU_CASES, ids=_ids)
-def test_triton_fp32(case, one_thread):
+def test_triton_fp32(case, forward_form, one_thread):
     *shape, Q = case
     _check(fused_chunk_ssd, shape, torch.float32, 1e-5, chunk_size=Q)
 
@@ -50,13 +60,13 @@ def test_triton_without_state_or_skip(one_thread):
 
 @pytest.mark.interpret
 @pytest.mark.parametrize("case", CPU_CASES[1:3], ids=_ids)
-def test_triton_fp16(case, one_thread):
+def test_triton_fp16(case, forward_form, one_thread):
     *shape, Q = case
     _check(fused_chunk_ssd, shape, torch.float16, 1e-2, chunk_size=Q)
 
 
 @pytest.mark.interpret
-def test_triton_two_halves_equal_the_whole(one_thread):
+def test_triton_two_halves_equal_the_whole(forward_form, one_thread):
     x, dt, A, B, C, D, h0 = _inputs(1, 70, 2, 3, 1, 5)
     kw = dict(D=D, output_final_state=True, chunk_size=16)
     y, hT = fused_chunk_ssd(x, dt, A, B, C, initial_state=h0, **kw)
@@ -121,7 +131,7 @@ def test_triton_rejects_bad_chunk_size():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", GPU_CASES, ids=_ids)
-def test_triton_gpu(case, dtype, tol):
+def test_triton_gpu(case, dtype, tol, forward_form):
     *shape, Q = case
     _check(fused_chunk_ssd, shape, dtype, tol, chunk_size=Q)
 
@@ -181,7 +191,7 @@ def test_reverse_in_pytorch_forms(mode):
 
 @pytest.mark.interpret
 @pytest.mark.parametrize("in_place", [True, False], ids=["projection-slices", "separate-tensors"])
-def test_bidirectional_launch_matches_two_scans(in_place, one_thread):
+def test_bidirectional_launch_matches_two_scans(in_place, forward_form, one_thread):
     """``ssd_bidirectional`` (both scans in one launch; ``B``, ``C`` of the two directions read in
     place at their offset in the projection, or stacked when they are separate tensors) against the
     float64 reference of each direction: outputs and every gradient."""

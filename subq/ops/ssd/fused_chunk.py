@@ -10,9 +10,13 @@ and the reverse scan of the same inputs (Hydra), the reverse direction's ``dt`` 
 forward ones and its ``B``, ``C`` ``s_dir`` elements further on. ``README.md`` has the math.
 
 - ``ssd_fwd_kernel``: one program per (block of ``P``, batch x head) walks the chunks and keeps the
-  state ``h [P, N]`` in registers (float32): inside a chunk the masked quadratic form, across chunks
-  one read and one update of the state. With ``STORE_STATES`` it also writes the state before every
-  chunk (the backward's first launch recomputes them instead of keeping them from the forward).
+  state ``h [P, N]`` in registers (float32): across chunks one read and one update of the state, and
+  with ``STORE_Y`` inside a chunk the masked quadratic form. With ``STORE_STATES`` it writes the state
+  before every chunk: for the backward (float32; its first launch recomputes them instead of keeping
+  them from the forward) and for the chunk-parallel forward (in the dtype of ``x``).
+- ``ssd_chunk_out_kernel``: the chunk-parallel forward's second launch, one program per (block of
+  ``P``, batch x head, chunk): the chunk's outputs from the state before it. With the walk carrying
+  one matmul a chunk instead of four, the forward's sequential path is a quarter as long.
 - ``ssd_dstate_kernel``: one program per (block of ``P``, batch x head) walks the chunks backwards
   carrying only the state gradient ``dh`` (one matmul a chunk) and writes it after every chunk.
 - ``ssd_bwd_kernel``: one program per (block of ``P``, batch x head, chunk): with the state before
@@ -71,6 +75,17 @@ def _direction(i_bh, NBI, H: tl.constexpr, DIRS: tl.constexpr, REVERSE: tl.const
     return i_o, i_o, 0, 0
 
 
+@triton.jit
+def _chunk_output(b_x, b_acs, b_B, b_C, b_h, DT, PREC: tl.constexpr, BT: tl.constexpr):
+    """``y [BT, BP]`` of one chunk: inside it ``(L o C B^T) xbar``, plus the state before it ``h [BP,
+    BN]`` decayed to each position."""
+    o_i = tl.arange(0, BT)
+    b_s = tl.dot(b_C, tl.trans(b_B), input_precision=PREC)  # [BT, BT]
+    b_s = tl.where(o_i[:, None] >= o_i[None, :], b_s * tl.exp(b_acs[:, None] - b_acs[None, :]), 0.0)
+    b_y = tl.dot(b_s.to(DT), b_x, input_precision=PREC)
+    return b_y + tl.exp(b_acs)[:, None] * tl.dot(b_C, tl.trans(b_h).to(DT), input_precision=PREC)
+
+
 @triton.jit(do_not_specialize=["T"])
 def ssd_fwd_kernel(
     x,
@@ -114,7 +129,6 @@ def ssd_fwd_kernel(
     o_n = tl.arange(0, BN)
     m_p, m_n = o_p < P, o_n < N
     m_pn = m_p[:, None] & m_n[None, :]
-    m_causal = o_i[:, None] >= o_i[None, :]
     # x, B, C in place (batch and time strides; the reverse direction's B, C s_dir further on);
     # dt [NBI, T, DIRS H] and y [DIRS NBI, T, H, P] contiguous
     row0 = i_o.to(tl.int64) * T * H + i_h
@@ -139,14 +153,10 @@ def ssd_fwd_kernel(
             p_x, p_dt, A_h, p_B, p_C, o_m, m_t, o_p, m_p, o_n, m_n, s_xt, s_bt, DIRS * H
         )
         if STORE_STATES:
-            tl.store(hs + (i_bh.to(tl.int64) * NT + i_t) * P * N + p_state, b_h, mask=m_pn)
+            p_hs = hs + (i_bh.to(tl.int64) * NT + i_t) * P * N + p_state
+            tl.store(p_hs, b_h.to(hs.dtype.element_ty), mask=m_pn)
         if STORE_Y:
-            # inside the chunk: (L o C B^T) xbar  [BT, BT] @ [BT, BP]
-            b_s = tl.dot(b_C, tl.trans(b_B), input_precision=PREC)
-            b_s = tl.where(m_causal, b_s * tl.exp(b_acs[:, None] - b_acs[None, :]), 0.0)
-            b_y = tl.dot(b_s.to(DT), b_x, input_precision=PREC)
-            # the state before the chunk, decayed to each position  [BT, BN] @ [BN, BP]
-            b_y += tl.exp(b_acs)[:, None] * tl.dot(b_C, tl.trans(b_h).to(DT), input_precision=PREC)
+            b_y = _chunk_output(b_x, b_acs, b_B, b_C, b_h, DT, PREC, BT)
             tl.store(
                 y + row0 * P + o_m[:, None].to(tl.int64) * H * P + o_p[None, :],
                 b_y.to(DT),
@@ -158,6 +168,67 @@ def ssd_fwd_kernel(
 
     if STORE_FINAL_STATE:
         tl.store(ht + i_bh.to(tl.int64) * P * N + p_state, b_h, mask=m_pn)
+
+
+@triton.jit(do_not_specialize=["T"])
+def ssd_chunk_out_kernel(
+    x,
+    dt,
+    A,
+    Bm,
+    Cm,
+    y,
+    hs,
+    T,
+    NBI,
+    s_xb,
+    s_xt,
+    s_bb,
+    s_bt,
+    s_dir,
+    H: tl.constexpr,
+    G: tl.constexpr,
+    P: tl.constexpr,
+    N: tl.constexpr,
+    BT: tl.constexpr,
+    BP: tl.constexpr,
+    BN: tl.constexpr,
+    DIRS: tl.constexpr,
+    REVERSE: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """The chunk-parallel forward's second launch: one program per (block of ``P``, batch x head,
+    chunk) computes the chunk's outputs from the state before it (``hs``, written by the first
+    launch, ``ssd_fwd_kernel`` with ``STORE_STATES`` alone)."""
+    i_p, i_bh, i_t = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_o, i_b, i_d, rev = _direction(i_bh, NBI, H, DIRS, REVERSE)
+    i_h = i_bh % H
+    i_g = i_h // (H // G)
+    DT = x.dtype.element_ty
+    o_i = tl.arange(0, BT)
+    o_p = i_p * BP + tl.arange(0, BP)
+    o_n = tl.arange(0, BN)
+    m_p, m_n = o_p < P, o_n < N
+    row0 = i_o.to(tl.int64) * T * H + i_h
+    p_x = x + i_b.to(tl.int64) * s_xb + i_h * P
+    p_dt = dt + i_b.to(tl.int64) * T * DIRS * H + i_d * H + i_h
+    A_h = tl.load(A + i_h).to(tl.float32)
+    p_B = Bm + i_b.to(tl.int64) * s_bb + i_d * s_dir + i_g * N
+    p_C = Cm + i_b.to(tl.int64) * s_bb + i_d * s_dir + i_g * N
+    o_t = i_t * BT + o_i
+    m_t = o_t < T
+    o_m = _token(o_t, T, rev)
+    b_x, _, _, b_acs, _, b_B, b_C = _load_chunk(
+        p_x, p_dt, A_h, p_B, p_C, o_m, m_t, o_p, m_p, o_n, m_n, s_xt, s_bt, DIRS * H
+    )
+    p_hs = hs + (i_bh.to(tl.int64) * tl.cdiv(T, BT) + i_t) * P * N + o_p[:, None] * N + o_n[None, :]
+    b_h = tl.load(p_hs, mask=m_p[:, None] & m_n[None, :], other=0.0)
+    b_y = _chunk_output(b_x, b_acs, b_B, b_C, b_h, DT, PREC, BT)
+    tl.store(
+        y + row0 * P + o_m[:, None].to(tl.int64) * H * P + o_p[None, :],
+        b_y.to(DT),
+        mask=m_t[:, None] & m_p[None, :],
+    )
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -373,29 +444,45 @@ def _strides(x: Tensor, B: Tensor) -> tuple[int, int, int, int]:
     return x.stride(0), x.stride(1), B.stride(0), B.stride(1)
 
 
+# The forward's form: "parallel" (default: the walk carries only the state and stores it before every
+# chunk, in the dtype of x, which is the precision the outputs' state term reads it in; then one
+# program per chunk computes the outputs) or "walk" (one launch; each program walks its chunks with
+# the whole chunk's work on the sequential path). Same outputs bit for bit; on the H200 "parallel" took
+# 0.41 ms against 0.50 ms at Hydra's 4k shape (BENCHMARKS.md), for a states buffer the size of y.
+FORWARD = "parallel"
+
+
 def _forward(
     x, dt, A, B, C, h0, store_y: bool, store_final: bool, store_states: bool, chunk_size: int, reverse: bool,
-    dirs: int = 1, s_dir: int = 0,
+    dirs: int = 1, s_dir: int = 0, form: str | None = None,
 ):  # fmt: skip
     """The forward kernel over ``dirs`` directions of the inputs ``x [b, T, H, P]``, ``dt [b, T, dirs
     H]`` (contiguous), ``B``, ``C`` (the reverse direction's ``s_dir`` elements further on): ``y``,
-    the final and the per-chunk states with ``dirs b`` leading rows (the reverse scans second)."""
+    the final and the per-chunk states (float32) with ``dirs b`` leading rows (the reverse scans
+    second). ``form``: :data:`FORWARD`'s choices (default: :data:`FORWARD`), for ``y`` without the
+    per-chunk states."""
     b, T, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     cfg = _launch_config(P, N, x.dtype, dirs * b * H, x.device)
     cfg["BT"] = chunk_size
     NT = triton.cdiv(T, cfg["BT"])
+    parallel = (form or FORWARD) == "parallel" and store_y and not store_states
     y = x.new_empty(dirs * b, T, H, P) if store_y else None
     ht = x.new_empty(dirs * b, H, P, N, dtype=torch.float32) if store_final else None
-    hs = x.new_empty(dirs * b, H, NT, P, N, dtype=torch.float32) if store_states else None
+    hs = None
+    if store_states or parallel:
+        hs = x.new_empty(dirs * b, H, NT, P, N, dtype=x.dtype if parallel else torch.float32)
     grid = (triton.cdiv(P, cfg["BP"]), dirs * b * H)
+    kw = dict(H=H, G=G, P=P, N=N, BT=cfg["BT"], BP=cfg["BP"], BN=cfg["BN"], DIRS=dirs, REVERSE=reverse,
+              PREC=_precision(x.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])  # fmt: skip
     ssd_fwd_kernel[grid](
-        x, dt, A, B, C, y, h0, ht, hs, T, b, *_strides(x, B), s_dir,
-        H=H, G=G, P=P, N=N, BT=cfg["BT"], BP=cfg["BP"], BN=cfg["BN"], DIRS=dirs,
-        USE_INITIAL_STATE=h0 is not None, STORE_Y=store_y, STORE_FINAL_STATE=store_final,
-        STORE_STATES=store_states, REVERSE=reverse, PREC=_precision(x.dtype), num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+        x, dt, A, B, C, None if parallel else y, h0, ht, hs, T, b, *_strides(x, B), s_dir,
+        USE_INITIAL_STATE=h0 is not None, STORE_Y=store_y and not parallel, STORE_FINAL_STATE=store_final,
+        STORE_STATES=store_states or parallel, **kw,
     )  # fmt: skip
+    if parallel:
+        ssd_chunk_out_kernel[(*grid, NT)](x, dt, A, B, C, y, hs, T, b, *_strides(x, B), s_dir, **kw)
+        hs = None
     return y, ht, hs
 
 
