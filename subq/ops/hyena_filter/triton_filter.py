@@ -35,16 +35,20 @@ from torch import Tensor
 
 
 @triton.jit
+def _reduce(x):
+    """``x`` reduced to ``[-pi, pi]`` for ``sin.approx`` / ``cos.approx``: two-constant Cody-Waite,
+    ``2 pi = 6.28125 + 1.9353e-3``, the first part exact in a few bits, so ``k 6.28125`` is exact for
+    the ``|x|`` of a Sin MLP; the approximate functions are then accurate to about 1e-6 absolute."""
+    k = tl.floor(x * 0.15915494309189535 + 0.5)
+    return (x - k * 6.28125) - k * 0.0019353071795864769
+
+
+@triton.jit
 def _sin(x, FAST: tl.constexpr):
-    """``sin x``: with ``FAST``, ``sin.approx`` after reducing ``x`` to ``[-pi, pi]`` (two-constant
-    Cody-Waite: ``2 pi = 6.28125 + 1.9353e-3``, the first part exact in a few bits, so ``k 6.28125`` is
-    exact for the ``|x|`` of a Sin MLP), absolute error about 1e-6; else libdevice's ``sinf``."""
+    """``sin x``: ``sin.approx`` after :func:`_reduce` with ``FAST``, else libdevice's."""
     if FAST:
-        k = tl.floor(x * 0.15915494309189535 + 0.5)
-        r = (x - k * 6.28125) - k * 0.0019353071795864769
-        return tl.inline_asm_elementwise(
-            "sin.approx.f32 $0, $1;", "=r,r", [r], dtype=tl.float32, is_pure=True, pack=1
-        )
+        return tl.inline_asm_elementwise("sin.approx.f32 $0, $1;", "=r,r", [_reduce(x)], dtype=tl.float32,
+                                         is_pure=True, pack=1)  # fmt: skip
     return tl.sin(x)
 
 
@@ -52,11 +56,8 @@ def _sin(x, FAST: tl.constexpr):
 def _cos(x, FAST: tl.constexpr):
     """``cos x``, as :func:`_sin`."""
     if FAST:
-        k = tl.floor(x * 0.15915494309189535 + 0.5)
-        r = (x - k * 6.28125) - k * 0.0019353071795864769
-        return tl.inline_asm_elementwise(
-            "cos.approx.f32 $0, $1;", "=r,r", [r], dtype=tl.float32, is_pure=True, pack=1
-        )
+        return tl.inline_asm_elementwise("cos.approx.f32 $0, $1;", "=r,r", [_reduce(x)], dtype=tl.float32,
+                                         is_pure=True, pack=1)  # fmt: skip
     return tl.cos(x)
 
 

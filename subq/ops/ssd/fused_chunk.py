@@ -76,6 +76,25 @@ def _direction(i_bh, NBI, H: tl.constexpr, DIRS: tl.constexpr, REVERSE: tl.const
 
 
 @triton.jit
+def _row_pointers(x, dt, A, Bm, Cm, i_bh, T, NBI, s_xb, s_bb, s_dir, H: tl.constexpr, G: tl.constexpr,
+                  P: tl.constexpr, N: tl.constexpr, DIRS: tl.constexpr, REVERSE: tl.constexpr):  # fmt: skip
+    """Where the program's row of ``DIRS NBI H`` (batch x head) rows reads and writes: ``(reversed,
+    first output element / P, x, dt, A of its head, B, C)``. ``x``, ``B``, ``C`` in place (batch and
+    time strides; the reverse direction's ``B``, ``C`` ``s_dir`` further on); ``dt [NBI, T, DIRS H]``
+    and the outputs ``[DIRS NBI, T, H, ...]`` contiguous."""
+    i_o, i_b, i_d, rev = _direction(i_bh, NBI, H, DIRS, REVERSE)
+    i_h = i_bh % H
+    i_g = i_h // (H // G)
+    row0 = i_o.to(tl.int64) * T * H + i_h
+    p_x = x + i_b.to(tl.int64) * s_xb + i_h * P
+    p_dt = dt + i_b.to(tl.int64) * T * DIRS * H + i_d * H + i_h
+    A_h = tl.load(A + i_h).to(tl.float32)
+    p_B = Bm + i_b.to(tl.int64) * s_bb + i_d * s_dir + i_g * N
+    p_C = Cm + i_b.to(tl.int64) * s_bb + i_d * s_dir + i_g * N
+    return rev, row0, p_x, p_dt, A_h, p_B, p_C
+
+
+@triton.jit
 def _chunk_output(b_x, b_acs, b_B, b_C, b_h, DT, PREC: tl.constexpr, BT: tl.constexpr):
     """``y [BT, BP]`` of one chunk: inside it ``(L o C B^T) xbar``, plus the state before it ``h [BP,
     BN]`` decayed to each position."""
@@ -120,23 +139,15 @@ def ssd_fwd_kernel(
     PREC: tl.constexpr,
 ):
     i_p, i_bh = tl.program_id(0), tl.program_id(1)
-    i_o, i_b, i_d, rev = _direction(i_bh, NBI, H, DIRS, REVERSE)
-    i_h = i_bh % H
-    i_g = i_h // (H // G)
+    rev, row0, p_x, p_dt, A_h, p_B, p_C = _row_pointers(
+        x, dt, A, Bm, Cm, i_bh, T, NBI, s_xb, s_bb, s_dir, H, G, P, N, DIRS, REVERSE
+    )
     DT = x.dtype.element_ty
     o_i = tl.arange(0, BT)
     o_p = i_p * BP + tl.arange(0, BP)
     o_n = tl.arange(0, BN)
     m_p, m_n = o_p < P, o_n < N
     m_pn = m_p[:, None] & m_n[None, :]
-    # x, B, C in place (batch and time strides; the reverse direction's B, C s_dir further on);
-    # dt [NBI, T, DIRS H] and y [DIRS NBI, T, H, P] contiguous
-    row0 = i_o.to(tl.int64) * T * H + i_h
-    p_x = x + i_b.to(tl.int64) * s_xb + i_h * P
-    p_dt = dt + i_b.to(tl.int64) * T * DIRS * H + i_d * H + i_h
-    A_h = tl.load(A + i_h).to(tl.float32)
-    p_B = Bm + i_b.to(tl.int64) * s_bb + i_d * s_dir + i_g * N
-    p_C = Cm + i_b.to(tl.int64) * s_bb + i_d * s_dir + i_g * N
     p_state = o_p[:, None] * N + o_n[None, :]  # [BP, BN] inside one [P, N] state
 
     if USE_INITIAL_STATE:
@@ -201,20 +212,14 @@ def ssd_chunk_out_kernel(
     chunk) computes the chunk's outputs from the state before it (``hs``, written by the first
     launch, ``ssd_fwd_kernel`` with ``STORE_STATES`` alone)."""
     i_p, i_bh, i_t = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_o, i_b, i_d, rev = _direction(i_bh, NBI, H, DIRS, REVERSE)
-    i_h = i_bh % H
-    i_g = i_h // (H // G)
+    rev, row0, p_x, p_dt, A_h, p_B, p_C = _row_pointers(
+        x, dt, A, Bm, Cm, i_bh, T, NBI, s_xb, s_bb, s_dir, H, G, P, N, DIRS, REVERSE
+    )
     DT = x.dtype.element_ty
     o_i = tl.arange(0, BT)
     o_p = i_p * BP + tl.arange(0, BP)
     o_n = tl.arange(0, BN)
     m_p, m_n = o_p < P, o_n < N
-    row0 = i_o.to(tl.int64) * T * H + i_h
-    p_x = x + i_b.to(tl.int64) * s_xb + i_h * P
-    p_dt = dt + i_b.to(tl.int64) * T * DIRS * H + i_d * H + i_h
-    A_h = tl.load(A + i_h).to(tl.float32)
-    p_B = Bm + i_b.to(tl.int64) * s_bb + i_d * s_dir + i_g * N
-    p_C = Cm + i_b.to(tl.int64) * s_bb + i_d * s_dir + i_g * N
     o_t = i_t * BT + o_i
     m_t = o_t < T
     o_m = _token(o_t, T, rev)
@@ -332,9 +337,9 @@ def ssd_bwd_kernel(
     PREC: tl.constexpr,
 ):
     i_p, i_bh, i_t = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_o, i_b, i_d, rev = _direction(i_bh, NBI, H, DIRS, REVERSE)
-    i_h = i_bh % H
-    i_g = i_h // (H // G)
+    rev, row0, p_x, p_dt, A_h, p_B, p_C = _row_pointers(
+        x, dt, A, Bm, Cm, i_bh, T, NBI, s_xb, s_bb, s_dir, H, G, P, N, DIRS, REVERSE
+    )
     DT = x.dtype.element_ty
     o_i = tl.arange(0, BT)
     o_p = i_p * BP + tl.arange(0, BP)
@@ -342,13 +347,7 @@ def ssd_bwd_kernel(
     m_p, m_n = o_p < P, o_n < N
     m_pn = m_p[:, None] & m_n[None, :]
     m_causal = o_i[:, None] >= o_i[None, :]
-    row0 = i_o.to(tl.int64) * T * H + i_h  # outputs: [DIRS NBI, T, H, ...]
-    p_x = x + i_b.to(tl.int64) * s_xb + i_h * P
-    p_dt = dt + i_b.to(tl.int64) * T * DIRS * H + i_d * H + i_h
-    A_h = tl.load(A + i_h).to(tl.float32)
     p_dy = dy + row0 * P
-    p_B = Bm + i_b.to(tl.int64) * s_bb + i_d * s_dir + i_g * N
-    p_C = Cm + i_b.to(tl.int64) * s_bb + i_d * s_dir + i_g * N
     p_dx = dx + row0 * P
     # dB, dC, ddt and dA: one float32 partial per block of P, per head (the caller sums blocks and groups)
     p_dB = dB + (i_p.to(tl.int64) * NB * T * H + row0) * N
