@@ -9,6 +9,9 @@ from torch import Tensor
 from subq.ops.hyena_filter.naive import check_hyena_filter, naive_hyena_filter
 
 HYENA_FILTER_MODES = ("auto", "torch", "triton")
+# the Triton form's widest MLP: its kernels hold [BL, F] activations and [F, F] weights on chip, and at
+# F = 128 the backward's shared memory exceeds the H200's (M2-BERT's 128 takes the PyTorch form)
+MAX_WIDTH = 64
 
 
 def hyena_filter(
@@ -35,8 +38,6 @@ def hyena_filter(
     if mode not in HYENA_FILTER_MODES:
         raise ValueError(f"mode must be one of {', '.join(HYENA_FILTER_MODES)}; got {mode!r}")
     check_hyena_filter(z, t, freq, weights, deltas, groups)
-    from subq.ops.hyena_filter.triton_filter import MAX_WIDTH
-
     if mode == "auto":
         fits = freq.shape[0] <= MAX_WIDTH
         mode = "triton" if freq.is_cuda and freq.dtype == torch.float32 and fits else "torch"
@@ -52,4 +53,4 @@ def hyena_filter(
     return triton_hyena_filter(z, t, freq, weights, deltas, groups=groups, dtype=dtype)
 
 
-__all__ = ["HYENA_FILTER_MODES", "check_hyena_filter", "hyena_filter", "naive_hyena_filter"]
+__all__ = ["HYENA_FILTER_MODES", "MAX_WIDTH", "check_hyena_filter", "hyena_filter", "naive_hyena_filter"]

@@ -215,7 +215,6 @@ def _config(E: int, Fw: int, C: int) -> dict:
     return dict(EP=EP, FP=FP, BC=BC)
 
 
-MAX_WIDTH = 64  # the filter MLP's widest F: the kernels hold [BL, F] activations and [F, F] weights on chip
 FWD_BL, FWD_WARPS = 64, 4
 BWD_BL, BWD_WARPS = 32, 8
 
