@@ -53,6 +53,8 @@ from torch import Tensor, nn
 
 from subq.layers.base import Mixer
 from subq.layers.registry import register_mixer
+from subq.ops.common.layout import project_from_channels_first, project_to_channels_first
+from subq.ops.gated_short_conv import gated_short_conv
 from subq.ops.hyena_filter import HYENA_FILTER_MODES, hyena_filter
 from subq.ops.long_conv import long_conv, long_conv_step
 from subq.ops.short_conv import (
@@ -253,8 +255,10 @@ class Hyena(Mixer):
             (:func:`~subq.ops.hyena_filter.hyena_filter`).
         short_conv_mode: how ``mode="torch"`` computes the short convolution: ``"auto"`` (default:
             ``"triton"`` on CUDA tensors when Triton is installed, else ``"torch"``), ``"torch"``
-            (``F.conv1d``) or ``"triton"``  (:func:`~subq.ops.short_conv.triton_conv.triton_short_conv`,
-            in place on the projection's ``[B, T, 3 d]`` output; CUDA).
+            (``F.conv1d`` on token-major activations) or ``"triton"``: the activations are then stored
+            channels first from the input projection to the output projection, and one Triton kernel
+            each way computes the short convolution, the projection's bias and the first gate
+            (:func:`~subq.ops.gated_short_conv.gated_short_conv`; CUDA, or Triton's interpreter).
         causal, layer_idx, mode, device, dtype: see :class:`~subq.layers.base.Mixer`.
 
     Decoding keeps the short convolution's last ``k`` inputs and the last ``min(t, max_seq_len - 1)``
@@ -346,15 +350,16 @@ class Hyena(Mixer):
         return h if self.causal else h.transpose(0, 1)
 
     def _mix(self, x: Tensor, mode: str) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
-        """``x: [B, T, d]`` -> ``(y, projected input [B, T, (N+1)d], long-conv inputs [B, T, d] per
-        order, filters)``."""
+        """``x: [B, T, d]`` -> ``(y, the short convolution's last inputs [B, min(T, k), (N+1)d], long-conv
+        inputs [B, T, d] per order, filters)``."""
+        if mode != "naive" and resolve_short_conv_mode(self.short_conv_mode, x) == "triton":
+            return self._mix_channels_first(x)
         T, d = x.shape[1], self.d_model
         p = self.in_proj(x)  # [B, T, (N+1)d]
         if mode == "naive":
             conv = naive_short_conv(p, *self._short_filter(p))
         else:
-            short = resolve_short_conv_mode(self.short_conv_mode, p)
-            conv = short_conv(p, *self._short_filter(p), mode=short)
+            conv = short_conv(p, *self._short_filter(p), mode="torch")
         *xs, v = conv.split(d, dim=-1)  # [B, T, d] each
         h = self.long_filters(min(T, self.max_seq_len), dtype=p.dtype, mode=mode)  # [N-1, (2,) d, L]
         form = "naive" if mode == "naive" else self.long_conv_form
@@ -363,7 +368,40 @@ class Hyena(Mixer):
             v = self.dropout(v * x_i)
             inputs.append(v)
             v = long_conv(v, h[o].to(v.dtype), self.D[o].to(v.dtype), causal=self.causal, mode=form)
-        return self.out_proj(v * xs[0]), p, inputs, h
+        return self.out_proj(v * xs[0]), p[:, -self.short_filter_order :], inputs, h
+
+    def _mix_channels_first(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
+        """:meth:`_mix` with the activations stored channels first (``[B, C, T]``, unit stride in
+        ``T``), where the long convolution and the short one read them: the input projection is computed
+        as ``W x^T``, one Triton kernel each way computes the short convolution with the projection's
+        bias and the first gate (:func:`~subq.ops.gated_short_conv.gated_short_conv`), and the output
+        projection reads the gated output in place; no transposing copy in the forward or the
+        backward."""
+        T, d, N = x.shape[1], self.d_model, self.order
+        dev = x.device.type
+        cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        p = project_to_channels_first(x.to(cdt), self.in_proj.weight.to(cdt))  # [B, (N+1)d, T]
+        w, b, b_in = self.short_filter_weight, self.short_filter_bias, self.in_proj.bias
+        xs, v = gated_short_conv(p, w, b, b_in, order=N, mode="triton")  # [B, (N-1)d, T], [B, d, T]
+        h = self.long_filters(min(T, self.max_seq_len), dtype=p.dtype, mode="torch")  # [N-1, (2,) d, L]
+        inputs = []
+        for o in range(N - 1):
+            if o:  # x_{N-1} gated v inside the kernel
+                v = v * xs[:, (N - 1 - o) * d : (N - o) * d]
+            v = self.dropout(v)
+            inputs.append(v.transpose(1, 2))
+            y = long_conv(
+                v.transpose(1, 2),
+                h[o].to(v.dtype),
+                self.D[o].to(v.dtype),
+                causal=self.causal,
+                mode=self.long_conv_form,
+            )
+            v = y.transpose(1, 2)  # [B, d, T], channels first for the Triton forms
+        z = v * xs[:, :d]
+        y = project_from_channels_first(z, self.out_proj.weight.to(cdt), self.out_proj.bias.to(cdt))
+        tail = p[..., -self.short_filter_order :] + b_in.to(p.dtype)[:, None]  # the decoding state's inputs
+        return y, tail.transpose(1, 2), inputs, h
 
     def _forward(self, x: Tensor) -> Tensor:
         return self._mix(x, self.resolve_mode(x))[0]
@@ -387,10 +425,10 @@ class Hyena(Mixer):
         )
 
     def _prefill(self, x: Tensor) -> tuple[Tensor, HyenaState]:
-        y, p, inputs, h = self._mix(x, self.resolve_mode(x))
+        y, p_tail, inputs, h = self._mix(x, self.resolve_mode(x))
         history = torch.stack(inputs, dim=1).transpose(-1, -2)  # [B, N-1, d, T]
         state = HyenaState(
-            conv=short_conv_state(p, self.short_filter_order),
+            conv=short_conv_state(p_tail, self.short_filter_order),
             history=history[..., -(self.max_seq_len - 1) :].contiguous(),
             filters=h,
         )

@@ -153,6 +153,37 @@ def test_triton_forms_match_the_reference(form, short, causal, tol, one_thread):
         assert_close(a, b, tol, f"{form} {name}")
 
 
+@pytest.mark.parametrize(
+    "order,causal,split", [(2, True, 1), (3, True, 20), (2, False, None), (3, False, None)]
+)
+def test_channels_first_path_matches_the_token_major_one(order, causal, split, one_thread):
+    """``short_conv_mode="triton"`` keeps the activations channels first, with the fused input stage
+    (:mod:`subq.ops.gated_short_conv`) and the channels-first projections: against the token-major
+    PyTorch path, float64 parameters and inputs (the kernel computes in float32), the output, every
+    gradient, and decoding after a prefill."""
+    pytest.importorskip("triton")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    kw = {"order": order, "causal": causal, "long_conv_form": "fft", "max_seq_len": 24, "device": device}
+    cf, tm = make(short_conv_mode="triton", **kw), make(short_conv_mode="torch", **kw)
+    tm.load_state_dict(cf.state_dict())
+    x = torch.randn(2, 30, 16, dtype=torch.float64, device=device, requires_grad=True)
+    g = torch.randn(2, 30, 16, dtype=torch.float64, device=device)
+    names = ["y", "dx", *(f"d{n}" for n, _ in cf.named_parameters())]
+    results = []
+    for m in (cf, tm):
+        y = m(x)
+        results.append((y, *torch.autograd.grad(y, [x, *m.parameters()], g)))
+    for name, a, b in zip(names, *results, strict=True):
+        assert_close(a, b, 1e-6, name)
+    if causal:
+        with torch.no_grad():
+            y_pre, state = cf.prefill(x[:, :split])
+            assert_close(y_pre, results[0][0][:, :split], 1e-6, "prefill")
+            for t in range(split, 30):
+                y_t, state = cf.step(x[:, t], state)
+                assert_close(y_t, results[0][0][:, t], 1e-6, f"step t={t}")
+
+
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
 def test_triton_filter_matches_the_reference(causal, one_thread):
     """The fused Triton filter (``filter_mode="triton"``; the interpreter on a CPU) inside the layer,

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from subq.ops.common.layout import channels_first, channels_last, to_channels_first, to_channels_last
+from subq.ops.common.layout import (
+    channels_first,
+    channels_last,
+    project_from_channels_first,
+    project_to_channels_first,
+    to_channels_first,
+    to_channels_last,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -72,3 +79,34 @@ def test_cpu_tensors_take_pytorch_copies_by_default(monkeypatch):
     monkeypatch.setattr(layout, "_copy", refuse)
     x = torch.randn(2, 30, 12)
     assert torch.equal(channels_first(x), x) and torch.equal(channels_last(channels_first(x)), x)
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_projections_between_layouts(B):
+    """``project_to_channels_first`` and ``project_from_channels_first`` against ``einsum``, their
+    gradients by ``gradcheck``, and the layouts they return (contiguous ``[B, E, T]``; contiguous
+    ``[B, T, e]`` with a channels-first gradient)."""
+    x = torch.randn(B, 7, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(9, 5, dtype=torch.float64, requires_grad=True)
+    y = project_to_channels_first(x, w)
+    assert y.shape == (B, 9, 7) and y.is_contiguous()
+    assert torch.allclose(y, torch.einsum("ed,btd->bet", w, x))
+    torch.autograd.gradcheck(project_to_channels_first, (x, w))
+    z = torch.randn(B, 5, 7, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(9, dtype=torch.float64, requires_grad=True)
+    out = project_from_channels_first(z, w, bias)
+    assert out.shape == (B, 7, 9) and out.is_contiguous()
+    assert torch.allclose(out, torch.einsum("ed,bdt->bte", w, z) + bias)
+    (dz,) = torch.autograd.grad(out.sum(), [z])
+    assert dz.is_contiguous()
+    torch.autograd.gradcheck(project_from_channels_first, (z, w, bias))
+    torch.autograd.gradcheck(project_from_channels_first, (z, w, None))
+
+
+def test_projection_bad_input():
+    with pytest.raises(ValueError, match="weight"):
+        project_to_channels_first(torch.randn(1, 4, 5), torch.randn(9, 4))
+    with pytest.raises(ValueError, match="dtype"):
+        project_from_channels_first(torch.randn(1, 5, 4), torch.randn(9, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="bias must be"):
+        project_from_channels_first(torch.randn(1, 5, 4), torch.randn(9, 5), torch.randn(8))

@@ -136,3 +136,94 @@ def to_channels_last(x: Tensor) -> Tensor:
     """:func:`channels_last` with autograd (the gradient goes back channels-first when the input had
     a unit stride in ``T``)."""
     return _ChannelsLast.apply(x)
+
+
+# ---- projections between token-major and channels-first activations -----------------------------------
+class _ProjectToChannelsFirst(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor) -> Tensor:
+        ctx.save_for_backward(x, w)
+        B, T, _ = x.shape
+        y = torch.empty(B, w.shape[0], T, device=x.device, dtype=x.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            for b in range(B):  # [E, d] @ [d, T]: the transposed operand is read in place
+                torch.mm(w, x[b].t(), out=y[b])
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x, w = ctx.saved_tensors
+        B, T, d = x.shape
+        E = w.shape[0]
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.empty(B, T, d, device=x.device, dtype=x.dtype)
+            for b in range(B):
+                torch.mm(dy[b].t(), w, out=dx[b])  # [T, E] @ [E, d]
+        if ctx.needs_input_grad[1]:
+            dw = torch.mm(dy.transpose(0, 1).reshape(E, B * T), x.reshape(B * T, d))  # [E, d]
+        return dx, dw
+
+
+class _ProjectFromChannelsFirst(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(z, w)
+        ctx.has_bias = bias is not None
+        B, _, T = z.shape
+        y = torch.empty(B, T, w.shape[0], device=z.device, dtype=z.dtype)
+        with torch.autocast(z.device.type, enabled=False):
+            for b in range(B):  # [T, d] @ [d, e]: both operands transposed views
+                if bias is None:
+                    torch.mm(z[b].t(), w.t(), out=y[b])
+                else:
+                    torch.addmm(bias, z[b].t(), w.t(), out=y[b])
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        z, w = ctx.saved_tensors
+        B, d, T = z.shape
+        e = w.shape[0]
+        dz = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dz = torch.empty(B, d, T, device=z.device, dtype=z.dtype)
+            for b in range(B):
+                torch.mm(w.t(), dy[b].t(), out=dz[b])  # [d, e] @ [e, T]: channels first
+        if ctx.needs_input_grad[1]:
+            dw = torch.mm(dy.reshape(B * T, e).t(), z.transpose(0, 1).reshape(d, B * T).t())  # [e, d]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy.sum((0, 1), dtype=torch.float32).to(w.dtype)
+        return dz, dw, db
+
+
+def _check_projection(x: Tensor, w: Tensor, bias: Tensor | None, d: int, layout: str) -> None:
+    if x.dim() != 3 or w.dim() != 2 or w.shape[1] != d:
+        raise ValueError(
+            f"expected x: {layout} and weight: [out, d={x.shape[-1] if x.dim() else '?'}], got "
+            f"{tuple(x.shape)} and {tuple(w.shape)}"
+        )
+    for name, t in (("weight", w), ("bias", bias)):
+        if t is not None and (t.dtype != x.dtype or t.device != x.device):
+            raise ValueError(
+                f"{name} must match x's dtype and device ({x.dtype}, {x.device}), got {t.dtype}, {t.device}"
+            )
+    if bias is not None and tuple(bias.shape) != (w.shape[0],):
+        raise ValueError(f"bias must be [{w.shape[0]}], got {tuple(bias.shape)}")
+
+
+def project_to_channels_first(x: Tensor, weight: Tensor) -> Tensor:
+    """``x: [B, T, d]`` times ``weight: [E, d]`` (an ``nn.Linear``'s, no bias), stored channels first:
+    ``[B, E, T]`` contiguous, ``y[b] = weight x[b]^T``; one GEMM per batch row, the transposed operand
+    read in place, and the same in the backward (``dx`` token-major contiguous). ``weight`` in the dtype of
+    ``x`` (the caller casts; autocast does not reach inside)."""
+    _check_projection(x, weight, None, x.shape[-1], "[B, T, d]")
+    return _ProjectToChannelsFirst.apply(x, weight)
+
+
+def project_from_channels_first(z: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``z: [B, d, T]`` (channels first) through ``nn.Linear``'s ``weight: [e, d]`` and ``bias: [e]``:
+    ``[B, T, e]`` contiguous, with no transposing copy either way (the gradient of ``z`` comes back
+    ``[B, d, T]`` contiguous). ``weight`` and ``bias`` in the dtype of ``z``."""
+    _check_projection(z, weight, bias, z.shape[1], "[B, d, T]")
+    return _ProjectFromChannelsFirst.apply(z, weight, bias)
