@@ -24,7 +24,8 @@ from torch import Tensor
 from subq.ops.common.launch import fast_launch
 from subq.ops.gated_short_conv.naive import check_gated_short_conv
 
-FWD_TILE, BWD_TILE = (4, 512), (2, 512)  # [BC, BT], 4 warps: 119 and 162 registers on sm_90, no spills
+# [BC, BT] tiles and warps; 119 and 162 registers on sm_90, no spills
+FWD_LAUNCH, BWD_LAUNCH = (4, 512, 4), (2, 512, 4)
 
 
 @triton.jit
@@ -152,8 +153,8 @@ _FWD = fast_launch(gated_short_conv_fwd_kernel)
 _BWD = fast_launch(gated_short_conv_bwd_kernel)
 
 
-def _grid(T: int, D: int, B: int, tile: tuple[int, int]) -> tuple[int, int, int]:
-    BC, BT = tile
+def _grid(T: int, D: int, B: int, launch: tuple[int, int, int]) -> tuple[int, int, int]:
+    BC, BT, _ = launch
     return triton.cdiv(T, BT), triton.cdiv(D, BC), B
 
 
@@ -165,10 +166,10 @@ class TritonGatedShortConv(torch.autograd.Function):
         D = C // (order + 1)
         xs = torch.empty(B, (order - 1) * D, T, device=p.device, dtype=p.dtype)
         u = torch.empty(B, D, T, device=p.device, dtype=p.dtype)
-        BC, BT = FWD_TILE
-        _FWD[_grid(T, D, B, FWD_TILE)](
+        BC, BT, warps = FWD_LAUNCH
+        _FWD[_grid(T, D, B, FWD_LAUNCH)](
             p, w, bias, in_bias, xs, u, T, D, N=order, K=w.shape[1], HAS_BIAS=bias is not None,
-            HAS_IN_BIAS=in_bias is not None, BC=BC, BT=BT, num_warps=4,
+            HAS_IN_BIAS=in_bias is not None, BC=BC, BT=BT, num_warps=warps,
         )  # fmt: skip
         ctx.save_for_backward(p, w, bias, in_bias)
         ctx.order = order
@@ -186,16 +187,16 @@ class TritonGatedShortConv(torch.autograd.Function):
             else dxs.contiguous()
         )
         du = torch.zeros(B, D, T, device=p.device, dtype=p.dtype) if du is None else du.contiguous()
-        grid = _grid(T, D, B, BWD_TILE)
+        grid = _grid(T, D, B, BWD_LAUNCH)
         tiles = grid[0] * B
         dp = torch.empty_like(p)
         dw = torch.empty(tiles, C, K, device=p.device, dtype=torch.float32)
         db = torch.empty(tiles, C, device=p.device, dtype=torch.float32) if bias is not None else None
         dbin = torch.empty(tiles, C, device=p.device, dtype=torch.float32) if in_bias is not None else None
-        BC, BT = BWD_TILE
+        BC, BT, warps = BWD_LAUNCH
         _BWD[grid](
             p, w, bias, in_bias, dxs, du, dp, dw, db, dbin, T, D, N=N, K=K, HAS_BIAS=bias is not None,
-            HAS_IN_BIAS=in_bias is not None, BC=BC, BT=BT, num_warps=4,
+            HAS_IN_BIAS=in_bias is not None, BC=BC, BT=BT, num_warps=warps,
         )  # fmt: skip
         dw = dw.sum(0).to(w.dtype)
         db = db.sum(0).to(bias.dtype) if db is not None else None
