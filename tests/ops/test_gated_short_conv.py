@@ -25,6 +25,14 @@ CASES = [
 IDS = [f"B{B}-d{d}-T{T}-k{k}-N{N}-{'bias' if b else 'nobias'}" for B, d, T, k, N, b in CASES]
 
 
+@pytest.fixture(params=["split", "fused"])
+def backward_form(request, monkeypatch):
+    """Both backward forms of the Triton kernels (``triton_conv.BACKWARD``)."""
+    triton_conv = pytest.importorskip("subq.ops.gated_short_conv.triton_conv")
+    monkeypatch.setattr(triton_conv, "BACKWARD", request.param)
+    return request.param
+
+
 def leaves(B, d, T, k, order, biases, dtype=torch.float32, param_dtype=None):
     C = (order + 1) * d
     pk = {"device": DEVICE, "dtype": param_dtype or dtype, "requires_grad": True}
@@ -62,7 +70,7 @@ def test_reference_matches_conv1d(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_triton_matches_the_reference(case, one_thread):
+def test_triton_matches_the_reference(case, backward_form, one_thread):
     """Forward and the gradients of ``p``, ``weight``, ``bias`` and ``in_bias``."""
     order = case[4]
     tensors = leaves(*case)
@@ -79,7 +87,7 @@ def test_triton_matches_the_reference(case, one_thread):
         assert_close(a, r, 1e-6, name)
 
 
-def test_half_input_with_float32_parameters(one_thread):
+def test_half_input_with_float32_parameters(backward_form, one_thread):
     """A half-precision projection with float32 parameters (autocast's case): computed in float32,
     stored in float16; the parameters' gradients in float32."""
     tensors = leaves(2, 8, 100, 3, 2, True, dtype=torch.float16, param_dtype=torch.float32)
@@ -93,7 +101,7 @@ def test_half_input_with_float32_parameters(one_thread):
     assert p.grad.dtype == torch.float16 and w.grad.dtype == b.grad.dtype == b_in.grad.dtype == torch.float32
 
 
-def test_only_one_output_used(one_thread):
+def test_only_one_output_used(backward_form, one_thread):
     """The backward with one of the two outputs unused (its gradient None)."""
     p, w, b, b_in = leaves(1, 4, 20, 3, 2, True)
     _, u = gated_short_conv(p, w, b, b_in, mode="triton")
