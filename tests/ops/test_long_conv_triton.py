@@ -72,12 +72,29 @@ def test_bidirectional_and_bias(T, L, one_thread):
     check_against_naive(u, h, y, torch.randn_like(y), False, 1e-4, bias)
 
 
-def test_causal_bias(one_thread):
-    """The skip ``bias * u`` rides in the filter's lag-0 tap: its gradient and the filter's."""
-    u, h = inputs(2, 60, 3, 45)
+@pytest.mark.parametrize("B", [1, 2])
+def test_causal_bias(B, one_thread):
+    """The skip ``bias * u`` is a lag-0 tap, added to the filter's column pass in the kernel: its
+    gradient (the filter gradient's lag 0) and the filter's; ``B = 1`` takes the backward whose two
+    gradients share their launches."""
+    u, h = inputs(B, 60, 3, 45)
     bias = torch.randn(3, device=DEVICE, requires_grad=True)
     y = long_conv(u, h, bias, causal=True, mode="triton")
     check_against_naive(u, h, y, torch.randn_like(y), True, 1e-4, bias)
+
+
+def test_bias_gradient_without_the_filters(one_thread):
+    """Only ``u`` and ``bias`` need gradients (a frozen filter)."""
+    u, h = inputs(1, 60, 3, 45)
+    h = h.detach()
+    bias = torch.randn(3, device=DEVICE, requires_grad=True)
+    y = long_conv(u, h, bias, causal=True, mode="triton")
+    g = torch.randn_like(y)
+    du, db = torch.autograd.grad(y, [u, bias], g)
+    ref = [t.detach().double().requires_grad_() for t in (u, bias)]
+    du_ref, db_ref = torch.autograd.grad(naive_long_conv(ref[0], h.double(), ref[1]), ref, g.double())
+    assert_close(du, du_ref, 1e-4, "du")
+    assert_close(db, db_ref, 1e-4, "dbias")
 
 
 def test_gpu_plan_in_interpreter(one_thread):
@@ -207,9 +224,9 @@ def test_fp16_products_take_float16_planes(one_thread):
         plan.product(z, z, 3, 3, (3, 1, 0), (0, 1, 0), 1, False)
 
 
-def test_half_inputs_with_bias_take_separate_column_passes(one_thread):
-    """The forward transforms ``u`` and ``h`` in one launch when they share a dtype; a bias makes the
-    filter float32 (it is folded into the lag-0 tap), so float16 ``u`` takes two launches."""
+def test_half_inputs_with_bias(one_thread):
+    """Half-precision ``u``, ``h`` and ``bias``: one column launch for both signals, the bias added to
+    the filter's column pass in float32."""
     u, h = (t.detach() for t in inputs(1, 128, 2, 100, dtype=torch.float64))
     bias = torch.randn(2, dtype=torch.float64, device=DEVICE)
     y = triton_long_conv(u.half(), h.half(), bias.half(), min_factor=interpreter_plan(4))

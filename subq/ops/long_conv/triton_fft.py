@@ -300,6 +300,7 @@ def _program(MB: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, BM: tl.conste
 def long_conv_dft_cols_kernel(
     x,
     x2,
+    bias,
     z,
     zs,
     tab_f,
@@ -321,13 +322,15 @@ def long_conv_dft_cols_kernel(
     MB: tl.constexpr,
     UNIT_T: tl.constexpr,
     PREC: tl.constexpr,
+    HAS_BIAS: tl.constexpr = False,
 ):
     # program: MB blocks of BM output rows k1, for BN columns n2, of one real signal: x[b, c] of T
     # samples for the first NS1 = B C rows of z, then x2[c] of T2 samples (strides s2_c and s_t):
     # Z[k1, n2] = w_N^(n2 k1) sum_{n1 < N1 / 2} F_N1[k1, n1] x[n1 N2 + n2], k1 < N1 / 2
     # (rows n1 >= N1 / 2 are the zero padding; F_N1 is read as its [N1 / 2, N1 / 2] corner); the
     # programs of the first row block also write the Nyquist row k1 = N1 / 2; fp16: one scale per row
-    # and block of BN columns (_store_parts)
+    # and block of BN columns (_store_parts). HAS_BIAS: x2[c] gets bias[c] at t = 0 (a lag-0 tap):
+    # its column pass adds bias[c] to every row k1 at n2 = 0 (F_N1[k1, 0] = 1, w^0 = 1)
     i_mb, i_n, i_bc = _program(MB, N1, N2, BM, BN)
     i_b, i_c = i_bc // C, i_bc % C
     K: tl.constexpr = N1 // 2
@@ -347,6 +350,10 @@ def long_conv_dft_cols_kernel(
     row0 = i_bc.to(tl.int64) * (K + 1) * N2
     o_n = i_n * BN + o_j
     b_nyq = tl.zeros([BN], dtype=tl.float32)
+    b_tap0 = tl.zeros([BN], dtype=tl.float32)
+    if HAS_BIAS:
+        b_d = tl.load(bias + tl.where(first, 0, i_bc - NS1)).to(tl.float32)
+        b_tap0 = tl.where((o_n == 0) & (not first), b_d, 0.0)
     for i_mm in range(MB):
         i_m = i_mb * MB + i_mm
         o_m = i_m * BM + tl.arange(0, BM)
@@ -363,12 +370,14 @@ def long_conv_dft_cols_kernel(
                 b_nyq += tl.sum(b_x * (1.0 - 2.0 * (o_k % 2).to(tl.float32))[:, None], axis=0)
             b_zr = _table_dot(_load_mat(fr, o_m, o_k, K), b_x, b_zr, PREC)
             b_zi = _table_dot(_load_mat(fi, o_m, o_k, K), b_x, b_zi, PREC)
+        b_zr += b_tap0[None, :]
         # w_N^(k1 n2) = w_N^(k1 i_n BN) w_N^(k1 j) for n2 = i_n BN + j (two small tables)
         cr, ci = _twiddle(ohr, ohi, olr, oli, o_m, i_n, o_j, NB, BN)
         o_w = row0 + o_m[:, None] * N2 + o_n[None, :]
         o_s = (i_bc.to(tl.int64) * (K + 1) + o_m) * NB + i_n
         _store_parts(zr, zi, zs, o_w, o_s, b_zr * cr - b_zi * ci, b_zr * ci + b_zi * cr)
     if i_mb == 0:
+        b_nyq += b_tap0
         o_m = K + tl.arange(0, 1)
         cr, ci = _twiddle(ohr, ohi, olr, oli, o_m, i_n, o_j, NB, BN)
         o_w = row0 + o_m[:, None] * N2 + o_n[None, :]
@@ -579,18 +588,21 @@ class _Plan:
         strides: tuple[int, int, int],
         half: bool | None = None,
         filters: tuple[Tensor, int] | None = None,
+        bias: Tensor | None = None,
     ):
         """Half spectrum (column pass) of ``B C`` real signals ``x[b, c, t]`` (``t < T``, zero after):
         ``[2, B C, N1 / 2 + 1, N2]`` (real, imaginary planes; :class:`Spectrum`, float16 planes by
         default for ``fp16``). ``filters=(h, L)``: also the ``C`` signals ``h[c, :L]`` (``x``'s dtype and
-        stride in time), in the same launch and one allocation; returns both spectra."""
+        stride in time), in the same launch and one allocation; returns both spectra. ``bias: [C]``
+        (with ``filters``): the filters' spectra are those of ``h`` with ``bias`` added to lag 0, in
+        float32 before the spectra are rounded."""
         n = B * C
         z = self._empty(n + (C if filters else 0), self.N2 // self.fwd["BN"], x.device, half)
         h, L = filters or (x, T)
         _COLS[(self._programs(self.fwd, z.planes.shape[1]),)](
-            x, h, z.planes, z.scales, self.corner, self.outer_cols, z.planes.stride(0), T, *strides, L,
-            h.stride(0), n, C=C, N1=self.N1, N2=self.N2, UNIT_T=strides[2] == 1, PREC=self.precision,
-            **self.fwd,
+            x, h, bias, z.planes, z.scales, self.corner, self.outer_cols, z.planes.stride(0), T, *strides,
+            L, h.stride(0), n, C=C, N1=self.N1, N2=self.N2, UNIT_T=strides[2] == 1, PREC=self.precision,
+            HAS_BIAS=bias is not None and filters is not None, **self.fwd,
         )  # fmt: skip
         if not filters:
             return z
@@ -732,13 +744,24 @@ class TritonLongConvFunction(torch.autograd.Function):
     (:func:`_reversed_spectrum`), so both halves cost one product and one inverse transform."""
 
     @staticmethod
-    def forward(ctx, u: Tensor, h: Tensor, precision: str, min_factor: int | None) -> Tensor:
+    def forward(
+        ctx, u: Tensor, h: Tensor, bias: Tensor | None, precision: str, min_factor: int | None
+    ) -> Tensor:
         B, T, C = u.shape
         L = h.shape[-1]
         bidirectional = h.dim() == 3
         plan = _plan(T, u.device, precision, min_factor)
         u_in, u = u, _time_contiguous(u)
         stacked = False
+        ctx.h_dtype, ctx.bias_dtype = h.dtype, None if bias is None else bias.dtype
+        if not bidirectional:
+            h = _lag_contiguous(h)
+        # bias * u is a lag-0 tap. With u and h transformed in one launch, the column kernel adds it to
+        # the filter's column pass; otherwise it is folded into a float32 copy of the filter
+        in_kernel = not bidirectional and h.dtype == u.dtype and u.stride(1) == h.stride(1)
+        if bias is not None and not in_kernel:
+            h = h.float().clone() if h.dtype == torch.float32 else h.float()
+            (h[:, 0] if not bidirectional else h[0, :, 0]).add_(bias.float())
         if bidirectional:
             z_u = plan.spectrum(
                 u, B, C, T, _btc_strides(u)
@@ -749,9 +772,8 @@ class TritonLongConvFunction(torch.autograd.Function):
             z_r = _filter_spectrum(plan, r, C, r.shape[-1], half=False).planes
             z_h = plan.stored(z_h.planes + _reversed_spectrum(z_r), plan.fwd["BN"])
         else:
-            h = _lag_contiguous(h)
-            if h.dtype == u.dtype and u.stride(1) == h.stride(1):  # both column passes in one launch
-                z_u, z_h = plan.spectrum(u, B, C, T, _btc_strides(u), filters=(h, L))
+            if in_kernel:  # both column passes in one launch
+                z_u, z_h = plan.spectrum(u, B, C, T, _btc_strides(u), filters=(h, L), bias=bias)
                 stacked = True  # z_h's rows follow z_u's in one tensor
             else:
                 z_u = plan.spectrum(u, B, C, T, _btc_strides(u))
@@ -766,6 +788,17 @@ class TritonLongConvFunction(torch.autograd.Function):
         return _like(y, u_in)
 
     @staticmethod
+    def _filter_grads(ctx, dh: Tensor | None) -> tuple:
+        """The gradients after ``du``: ``dh`` in the filter's dtype, the bias's (``dh``'s lag 0), and
+        none for the settings."""
+        if dh is None:
+            return None, None, None, None
+        dbias = None
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+            dbias = (dh[:, 0] if dh.dim() == 2 else dh[0, :, 0]).to(ctx.bias_dtype)
+        return (dh.to(ctx.h_dtype) if ctx.needs_input_grad[1] else None), dbias, None, None
+
+    @staticmethod
     def backward(ctx, dy: Tensor):
         saved = ctx.saved_tensors
         z_u, z_h = Spectrum(*saved[:2]), Spectrum(*saved[2:])
@@ -773,21 +806,22 @@ class TritonLongConvFunction(torch.autograd.Function):
         dy_in, dy = dy, _time_contiguous(dy)
         z_dy = plan.spectrum(dy, B, C, T, _btc_strides(dy))
         du = dh = None
-        if ctx.stacked and B == 1 and all(ctx.needs_input_grad[:2]):
+        need_dh = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]  # the bias's is dh's lag 0
+        if ctx.stacked and B == 1 and ctx.needs_input_grad[0] and need_dh:
             # both products in one launch, rows c (du: DY conj(H)) then C + c (dh: DY conj(U)): the rows
             # of z_h, then C rows before them (z_u's); both inverses in one launch
             w = plan.product(z_dy, z_h, 2 * C, C, (0, 1, 0), (-C, 1, 0), 1, True)
             du = torch.empty_like(dy, dtype=ctx.dtypes[0])
             dh = torch.empty(C, L, device=dy.device, dtype=ctx.dtypes[1])
             plan.inverse(w, du, C, T, _btc_strides(du), filters=(dh, L))
-            return _like(du, dy_in), dh, None, None
+            return (_like(du, dy_in), *TritonLongConvFunction._filter_grads(ctx, dh))
         if ctx.needs_input_grad[0]:
             # du = corr(dy, h): IDFT(DY conj(H))
             w = plan.product(z_dy, z_h, B * C, C, (C, 1, 0), (0, 1, 0), 1, True)
             du = torch.empty_like(dy, dtype=ctx.dtypes[0])
             plan.inverse(w, du, C, T, _btc_strides(du))
             du = _like(du, dy_in)
-        if ctx.needs_input_grad[1]:
+        if need_dh:
             # dh[j] = sum_b sum_t dy[t] u[t - j] = IDFT(sum_b DY_b conj(U_b))[j], the first L lags
             w = plan.product(z_dy, z_u, C, C, (0, 1, C), (0, 1, C), B, True)
             dh = torch.empty(C, L, device=dy.device, dtype=ctx.dtypes[1])
@@ -800,7 +834,7 @@ class TritonLongConvFunction(torch.autograd.Function):
                 plan.inverse(w, lags, C, n, _filter_strides(lags))
                 dh_rev = torch.nn.functional.pad(lags[:, 1:], (0, L + 1 - n))
                 dh = torch.stack((dh, dh_rev))
-        return du, dh, None, None
+        return (du, *TritonLongConvFunction._filter_grads(ctx, dh))
 
 
 def _lag_contiguous(h: Tensor) -> Tensor:
@@ -859,7 +893,4 @@ def triton_long_conv(
         raise TypeError("triton_long_conv computes in float32; got float64 inputs (use mode='fft')")
     if u.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"triton_long_conv needs CUDA tensors (or TRITON_INTERPRET=1), got {u.device}")
-    if bias is not None:  # bias * u is a lag-0 tap: folded into the filter, no pass over u and y
-        h = h.float().clone()
-        (h[:, 0] if causal else h[0, :, 0]).add_(bias.float())
-    return TritonLongConvFunction.apply(u, h, precision, min_factor)
+    return TritonLongConvFunction.apply(u, h, bias, precision, min_factor)
