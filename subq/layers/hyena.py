@@ -229,6 +229,12 @@ class HyenaFilter(nn.Module):
         return torch.stack([h, self._apply_mlp(self.mlp_rev, z) * window])
 
 
+def _per_order(h: Tensor) -> tuple[Tensor, ...]:
+    """The filters of each order from ``h: [N - 1, ...]``: views, whose gradients are stacked once (an
+    index per order would fill a zero tensor as large as ``h`` and copy into it, per order)."""
+    return (h.squeeze(0),) if h.shape[0] == 1 else h.unbind(0)
+
+
 @register_mixer("hyena")
 class Hyena(Mixer):
     """The Hyena operator of order ``N``: short convolution, implicit long convolutions, gates.
@@ -362,12 +368,13 @@ class Hyena(Mixer):
             conv = short_conv(p, *self._short_filter(p), mode="torch")
         *xs, v = conv.split(d, dim=-1)  # [B, T, d] each
         h = self.long_filters(min(T, self.max_seq_len), dtype=p.dtype, mode=mode)  # [N-1, (2,) d, L]
+        taps = _per_order(h)
         form = "naive" if mode == "naive" else self.long_conv_form
         inputs = []
         for o, x_i in enumerate(reversed(xs[1:])):
             v = self.dropout(v * x_i)
             inputs.append(v)
-            v = long_conv(v, h[o].to(v.dtype), self.D[o].to(v.dtype), causal=self.causal, mode=form)
+            v = long_conv(v, taps[o].to(v.dtype), self.D[o].to(v.dtype), causal=self.causal, mode=form)
         return self.out_proj(v * xs[0]), p[:, -self.short_filter_order :], inputs, h
 
     def _mix_channels_first(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
@@ -384,6 +391,7 @@ class Hyena(Mixer):
         w, b, b_in = self.short_filter_weight, self.short_filter_bias, self.in_proj.bias
         xs, v = gated_short_conv(p, w, b, b_in, order=N, mode="triton")  # [B, (N-1)d, T], [B, d, T]
         h = self.long_filters(min(T, self.max_seq_len), dtype=p.dtype, mode="torch")  # [N-1, (2,) d, L]
+        taps = _per_order(h)
         inputs = []
         for o in range(N - 1):
             if o:  # x_{N-1} gated v inside the kernel
@@ -392,7 +400,7 @@ class Hyena(Mixer):
             inputs.append(v.transpose(1, 2))
             y = long_conv(
                 v.transpose(1, 2),
-                h[o].to(v.dtype),
+                taps[o].to(v.dtype),
                 self.D[o].to(v.dtype),
                 causal=self.causal,
                 mode=self.long_conv_form,
