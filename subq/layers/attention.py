@@ -200,6 +200,8 @@ class SlidingWindowAttention(Attention):
         self.window = window
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mode: str) -> Tensor:
+        # mode="auto" lets the op choose: FlexAttention only from head_dim 16
+        mode = "auto" if self.mode == "auto" and mode != "naive" else mode
         return sliding_window_attention(q, k, v, window=self.window, causal=self.causal, mode=mode)[0]
 
     def state_size(self, seq_len: int) -> int:

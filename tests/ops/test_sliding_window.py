@@ -77,8 +77,24 @@ def test_bad_arguments():
         chunk_sliding_window_attention(q, k, v, window=0)
     with pytest.raises(ValueError, match="mode must be one of"):
         sliding_window_attention(q, k, v, window=2, mode="fast")
-    with pytest.raises(RuntimeError, match="needs CUDA"):
+    with pytest.raises(ValueError, match="head_dim >= 16"):
         flex_sliding_window_attention(q, k, v, window=2)
+    with pytest.raises(RuntimeError, match="needs CUDA"):
+        flex_sliding_window_attention(*_inputs(1, 8, 2, 2, 16), window=2)
+
+
+@pytest.mark.gpu
+def test_auto_takes_the_chunked_form_below_flex_head_dim_on_cuda():
+    """FlexAttention's compiled kernels need head_dim >= 16: ``auto`` (and the layer in ``auto``) runs
+    the chunked form for smaller heads on CUDA."""
+    from subq.layers.registry import get_mixer
+
+    q, k, v = _inputs(2, 100, 2, 2, 8, dtype=torch.float32, device="cuda")
+    o, _ = sliding_window_attention(q, k, v, window=16, mode="auto")
+    o_ref, _ = naive_sliding_window_attention(q, k, v, window=16)
+    assert_close(o, o_ref, 1e-5, "o")
+    layer = get_mixer("sliding_window")(16, num_heads=2, window=8, device="cuda")
+    assert layer(torch.randn(2, 50, 16, device="cuda")).shape == (2, 50, 16)
 
 
 @pytest.mark.gpu

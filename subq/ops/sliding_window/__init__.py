@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from subq.ops.sliding_window.chunk import chunk_sliding_window_attention
-from subq.ops.sliding_window.flex import flex_sliding_window_attention
+from subq.ops.sliding_window.flex import FLEX_MIN_HEAD_DIM, flex_sliding_window_attention
 from subq.ops.sliding_window.naive import naive_sliding_window_attention
 
 
@@ -20,11 +20,12 @@ def sliding_window_attention(
     mode: str = "auto",
     output_final_state: bool = False,
 ):
-    """Dispatch: ``mode`` in ``auto`` (FlexAttention on CUDA, chunked PyTorch on CPU), ``triton``
-    (FlexAttention), ``torch`` (chunked), ``naive``. Arguments as in the naive form."""
+    """Dispatch: ``mode`` in ``auto`` (FlexAttention on CUDA with ``head_dim >= 16``, else the chunked
+    PyTorch form), ``triton`` (FlexAttention), ``torch`` (chunked), ``naive``. Arguments as in the naive
+    form."""
     kw = dict(window=window, causal=causal, scale=scale, output_final_state=output_final_state)
     if mode == "auto":
-        mode = "triton" if q.is_cuda else "torch"
+        mode = "triton" if q.is_cuda and q.shape[-1] >= FLEX_MIN_HEAD_DIM else "torch"
     if mode == "triton":
         return flex_sliding_window_attention(q, k, v, **kw)
     if mode == "torch":

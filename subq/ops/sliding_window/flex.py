@@ -13,6 +13,9 @@ from torch import Tensor
 
 from subq.ops.common.checks import check_qkv, check_window
 
+FLEX_MIN_HEAD_DIM = 16
+"""The least head dimension FlexAttention's compiled kernels accept (``tl.dot``'s least tile)."""
+
 
 @functools.lru_cache(maxsize=1)
 def _compiled_flex():
@@ -53,6 +56,11 @@ def flex_sliding_window_attention(
     """Same semantics as :func:`naive_sliding_window_attention`; CUDA tensors only."""
     B, T, H, H_kv, D = check_qkv(q, k, v)
     check_window(window)
+    if D < FLEX_MIN_HEAD_DIM:
+        raise ValueError(
+            f"flex_sliding_window_attention needs head_dim >= {FLEX_MIN_HEAD_DIM} (FlexAttention's "
+            f"compiled kernels), got {D}; use mode='torch' (mode='auto' does)"
+        )
     if not q.is_cuda:
         raise RuntimeError(f"flex_sliding_window_attention needs CUDA tensors, got device {q.device}")
     mask = _block_mask(T, window, causal, str(q.device))
